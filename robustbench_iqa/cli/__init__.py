@@ -1,0 +1,61 @@
+"""The ``robustbench-iqa`` (alias ``rbiqa``) command line.
+
+Each subcommand lives in its own module of this package and exposes
+``register(subparsers) -> None``, which adds its parser and sets
+``func=run`` (a callable ``run(args) -> int``).  Modules are discovered, so a
+new subcommand is a new file.  Exit codes: 0 success, 1 a check failed
+(``verify``), 2 bad input (:class:`~robustbench_iqa.errors.InputError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from robustbench_iqa.errors import InputError
+
+_ORDER = ["certify", "predict", "train", "attack", "train-denoiser", "report", "verify", "bench", "list"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustbench-iqa",
+        description="Certify, attack and audit the adversarial robustness of IQA models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    import robustbench_iqa.cli as pkg
+
+    modules = sorted(
+        (m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")),
+    )
+    for name in modules:
+        mod = importlib.import_module(f"robustbench_iqa.cli.{name}")
+        register = getattr(mod, "register", None)
+        if register is not None:
+            register(sub)
+    # Present subcommands in a stable, meaningful order in --help.
+    sub._choices_actions.sort(  # type: ignore[attr-defined]
+        key=lambda a: _ORDER.index(a.dest) if a.dest in _ORDER else len(_ORDER)
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from robustbench_iqa.cli import main
+
+sys.exit(main())

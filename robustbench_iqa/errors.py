@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+Every problem that comes from the caller's input (a missing file, a corrupt image,
+NaN values, a wrong shape, a sample count too small for a bound, ...) is raised as
+:class:`InputError` with a one-line message that names the problem.  The CLI turns
+it into ``error: <message>`` and exit code 2; library users can catch it like any
+``ValueError``.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input from the caller; the message is meant to be shown as is."""
+
+
+class WeightsUnavailableError(InputError):
+    """Pretrained weights were requested but could not be loaded or downloaded."""

@@ -1,0 +1,92 @@
+"""The one interface every IQA model of the suite meets.
+
+An IQA model is split into a *backbone* (``features``) and a *head* (``head``):
+``forward(x, ref) = head(features(x, ref))``.  The backbone output is what
+FS-IQA's Feature Transform Normalize module consumes (Shumitskaya et al.,
+"FS-IQA", Sec. "Feature Preparation Pipeline": ``f_init = b(x)``).
+
+Metadata follows pyiqa's ``default_model_configs``: whether the model is
+full-reference (FR) or no-reference (NR), whether a lower score means better
+quality, and the nominal score range.  Attacks read ``lower_better`` so that
+"raise quality" means the right thing for every metric.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+from torch import nn
+
+from robustbench_iqa.validation import check_pair
+
+
+class Mode(str, Enum):
+    """No-reference (single image) or full-reference (distorted + reference)."""
+
+    NR = "nr"
+    FR = "fr"
+
+
+class IQAModel(nn.Module):
+    """Base class of all IQA model adapters.
+
+    Subclasses set ``mode``, ``lower_better``, ``score_range`` and implement
+    :meth:`features` and :meth:`head`.  Inputs are RGB batches in [0, 1] of
+    shape (B, 3, H, W); for FR models ``ref`` has the same shape and is never
+    perturbed by the suite.
+    """
+
+    name: str = "iqa-model"
+    mode: Mode = Mode.NR
+    lower_better: bool = False
+    score_range: tuple[float, float] = (0.0, 1.0)
+
+    @property
+    def full_reference(self) -> bool:
+        return self.mode is Mode.FR
+
+    def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """Backbone output b(x) (or b(x, ref) for FR), flattened to shape (B, D)."""
+        raise NotImplementedError
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        """The model's own (undefended) head: features (B, D) -> scores (B,)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """Undefended quality score of shape (B,)."""
+        return self.head(self.features(x, ref))
+
+    def check_inputs(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validate shapes, ranges and the FR/NR pairing; see :mod:`robustbench_iqa.validation`."""
+        return check_pair(x, ref, full_reference=self.full_reference)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+
+class Backbone(nn.Module):
+    """The backbone b of an :class:`IQAModel` as a module ``(x, ref=None) -> (B, D)``.
+
+    This is what :class:`certify.FeatureSmoothedIQA` takes as ``backbone``.
+    Its parameters are frozen (FS-IQA, Sec. "Training and application").
+    """
+
+    def __init__(self, model: IQAModel) -> None:
+        super().__init__()
+        self.model = model
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def mode(self) -> Mode:
+        return self.model.mode
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        return self.model.features(x, ref)
