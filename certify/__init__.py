@@ -1,0 +1,35 @@
+"""Certified defenses for IQA models and their mathematics.
+
+- :class:`FeatureSmoothedIQA` (FS-IQA, feature-space median smoothing) and its training;
+- the MS_Cert percentile bounds (:mod:`certify.bounds`);
+- the Input Variation Estimator's spectral norm (:mod:`certify.spectral`);
+- input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`).
+"""
+
+from certify.bounds import order_statistic_indices, percentile_bounds
+from certify.defense import CertifiedDefense, create_defense, list_defenses, register_defense
+from certify.fs_iqa import FeatureSmoothedIQA, load_fs_checkpoint, save_fs_checkpoint
+from certify.heads import FTN, Scorer
+from certify.result import AbstainReason, CertifiedScore, Guarantee
+from certify.spectral import SpectralNormEstimate, jacobian_spectral_norm
+from certify.training import train_fs_iqa
+
+__all__ = [
+    "FTN",
+    "AbstainReason",
+    "CertifiedDefense",
+    "CertifiedScore",
+    "FeatureSmoothedIQA",
+    "Guarantee",
+    "Scorer",
+    "SpectralNormEstimate",
+    "create_defense",
+    "jacobian_spectral_norm",
+    "list_defenses",
+    "load_fs_checkpoint",
+    "order_statistic_indices",
+    "percentile_bounds",
+    "register_defense",
+    "save_fs_checkpoint",
+    "train_fs_iqa",
+]

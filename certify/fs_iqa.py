@@ -1,0 +1,297 @@
+"""FS-IQA: certified feature-space median smoothing for IQA models.
+
+Shumitskaya, Vatolin, Antsiferova, "FS-IQA: Certified Feature Smoothing for
+Robust Image Quality Assessment", Algorithm 1.  For an image x (and, for FR
+models, a fixed reference):
+
+    f_norm = FTN(b(x))                                    (feature preparation)
+    v_i    = Scorer(f_norm + e_i),  e_i ~ N(0, sigma_f^2 I), i = 1..N
+    S      = median(v_1..v_N)                             (Eq. 1)
+    (S^l, S^u) = MS_Cert(v, sigma_f, N, alpha)            (Theorem 2, eps_f = sigma_f)
+    eps_x  = sigma_f / ||J_B(x)||_2,  B = FTN o b         (Theorem 1, IVE)
+    ABSTAIN if ||J_B(x)||_2 < tau                         (Algorithm 1, line 4)
+
+Statement (as the paper makes it): for every ||dx||_2 <= eps_x, the smoothed
+score at x + dx lies in [S^l, S^u] with confidence alpha over the sampling,
+*provided* the feature change ||B(x+dx) - B(x)||_2 stays <= sigma_f.  That
+premise rests on the first-order approximation of Theorem 1; the suite audits
+it with a feature-space attack (``analysis.audit``).
+
+The backbone runs once per image; the N draws only pass through the small
+scorer, in chunks so memory does not grow with N.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from certify.bounds import median_of_sorted, require_indices, sorted_percentile_bounds
+from certify.defense import register_defense
+from certify.heads import FTN, Scorer
+from certify.result import AbstainReason, CertifiedScore, Guarantee
+from certify.spectral import SpectralMethod, jacobian_spectral_norm
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.models.base import Backbone, IQAModel, Mode
+from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
+
+CHECKPOINT_FORMAT = "robustbench_iqa.fs-iqa/1"
+
+STATEMENT = (
+    "For every ||dx||_2 <= eps_x, the FS-IQA median score at x+dx lies in [lower, upper] with "
+    "confidence alpha (Chiang et al. 2020, Thm. 1 in feature space with eps_f = sigma_f), provided the "
+    "first-order IVE premise ||B(x+dx)-B(x)||_2 <= sigma_f holds (FS-IQA Thm. 1)."
+)
+
+
+class FeatureSmoothedIQA(nn.Module):
+    """An IQA model defended by feature-space median smoothing (FS-IQA).
+
+    Args:
+        backbone: frozen module ``(x, ref=None) -> (B, D)`` (e.g. :class:`Backbone`).
+        ftn: :class:`~certify.heads.FTN`, features to [0, 1]^512.
+        scorer: :class:`~certify.heads.Scorer`.
+        sigma: feature-noise standard deviation sigma_f.
+        mode: NR (``x``) or FR (``x, ref``; only ``x`` is perturbed).
+        lower_better, score_range: metadata of the defended score (FS-IQA is
+            trained on subjective scores, so usually higher-better).
+        chunk_size: noise draws scored at once per image.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        ftn: nn.Module,
+        scorer: nn.Module,
+        *,
+        sigma: float,
+        mode: Mode | str = Mode.NR,
+        lower_better: bool = False,
+        score_range: tuple[float, float] = (0.0, 1.0),
+        name: str = "fs-iqa",
+        chunk_size: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.backbone, self.ftn, self.scorer = backbone, ftn, scorer
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.sigma = check_sigma(sigma)
+        self.mode = Mode(mode)
+        self.lower_better = bool(lower_better)
+        self.score_range = (float(score_range[0]), float(score_range[1]))
+        self.name = name
+        self.chunk_size = int(chunk_size)
+        self.eval()
+
+    @property
+    def full_reference(self) -> bool:
+        return self.mode is Mode.FR
+
+    # ----------------------------------------------------------------- pieces
+    def normalized_features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """B(x) = FTN(b(x)) in [0, 1]^512, differentiable in ``x``."""
+        return self.ftn(self.backbone(x, ref))
+
+    def _noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        dev = generator.device if generator is not None else like.device
+        e = torch.randn(shape, generator=generator, device=dev, dtype=like.dtype)
+        return e.to(like.device) * self.sigma
+
+    def scores_from_features(
+        self, f: torch.Tensor, *, n: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """v_ij = Scorer(f_i + e_ij) for n draws per row of ``f`` (B, m) -> (B, n)."""
+        bsz, m = f.shape
+        out = []
+        for start in range(0, n, self.chunk_size):
+            c = min(self.chunk_size, n - start)
+            noisy = f[:, None, :] + self._noise((bsz, c, m), f, generator)
+            out.append(self.scorer(noisy.reshape(bsz * c, m)).reshape(bsz, c))
+        return torch.cat(out, dim=1)
+
+    def noisy_scores(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Scores under n feature-noise draws, (B, n), differentiable in ``x`` (for EOT attacks)."""
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        return self.scores_from_features(self.normalized_features(x, ref), n=check_n(n), generator=generator)
+
+    # ------------------------------------------------------------ the modes
+    @torch.no_grad()
+    def predict(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int = 2000,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """No-certification mode: S = median of the n noisy scores (Eq. 1), shape (B,).
+
+        One backbone forward per image; the draws only pass through the scorer.
+        """
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        f = self.normalized_features(x, ref)
+        v = self.scores_from_features(f, n=check_n(n), generator=generator)
+        return median_of_sorted(v.sort(dim=1).values)
+
+    def certify(
+        self,
+        x: torch.Tensor,
+        ref: torch.Tensor | None = None,
+        *,
+        n: int = 2000,
+        alpha: float = 0.999,
+        tau: float = 1e-3,
+        generator: torch.Generator | None = None,
+        method: SpectralMethod | str = SpectralMethod.LANCZOS,
+        rtol: float = 1e-3,
+        max_iter: int = 100,
+        **_: Any,
+    ) -> list[CertifiedScore]:
+        """Algorithm 1: (S, S^l, S^u, eps_x) per image, or an explicit abstention.
+
+        Raises :class:`InputError` up front when ``n`` is too small for the
+        percentile bounds at confidence ``alpha`` (the radius is eps_f = sigma_f,
+        so the indices depend on n and alpha only).
+        """
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        n, alpha = check_n(n), check_alpha(alpha)
+        if not (tau >= 0):
+            raise InputError(f"tau must be >= 0, got {tau!r}")
+        idx = require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
+
+        def feature_map(z: torch.Tensor) -> torch.Tensor:
+            return self.normalized_features(z, ref)
+
+        est = jacobian_spectral_norm(
+            feature_map, x, method=method, rtol=rtol, max_iter=max_iter, generator=generator
+        )
+        with torch.no_grad():
+            # The spectral estimate already ran the forward pass: reuse B(x).
+            v = self.scores_from_features(est.output, n=n, generator=generator).sort(dim=1).values
+            med = median_of_sorted(v)
+            lo, hi = sorted_percentile_bounds(v, idx)
+        results = []
+        for i in range(x.shape[0]):
+            norm = float(est.value[i])
+            reason: AbstainReason | None = None
+            if norm < tau:
+                reason = AbstainReason.JACOBIAN_NORM_BELOW_TAU
+            elif not bool(est.converged[i]):
+                reason = AbstainReason.SPECTRAL_NORM_NOT_CONVERGED
+            results.append(
+                CertifiedScore(
+                    score=float(med[i]),
+                    lower=None if reason else float(lo[i]),
+                    upper=None if reason else float(hi[i]),
+                    eps_x=None if reason else self.sigma / norm,
+                    abstained=reason is not None,
+                    reason=reason,
+                    spectral_norm=norm,
+                    spectral_iterations=int(est.iterations[i]),
+                    spectral_rel_change=float(est.rel_change[i]),
+                    n=n,
+                    alpha=alpha,
+                    sigma=self.sigma,
+                    defense="fs-iqa",
+                    guarantee=Guarantee.PERCENTILE_BOUNDS,
+                    statement=STATEMENT,
+                )
+            )
+        return results
+
+
+# --------------------------------------------------------------- checkpoints
+def save_fs_checkpoint(
+    path: str | Path, ftn: FTN, scorer: Scorer, *, sigma: float, model: str,
+    higher_better: bool = True, score_range: tuple[float, float] = (0.0, 1.0),
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write FTN + scorer and their configuration to a safetensors file."""
+    tensors = {f"ftn.{k}": v.detach().cpu().contiguous() for k, v in ftn.state_dict().items()}
+    tensors.update({f"scorer.{k}": v.detach().cpu().contiguous() for k, v in scorer.state_dict().items()})
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "model": model,
+        "sigma": repr(float(sigma)),
+        "ftn": json.dumps({"in_dim": ftn.in_dim, "out_dim": ftn.out_dim, "hidden": list(ftn.hidden)}),
+        "scorer": json.dumps({"in_dim": scorer.in_dim, "hidden": scorer.hidden_dim}),
+        "higher_better": json.dumps(bool(higher_better)),
+        "score_range": json.dumps([float(score_range[0]), float(score_range[1])]),
+        "extra": json.dumps(extra or {}),
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_fs_checkpoint(path: str | Path) -> tuple[FTN, Scorer, dict[str, Any]]:
+    """Read a checkpoint written by :func:`save_fs_checkpoint`; clear errors on bad files."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"FS-IQA checkpoint not found: {p}")
+    try:
+        tensors = load_file(str(p))
+        from safetensors import safe_open
+
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read FS-IQA checkpoint {p}: {exc}") from None
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{p} is not an FS-IQA checkpoint (format {meta.get('format')!r})")
+    fcfg, scfg = json.loads(meta["ftn"]), json.loads(meta["scorer"])
+    ftn = FTN(fcfg["in_dim"], fcfg["out_dim"], fcfg["hidden"])
+    scorer = Scorer(scfg["in_dim"], scfg["hidden"])
+    try:
+        ftn.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ftn.")})
+        scorer.load_state_dict({k[7:]: v for k, v in tensors.items() if k.startswith("scorer.")})
+    except RuntimeError as exc:
+        raise InputError(f"FS-IQA checkpoint {p} does not match its configuration: {exc}") from None
+    info = {
+        "model": meta.get("model", ""),
+        "sigma": float(meta["sigma"]),
+        "higher_better": json.loads(meta.get("higher_better", "true")),
+        "score_range": tuple(json.loads(meta.get("score_range", "[0, 1]"))),
+        "extra": json.loads(meta.get("extra", "{}")),
+        "path": str(p),
+    }
+    return ftn.eval(), scorer.eval(), info
+
+
+def shipped_checkpoint(model: str, sigma: float) -> Path | None:
+    """Path of the FS-IQA heads shipped for ``model`` at ``sigma``, if any."""
+    name = f"fs-iqa-{model}-sigma{float(sigma):g}.safetensors"
+    ref = resources.files("robustbench_iqa") / "weights" / name
+    path = Path(str(ref))
+    return path if path.is_file() else None
+
+
+@register_defense("fs-iqa")
+def create_fs_iqa(
+    model: IQAModel, *, sigma: float, checkpoint: str | Path | None = None, chunk_size: int = 1000,
+    **_: Any,
+) -> FeatureSmoothedIQA:
+    """FS-IQA around ``model`` with trained heads from ``checkpoint`` (or the shipped ones)."""
+    sigma = check_sigma(sigma)
+    path = Path(checkpoint) if checkpoint is not None else shipped_checkpoint(model.name, sigma)
+    if path is None:
+        raise InputError(
+            f"no trained FS-IQA heads for model {model.name!r} at sigma={sigma:g}; train them with "
+            f"`robustbench-iqa train --model {model.name} --sigma {sigma:g} --out CKPT` and pass --checkpoint CKPT"
+        )
+    ftn, scorer, info = load_fs_checkpoint(path)
+    if abs(info["sigma"] - sigma) > 1e-9:
+        raise InputError(
+            f"checkpoint {path} was trained at sigma={info['sigma']:g}, not at the requested sigma={sigma:g}"
+        )
+    dev = model.device
+    return FeatureSmoothedIQA(
+        Backbone(model), ftn.to(dev), scorer.to(dev), sigma=sigma, mode=model.mode,
+        lower_better=not info["higher_better"], score_range=info["score_range"],
+        name=f"fs-iqa({model.name})", chunk_size=chunk_size,
+    )

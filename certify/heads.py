@@ -1,0 +1,59 @@
+"""FS-IQA's trainable modules: the Feature Transform Normalize module and the scorer.
+
+FS-IQA (Shumitskaya et al.), Sec. "Feature Preparation Pipeline" and
+"Experiments / FS-IQA parameters": both are fully connected.  FTN reduces the
+backbone features to 512 dimensions and constrains them to [0, 1] (here by a
+final sigmoid), so that Gaussian noise of one sigma_f means the same thing for
+every backbone; the scorer maps the (noisy) normalized features to one score.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class FTN(nn.Module):
+    """f_norm = FTN(f_init) in [0, 1]^out_dim.
+
+    The input is standardized with the training-set feature mean and standard
+    deviation (buffers, set by :func:`certify.training.train_fs_iqa`), then
+    passed through ``Linear -> GELU`` blocks for each ``hidden`` width and a
+    final ``Linear -> Sigmoid``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 512, hidden: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.hidden = int(in_dim), int(out_dim), tuple(int(h) for h in hidden)
+        self.register_buffer("mean", torch.zeros(self.in_dim))
+        self.register_buffer("std", torch.ones(self.in_dim))
+        layers: list[nn.Module] = []
+        d = self.in_dim
+        for h in self.hidden:
+            layers += [nn.Linear(d, h), nn.GELU()]
+            d = h
+        layers += [nn.Linear(d, self.out_dim), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net((f - self.mean) / self.std)
+
+
+class Scorer(nn.Module):
+    """S = Scorer(f) : R^in_dim -> R, ``Linear -> GELU -> Linear``.
+
+    The output is de-standardized with the training-target mean and standard
+    deviation (buffers), so the scorer predicts on the subjective-score scale.
+    """
+
+    def __init__(self, in_dim: int = 512, hidden: int = 128) -> None:
+        super().__init__()
+        self.in_dim, self.hidden_dim = int(in_dim), int(hidden)
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+        self.net = nn.Sequential(nn.Linear(self.in_dim, self.hidden_dim), nn.GELU(), nn.Linear(self.hidden_dim, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.target_mean + self.target_std * self.net(f).squeeze(-1)
