@@ -31,9 +31,10 @@ def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
         raise InputError(f"{name} is an empty batch")
     if not x.is_floating_point():
         raise InputError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
+    xd = x.detach()
+    if not bool(torch.isfinite(xd).all()):
         raise InputError(f"{name} contains NaN or Inf values")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = float(xd.min()), float(xd.max())
     if lo < 0.0 or hi > 1.0:
         raise InputError(f"{name} must have values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
     return x
