@@ -48,13 +48,14 @@ def register_prefix(prefix: str) -> Callable[[Callable[..., IQAModel]], Callable
 
 def _load_builtin() -> None:
     # Importing the adapter modules registers their models.
-    import robustbench_iqa.models.embedded  # noqa: F401
+    import importlib
 
-    try:
-        import robustbench_iqa.models.published  # noqa: F401
-    except ModuleNotFoundError as exc:  # only the module itself may be absent
-        if exc.name != "robustbench_iqa.models.published":
-            raise
+    for mod in ("embedded", "published"):
+        try:
+            importlib.import_module(f"robustbench_iqa.models.{mod}")
+        except ModuleNotFoundError as exc:  # only the module itself may be absent
+            if exc.name != f"robustbench_iqa.models.{mod}":
+                raise
 
 
 def list_models() -> list[str]:

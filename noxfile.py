@@ -1,0 +1,50 @@
+"""Sessions: tests, lint, verify (the research-CI gate) and bench.
+
+Settings are read from pyproject.toml (``[tool.robustbench_iqa.nox]``), not repeated here.
+"""
+
+from __future__ import annotations
+
+import nox
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+SETTINGS = PYPROJECT["tool"]["robustbench_iqa"]["nox"]
+PYTHON = SETTINGS.get("python")
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The full fast test suite (slow tests are opt-in: `nox -s tests -- -m slow`)."""
+    _install(session, "dev")
+    args = session.posargs or SETTINGS["tests"][1:]
+    session.run(SETTINGS["tests"][0], *args)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff and mypy on the four packages."""
+    _install(session, "dev")
+    session.run("ruff", "check", "robustbench_iqa", "certify", "attacks", "analysis", "tests")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def verify(session: nox.Session) -> None:
+    """The research-CI gate on the embedded default (configured in [tool.robustbench_iqa.verify])."""
+    _install(session)
+    session.run("robustbench-iqa", "verify", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Speed and memory of certification, as ratios to one undefended forward pass."""
+    _install(session)
+    session.run("robustbench-iqa", "bench", *session.posargs)

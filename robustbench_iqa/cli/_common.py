@@ -1,0 +1,189 @@
+"""Arguments and input handling shared by the subcommands.
+
+Inputs come either from a registered dataset (``--dataset NAME [--root PATH]
+[--limit K]``) or from files (``--image PATH`` repeatable, and ``--ref PATH``
+for FR models: one reference for all images, or one per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustbench_iqa.data.base import IQADataset
+from robustbench_iqa.data.images import Resize, load_image
+from robustbench_iqa.data.registry import create_dataset
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.models.registry import create_model
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default-nr", help="registered model name (see `robustbench-iqa list`)")
+    p.add_argument("--weights", default=None, help="local checkpoint for the model (default: shipped/random)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+
+def add_input_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("inputs")
+    g.add_argument("--dataset", default=None, help="registered dataset name (e.g. default, koniq10k, kadid10k, csv)")
+    g.add_argument("--root", default=None, help="local folder (or CSV file) of the dataset")
+    g.add_argument("--split", choices=["all", "train", "test"], default="test",
+                   help="which part of the seeded 80/20 split to use (default: test)")
+    g.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    g.add_argument("--ref", action="append", default=[], help="reference image for FR models (one, or one per --image)")
+    g.add_argument("--size", default=None, help="working size HxW, e.g. 384x512 (default: the dataset's)")
+    g.add_argument("--resize", choices=[r.value for r in Resize], default=None, help="resize policy")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object per line instead of a table")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--size must look like HxW (e.g. 384x512), got {text!r}") from None
+    if h < 8 or w < 8:
+        raise InputError(f"--size is too small: {text}")
+    return h, w
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be >= 1, got {limit}")
+
+
+def build_model(args: argparse.Namespace) -> IQAModel:
+    return create_model(args.model, weights=args.weights, device=args.device)
+
+
+@dataclass
+class Item:
+    """One input: a name, the image (3, H, W), its reference (or None) and a score (or None)."""
+
+    name: str
+    x: torch.Tensor
+    ref: torch.Tensor | None
+    score: float | None
+
+
+def load_dataset(args: argparse.Namespace) -> IQADataset:
+    ds = create_dataset(args.dataset, root=args.root, size=parse_size(args.size), resize=args.resize)
+    if args.split != "all":
+        train, test = ds.split(seed=0)
+        ds = train if args.split == "train" else test
+    return ds.head(args.limit)
+
+
+def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator[Item]]:
+    """The inputs named on the command line, validated against the model's FR/NR mode."""
+    check_limit(args.limit)
+    if args.image and args.dataset:
+        raise InputError("give either --dataset or --image, not both")
+    size, resize = parse_size(args.size), Resize(args.resize or Resize.RESIZE)
+    if args.image:
+        images = [Path(p) for p in args.image][: args.limit]
+        refs = [Path(p) for p in args.ref]
+        if model.full_reference:
+            if not refs:
+                raise InputError(f"model {args.model!r} is full-reference: give --ref PATH")
+            if len(refs) not in (1, len(args.image)):
+                raise InputError(f"give one --ref, or one per --image ({len(args.image)}), not {len(refs)}")
+        elif refs:
+            raise InputError(f"model {args.model!r} is no-reference: --ref is not used")
+
+        def gen_files() -> Iterator[Item]:
+            for i, p in enumerate(images):
+                x = load_image(p, size=size, resize=resize)
+                ref = None
+                if model.full_reference:
+                    r = refs[0] if len(refs) == 1 else refs[i]
+                    ref = load_image(r, size=size or tuple(x.shape[-2:]), resize=resize)  # type: ignore[arg-type]
+                yield Item(str(p), x, ref, None)
+
+        return len(images), gen_files()
+    if not args.dataset:
+        raise InputError("no input: give --dataset NAME or --image PATH")
+    ds = load_dataset(args)
+    if model.full_reference and not ds.has_references:
+        raise InputError(f"model {args.model!r} is full-reference but dataset {ds.name!r} has no references")
+
+    def gen_ds() -> Iterator[Item]:
+        for i, s in enumerate(ds.samples):
+            x, ref = ds.load(i)
+            yield Item(s.name, x, ref if model.full_reference else None, s.score)
+
+    return len(ds), gen_ds()
+
+
+def batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
+    buf: list[Item] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) == size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+def stack(items: list[Item], device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    shapes = {tuple(it.x.shape) for it in items}
+    if len(shapes) != 1:
+        raise InputError(f"images in one batch have different sizes {sorted(shapes)}; use --size HxW or --batch-size 1")
+    x = torch.stack([it.x for it in items]).to(device)
+    ref = None if items[0].ref is None else torch.stack([it.ref for it in items]).to(device)  # type: ignore[misc]
+    return x, ref
+
+
+def emit(rows: list[dict[str, Any]], *, as_json: bool, columns: list[str]) -> None:
+    """Print rows as JSON lines or as an aligned table."""
+    if as_json:
+        for r in rows:
+            print(json.dumps(r, default=_json_default))
+        return
+    print(format_table(rows, columns))
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "value"):
+        return o.value
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False) and sys.stderr is not None

@@ -1,0 +1,59 @@
+"""``robustbench-iqa predict``: defended scores without certification (fast mode)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from robustbench_iqa.cli import _common as c
+from robustbench_iqa.cli._defense import add_defense_args, build_defense
+from robustbench_iqa.validation import check_finite_scores, check_n, check_sigma
+
+COLUMNS = ["image", "score", "target", "seconds"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("predict", help="defended score without certification (fast mode)",
+                       description="Predict defended (or, with --defense none, undefended) IQA scores.")
+    c.add_model_args(p)
+    c.add_input_args(p)
+    add_defense_args(p, certify=False)
+    c.add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_n(args.n)
+    model = c.build_model(args)
+    defense = None if args.defense == "none" else build_defense(args, model)
+    if defense is not None:
+        check_sigma(args.sigma)
+    total, items = c.iter_items(args, model)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    bar = tqdm(total=total, desc=f"predict {args.model} ({args.defense})", unit="img",
+               disable=not c.progress_enabled(args))
+    rows = []
+    for chunk in c.batches(items, args.batch_size):
+        x, ref = c.stack(chunk, args.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if defense is None:
+                x, ref = model.check_inputs(x, ref)
+                s = model(x, ref)
+            else:
+                s = defense.predict(x, ref, n=args.n, generator=gen)
+        check_finite_scores(s)
+        dt = (time.perf_counter() - t0) / len(chunk)
+        for it, v in zip(chunk, s.tolist()):
+            row = {"image": it.name, "score": v, "target": it.score, "seconds": dt, "defense": args.defense}
+            rows.append(row)
+            if args.json:
+                c.emit([row], as_json=True, columns=COLUMNS)
+        bar.update(len(chunk))
+    bar.close()
+    if not args.json:
+        c.emit(rows, as_json=False, columns=COLUMNS)
+    return 0

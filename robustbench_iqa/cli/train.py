@@ -1,0 +1,68 @@
+"""``robustbench-iqa train``: fit FS-IQA's FTN + scorer on a frozen backbone.
+
+Backbone features are computed once and reused for every sigma and epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from certify.fs_iqa import save_fs_checkpoint
+from certify.training import evaluate_heads, extract_features, fit_fs_heads
+from robustbench_iqa.cli import _common as c
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.models.base import Backbone
+from robustbench_iqa.validation import check_sigma
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("train", help="train FS-IQA heads (FTN + scorer) on a frozen backbone",
+                       description="Train FS-IQA heads on the seeded 80/20 split and report held-out SRCC/PLCC.")
+    c.add_model_args(p)
+    p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
+    p.add_argument("--root", default=None, help="local folder of the dataset")
+    p.add_argument("--size", default=None, help="working size HxW (default: the dataset's)")
+    p.add_argument("--resize", default=None, help="resize policy")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images (before the split)")
+    p.add_argument("--sigma", type=float, nargs="+", default=[0.25], help="one or more sigma_f values")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0, help="split and training seed")
+    p.add_argument("--n-eval", type=int, default=2000, help="noise draws for the held-out evaluation")
+    p.add_argument("--out", default="checkpoints", help="output folder (default: ./checkpoints)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    sigmas = [check_sigma(s) for s in args.sigma]
+    c.check_limit(args.limit)
+    model = c.build_model(args)
+    from robustbench_iqa.data.registry import create_dataset
+
+    ds = create_dataset(args.dataset, root=args.root, size=c.parse_size(args.size), resize=args.resize)
+    ds = ds.head(args.limit)
+    train, test = ds.split(seed=args.seed)
+    if len(train) < 2 or len(test) < 3:
+        raise InputError(f"dataset {ds.name!r} has too few samples for a train/test split ({len(ds)})")
+    backbone = Backbone(model).eval()
+    fr, prog = model.full_reference, not args.no_progress
+    f_tr, y_tr = extract_features(backbone, train, full_reference=fr, device=args.device, progress=prog)
+    f_te, y_te = extract_features(backbone, test, full_reference=fr, device=args.device, progress=prog)
+    out = Path(args.out)
+    for s in sigmas:
+        ftn, scorer, hist = fit_fs_heads(f_tr, y_tr, sigma=s, epochs=args.epochs, lr=args.lr,
+                                         seed=args.seed, device=args.device, progress=prog)
+        srcc, plcc = evaluate_heads(ftn, scorer, f_te, y_te, sigma=s, n=args.n_eval, seed=args.seed)
+        path = out / f"fs-iqa-{model.name}-sigma{s:g}.safetensors"
+        extra = {"dataset": ds.describe(), "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
+                 "heldout_srcc": srcc, "heldout_plcc": plcc, "n_train": len(train), "n_test": len(test),
+                 "weights": args.weights}
+        save_fs_checkpoint(path, ftn, scorer, sigma=s, model=model.name, higher_better=ds.higher_better,
+                           score_range=ds.score_range, extra=extra)
+        print(json.dumps({"model": model.name, "sigma": s, "checkpoint": str(path), "heldout_srcc": srcc,
+                          "heldout_plcc": plcc, "n_train": len(train), "n_test": len(test),
+                          "final_mse": hist[-1]}))
+    return 0
