@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 
-class AbstainReason(str, Enum):
+class AbstainReason(StrEnum):
     """Why a defense declined to certify an image."""
 
     JACOBIAN_NORM_BELOW_TAU = "jacobian_norm_below_tau"
@@ -26,7 +26,7 @@ class AbstainReason(str, Enum):
     """The certificate exists but bounds nothing (e.g. a radius of zero)."""
 
 
-class Guarantee(str, Enum):
+class Guarantee(StrEnum):
     """What kind of statement ``lower``/``upper`` carry."""
 
     PERCENTILE_BOUNDS = "percentile_bounds"

@@ -7,9 +7,11 @@ reference): both iterative methods work on the small m x m operator
 
     M = J J^T,    M u = J (J^T u),    sigma_max(J) = sqrt(lambda_max(M)),
 
-with one vector-Jacobian product (reverse mode, J^T u, reusing the graph of a
-single forward pass) and one Jacobian-vector product (forward mode, J v) per
-iteration, through :mod:`torch.func`.  Working in the m-dimensional output
+with one vector-Jacobian product (J^T u, a backward pass through the graph of a
+single forward pass) and one Jacobian-vector product (J v, by the
+double-backward trick through the graph of g(u0) = J^T u0, which is linear in
+u0; see :func:`_operator`) per iteration.  Neither product re-runs the forward
+pass, so one iteration costs about two backward passes.  Working in the m-dimensional output
 space keeps every stored vector 512 floats long, whatever the image size.
 
 ``fn`` must map a batch (B, ...) to (B, m) *per sample* (no interaction across
@@ -36,15 +38,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
-from torch.func import jacrev, jvp, vjp
+from torch.func import jacrev, jvp
 
 from robustbench_iqa.errors import InputError
 
 
-class SpectralMethod(str, Enum):
+class SpectralMethod(StrEnum):
     POWER = "power"
     LANCZOS = "lanczos"
     EXACT = "exact"
@@ -79,16 +81,57 @@ def _random_unit(shape: tuple[int, ...], *, like: torch.Tensor, generator: torch
 
 
 def _operator(fn: FeatureMap, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """B(x) and the map u -> J J^T u on (B, m), sharing one forward pass for the VJP."""
+    """B(x) and the map u -> J J^T u on (B, m), from one forward pass.
+
+    ``J^T u`` is a backward pass through the retained graph of the forward pass.
+    ``J v`` uses the double-backward trick: at the first product, g(u0) = J^T u0
+    is computed with ``create_graph=True`` (u0 a leaf); g is linear in u0, so
+    d<g(u0), v>/du0 = J v for any v: one backward pass through g's graph, with
+    no recomputation of B(x) (which ``torch.func.jvp`` would redo at every
+    call, and ``torch.func.linearize`` would trace at a cost of tens of forward
+    passes).  Models whose operations lack double-backward support fall back to
+    ``torch.func.jvp``.  The products are exact (same autograd derivatives).
+    """
     x = x.detach()
-    out, vjp_fn = vjp(fn, x)
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        out = fn(xg)
     if out.dim() != 2 or out.shape[0] != x.shape[0]:
         raise InputError(f"the feature map must return shape (B, m), got {tuple(out.shape)}")
+    if not out.requires_grad:  # B does not depend on x: J = 0
+        return out.detach(), lambda u: torch.zeros_like(u)
+    u0: torch.Tensor | None = None  # leaf cotangent of the retained graph g(u0) = J^T u0
+    g: torch.Tensor | None = None
+    forward_mode = False  # fall back to torch.func.jvp (no double backward, or J^T u0 constant)
+
+    def jtu_of(u: torch.Tensor) -> torch.Tensor:
+        nonlocal u0, g, forward_mode
+        u = u.to(out.dtype)
+        with torch.enable_grad():
+            if g is None:  # first product: keep the graph of u0 -> J^T u0
+                u0 = u.detach().clone().requires_grad_(True)
+                (g,) = torch.autograd.grad(out, xg, u0, retain_graph=True, create_graph=True,
+                                           allow_unused=True, materialize_grads=True)
+                forward_mode = not g.requires_grad
+                return g.detach()
+            (jtu,) = torch.autograd.grad(out, xg, u, retain_graph=True, allow_unused=True,
+                                         materialize_grads=True)
+        return jtu
+
+    def jv_of(v: torch.Tensor) -> torch.Tensor:
+        nonlocal forward_mode
+        if not forward_mode and g is not None and u0 is not None:
+            try:
+                with torch.enable_grad():
+                    (jv,) = torch.autograd.grad(g, u0, v, retain_graph=True, allow_unused=True,
+                                                materialize_grads=True)
+                return jv
+            except RuntimeError:  # an operation without double backward: forward mode instead
+                forward_mode = True
+        return jvp(fn, (x,), (v,))[1]
 
     def matvec(u: torch.Tensor) -> torch.Tensor:
-        (jtu,) = vjp_fn(u.to(out.dtype))
-        _, jv = jvp(fn, (x,), (jtu,))
-        return jv.detach()
+        return jv_of(jtu_of(u)).detach()
 
     return out.detach(), matvec
 

@@ -128,7 +128,7 @@ def fit_fs_heads(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += loss.item() * len(b)
         sched.step()
         history.append(total / len(perm))
         bar.set_postfix(mse=f"{history[-1]:.4g}")

@@ -1,0 +1,187 @@
+"""RS-Reg: randomized mean smoothing of a bounded regressor (Miri Rekavandi, Ohrimenko,
+Rubinstein, TMLR 2025, "RS-Reg: Probabilistic and Robust Certified Regression
+Through Randomized Smoothing").
+
+The base function is h(z) = clip(f(clip(z, 0, 1)), a, b): the IQA model with
+its output clipped to a known range [a, b] (``output_range``, default the
+model's ``score_range``).  The clipping makes the boundedness assumption true
+by construction, so the certificates below hold for h exactly as evaluated.
+The defended score is the smoothed mean g(x) = E_e h(x + e), e ~ N(0, sigma^2 I),
+estimated by the sample mean of n draws.
+
+Two certificates (``certificate=``):
+
+``"mean"`` (default, Guarantee.MEAN_BOUNDS).  For h with values in [a, b],
+Phi^-1((g(x) - a) / (b - a)) is 1/sigma-Lipschitz in x (Salman et al. 2019,
+Lemma 2; Kumar et al. 2020; RS-Reg's bounded-output result), hence for every
+||x' - x||_2 <= eps:
+
+    a + (b-a) Phi(Phi^-1(p_lo) - eps/sigma) <= g(x') <= a + (b-a) Phi(Phi^-1(p_hi) + eps/sigma),
+
+where [p_lo, p_hi] contains (g(x) - a)/(b - a).  From n samples, Hoeffding's
+inequality gives the two-sided interval mean +- (b - a) sqrt(ln(2/(1-alpha)) / (2n))
+(the finite-sample "discounted" certificate, RS-Reg Prop. 1 in spirit).
+Statement: with probability >= alpha over the n draws, the bound holds at every
+x' of the ball.
+
+``"probabilistic"`` (Guarantee.PROBABILISTIC, RS-Reg Thm. 1).  A statement on
+the base model's output, not on g: if P_e(h(x+e) in V) >= p_A for an output
+set V, then P_e(h(x'+e) in V) >= Phi(Phi^-1(p_A) - ||x'-x||_2/sigma) (Cohen et
+al. 2019, Neyman-Pearson).  For a requested probability P (``p_valid``) at
+radius eps we need p_A = Phi(Phi^-1(P) + eps/sigma); V = [lower, upper] is the
+central interval between the tau- and (1-tau)-quantiles, tau = (1 - p_A)/2,
+widened to order statistics with joint confidence alpha (binomial, as in
+:mod:`certify.bounds`).  Statement: with probability >= alpha over the draws,
+for every x' in the ball, P_e(h(x'+e) in [lower, upper]) >= p_valid.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import norm
+
+from certify.bounds import _indices
+from certify.defense import register_defense
+from certify.input_smoothing import InputSmoothedIQA, reject_denoiser
+from certify.result import CertifiedScore, Guarantee
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.models.base import IQAModel
+
+
+class RSRegCertificate(StrEnum):
+    """Which RS-Reg statement ``certify`` makes (see the module docstring)."""
+
+    MEAN = "mean"
+    PROBABILISTIC = "probabilistic"
+
+
+def hoeffding_halfwidth(n: int, *, alpha: float, width: float) -> float:
+    """t with P(|mean - g| >= t) <= 1 - alpha for n i.i.d. draws in an interval of length ``width``.
+
+    Two-sided Hoeffding: P(|mean - g| >= t) <= 2 exp(-2 n t^2 / width^2).
+    """
+    return width * math.sqrt(math.log(2.0 / (1.0 - alpha)) / (2.0 * n))
+
+
+def bounded_mean_certificate(
+    p_lo: np.ndarray, p_hi: np.ndarray, *, eps: float, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized bounds on g(x') / (b - a) over ||x'-x||_2 <= eps from p_lo <= g(x) <= p_hi (in [0, 1]).
+
+    Phi(Phi^-1(p_lo) - eps/sigma) and Phi(Phi^-1(p_hi) + eps/sigma); p = 0 or 1 give 0 or 1.
+    """
+    r = eps / sigma
+    lo = norm.cdf(norm.ppf(np.clip(p_lo, 0.0, 1.0)) - r)
+    hi = norm.cdf(norm.ppf(np.clip(p_hi, 0.0, 1.0)) + r)
+    return np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
+
+
+def check_output_range(output_range: tuple[float, float]) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in output_range)
+    except (TypeError, ValueError):
+        raise InputError(f"output_range must be a pair (a, b), got {output_range!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b) and a < b):
+        raise InputError(f"output_range must be finite with a < b, got {output_range!r}")
+    return a, b
+
+
+class BoundedSmoothedIQA(InputSmoothedIQA):
+    """Input smoothing of the IQA model with its output clipped to ``output_range`` = [a, b]."""
+
+    def __init__(self, model: IQAModel, *, sigma: float, output_range: tuple[float, float] | None = None,
+                 batch_size: int = 64, clip: bool = True, name: str | None = None) -> None:
+        super().__init__(model, sigma=sigma, batch_size=batch_size, clip=clip, name=name)
+        self.output_range = check_output_range(output_range if output_range is not None else model.score_range)
+
+    def base_scores(self, z: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        a, b = self.output_range
+        return super().base_scores(z, ref).clamp(a, b)
+
+
+class MeanSmoothedIQA(BoundedSmoothedIQA):
+    """RS-Reg: mean smoothing with the bounded-output certificates above."""
+
+    defense_name = "rs-reg"
+
+    def __init__(self, model: IQAModel, *, sigma: float, certificate: RSRegCertificate | str = "mean",
+                 p_valid: float = 0.5, output_range: tuple[float, float] | None = None, batch_size: int = 64,
+                 clip: bool = True, name: str | None = None) -> None:
+        super().__init__(model, sigma=sigma, output_range=output_range, batch_size=batch_size, clip=clip, name=name)
+        try:
+            self.certificate = RSRegCertificate(certificate)
+        except ValueError:
+            raise InputError(f"certificate must be 'mean' or 'probabilistic', got {certificate!r}") from None
+        if not (isinstance(p_valid, (int, float)) and 0.0 < p_valid < 1.0):
+            raise InputError(f"p_valid must lie in (0, 1), got {p_valid!r}")
+        self.p_valid = float(p_valid)
+
+    def aggregate(self, v: torch.Tensor) -> torch.Tensor:
+        return v.mean(dim=1)
+
+    def certify_scores(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
+        if self.certificate is RSRegCertificate.PROBABILISTIC:
+            return self._certify_probabilistic(v, alpha=alpha, eps=eps)
+        n = v.shape[1]
+        a, b = self.output_range
+        mean = v.double().mean(dim=1).cpu().numpy()
+        t = hoeffding_halfwidth(n, alpha=alpha, width=b - a)
+        p_lo, p_hi = (mean - a - t) / (b - a), (mean - a + t) / (b - a)
+        lo, hi = bounded_mean_certificate(p_lo, p_hi, eps=eps, sigma=self.sigma)
+        statement = (
+            f"With probability >= alpha over the n draws (Hoeffding), for every x' with ||x'-x||_2 <= eps_x the "
+            f"smoothed mean E_e h(x'+e) lies in [lower, upper]; h = IQA model clipped to [{a:g}, {b:g}], "
+            f"Phi^-1 of its normalized mean being 1/sigma-Lipschitz (RS-Reg bounded-output certificate)."
+        )
+        return [
+            self._result(float(mean[i]), (a + (b - a) * float(lo[i]), a + (b - a) * float(hi[i])), n=n, alpha=alpha,
+                         eps=eps, guarantee=Guarantee.MEAN_BOUNDS, statement=statement)
+            for i in range(len(mean))
+        ]
+
+    def _certify_probabilistic(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
+        n = v.shape[1]
+        idx = valid_interval_indices(n, p_valid=self.p_valid, eps=eps, sigma=self.sigma, alpha=alpha)
+        srt = v.sort(dim=1).values
+        mean = v.double().mean(dim=1)
+        statement = (
+            f"PROBABILISTIC (RS-Reg Thm. 1): with probability >= alpha over the n draws, for every x' with "
+            f"||x'-x||_2 <= eps_x, P_e(h(x'+e) in [lower, upper]) >= {self.p_valid:g}, e ~ N(0, sigma^2 I). "
+            f"A statement on the noisy base-model output, not a bound on the smoothed mean (the reported score)."
+        )
+        out = []
+        for i in range(v.shape[0]):
+            bounds = None if idx is None else (float(srt[i, idx[0] - 1]), float(srt[i, idx[1] - 1]))
+            out.append(self._result(float(mean[i]), bounds, n=n, alpha=alpha, eps=eps,
+                                    guarantee=Guarantee.PROBABILISTIC, statement=statement))
+        return out
+
+
+def valid_interval_indices(n: int, *, p_valid: float, eps: float, sigma: float, alpha: float) -> tuple[int, int] | None:
+    """1-based order statistics (k1, k2) with P([X_(k1), X_(k2)] covers mass >= p_A) >= alpha.
+
+    p_A = Phi(Phi^-1(p_valid) + eps/sigma); tau = (1 - p_A)/2.  k1 is the largest k with
+    P(Bin(n, tau) >= k) >= 1 - a and k2 the smallest with P(Bin(n, 1 - tau) <= k - 1) >= 1 - a,
+    a = (1 - alpha)/2; then X_(k1) <= q_tau and X_(k2) >= q_(1-tau) jointly with probability >= alpha.
+    None when n is too small (or p_A rounds to 1).
+    """
+    p_a = float(norm.cdf(norm.ppf(p_valid) + eps / sigma))
+    tau = (1.0 - p_a) / 2.0
+    if tau <= 0.0:
+        return None
+    return _indices(int(n), tau, 1.0 - tau, (1.0 - alpha) / 2.0)
+
+
+@register_defense("rs-reg")
+def create_rs_reg(model: IQAModel, *, sigma: float, certificate: str = "mean", p_valid: float = 0.5,
+                  output_range: tuple[float, float] | None = None, batch_size: int = 64, clip: bool = True,
+                  **options: Any) -> MeanSmoothedIQA:
+    """RS-Reg around ``model`` (no training needed)."""
+    reject_denoiser("rs-reg", options)
+    return MeanSmoothedIQA(model, sigma=sigma, certificate=certificate, p_valid=p_valid, output_range=output_range,
+                           batch_size=batch_size, clip=clip)
