@@ -1,0 +1,88 @@
+"""FGSM, I-FGSM, MI-FGSM and PGD as small subclasses of :class:`GradientAttack`.
+
+All steps use the steepest-ascent direction of the threat model
+(:func:`attacks.threat.normalized_direction`): sign(g) for Linf, g/||g||_2 for L2.
+
+* FGSM (Goodfellow et al. 2015): one step of size eps from x.
+* I-FGSM / BIM (Kurakin et al. 2017): T projected steps of size alpha from x,
+  no random start (default alpha = eps / T).
+* MI-FGSM (Dong et al. 2018, Eq. 6-7): m_{t+1} = mu m_t + g_t / ||g_t||_1;
+  the step follows the direction of m_{t+1}.
+* PGD (Madry et al. 2018): I-FGSM from a uniformly random point of the ball
+  drawn from the caller's generator (default alpha = 2.5 eps / T).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from attacks.base import GradientAttack
+from attacks.threat import ThreatModel, normalized_direction, random_in_ball
+from robustbench_iqa.errors import InputError
+
+
+def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class IFGSM(GradientAttack):
+    """Iterative FGSM (BIM): projected gradient ascent without random start.
+
+    ``IFGSM(*, eps, steps=10, step_size=None, norm="linf")``; ``step_size``
+    defaults to eps / steps.
+    """
+
+    name = "ifgsm"
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor,
+             state: dict[str, torch.Tensor]) -> torch.Tensor:
+        return x + _bcast(alpha, x) * normalized_direction(grad, self.norm)
+
+
+class FGSM(IFGSM):
+    """Fast gradient sign method: a single step of size eps (``FGSM(*, eps, norm="linf")``)."""
+
+    name = "fgsm"
+
+    def __init__(self, *, eps: float, norm: ThreatModel | str = ThreatModel.LINF) -> None:
+        super().__init__(eps=eps, steps=1, step_size=None, norm=norm)
+
+    def default_step_size(self) -> float:
+        return self.eps
+
+
+class MIFGSM(IFGSM):
+    """Momentum I-FGSM: ``MIFGSM(*, eps, steps=10, step_size=None, decay=1.0, norm="linf")``."""
+
+    name = "mifgsm"
+
+    def __init__(self, *, eps: float, steps: int = 10, step_size: float | None = None,
+                 decay: float = 1.0, norm: ThreatModel | str = ThreatModel.LINF) -> None:
+        super().__init__(eps=eps, steps=steps, step_size=step_size, norm=norm)
+        if not (decay >= 0):
+            raise InputError(f"decay must be >= 0, got {decay!r}")
+        self.decay = float(decay)
+
+    def init_state(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"momentum": torch.zeros_like(x0)}
+
+    def step(self, x: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor,
+             state: dict[str, torch.Tensor]) -> torch.Tensor:
+        l1 = grad.reshape(grad.shape[0], -1).abs().sum(dim=1).clamp_min(1e-12)
+        state["momentum"] = self.decay * state["momentum"] + grad / _bcast(l1, grad)
+        return x + _bcast(alpha, x) * normalized_direction(state["momentum"], self.norm)
+
+
+class PGD(IFGSM):
+    """PGD with a uniformly random start: ``PGD(*, eps, steps=10, step_size=None, norm="linf")``.
+
+    Pass ``generator=`` to :meth:`run` for reproducible starts.
+    """
+
+    name = "pgd"
+
+    def default_step_size(self) -> float:
+        return 2.5 * self.eps / self.steps
+
+    def start(self, x0: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return x0 + random_in_ball(x0, eps, self.norm, generator)

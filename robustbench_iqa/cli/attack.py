@@ -1,0 +1,124 @@
+"""``robustbench-iqa attack``: attack an IQA model (or a defended one) and score its robustness.
+
+One row per image (image, clean_score, adv_score, l2, linf, iterations, gain),
+then a summary with the absolute gain, relative gain and robustness score
+(:mod:`attacks.scores`), each with a t-interval.  With ``--defense`` the
+defense is attacked through EOT over its noise (:mod:`attacks.eot`) and the
+recorded scores are the defense's predictions with ``--n`` draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from attacks.eot import Aggregate, NoiseMode, eot_objective
+from attacks.objective import Objective, Target
+from attacks.registry import create_attack, list_attacks
+from attacks.scores import summarize
+from attacks.threat import ThreatModel, check_eps
+from robustbench_iqa.cli import _common as c
+from robustbench_iqa.cli._defense import build_defense
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.validation import check_n, check_sigma
+
+COLUMNS = ["image", "clean_score", "adv_score", "gain", "l2", "linf", "iterations"]
+SUMMARY_KEYS = ["absolute_gain", "relative_gain", "robustness"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("attack", help="attack IQA scores (I-FGSM, PGD, ...) and report robustness",
+                       description="Attack an IQA model or a certified defense; per-image rows and a summary.")
+    c.add_model_args(p)
+    c.add_input_args(p)
+    g = p.add_argument_group("attack")
+    g.add_argument("--attack", default="ifgsm", choices=list_attacks(), help="attack (default: ifgsm)")
+    g.add_argument("--norm", default="linf", choices=[t.value for t in ThreatModel], help="threat model")
+    g.add_argument("--eps", type=float, default=4 / 255, help="budget in [0, 1] pixel units (default: 4/255)")
+    g.add_argument("--steps", type=int, default=10, help="gradient steps (default: 10)")
+    g.add_argument("--step-size", type=float, default=None, help="step size (default: per attack)")
+    g.add_argument("--target", default="increase", choices=[t.value for t in Target],
+                   help="raise (increase) or lower (decrease) the apparent quality, or move toward --target-score")
+    g.add_argument("--target-score", type=float, default=None, help="score for --target toward")
+    g.add_argument("--confidence", type=float, default=0.95, help="confidence of the summary intervals")
+    d = p.add_argument_group("defense (optional)")
+    d.add_argument("--defense", default="none", help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg")
+    d.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation (default: 0.25)")
+    d.add_argument("--eot", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
+    d.add_argument("--eot-aggregate", default="mean", choices=[a.value for a in Aggregate])
+    d.add_argument("--eot-noise", default="fresh", choices=[m.value for m in NoiseMode])
+    d.add_argument("--n", type=int, default=500, help="noise draws of the recorded defended scores (default: 500)")
+    d.add_argument("--checkpoint", default=None, help="trained FS-IQA heads, or denoiser for dms/dms-iqa")
+    d.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
+    c.add_output_args(p)
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    c.check_input_args(args)
+    check_eps(args.eps)
+    if args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.target == "toward" and args.target_score is None:
+        raise InputError("--target toward needs --target-score")
+    if args.defense != "none":
+        check_sigma(args.sigma)
+        check_n(args.eot)
+        check_n(args.n)
+
+
+def build_objective(args: argparse.Namespace, model: Any) -> tuple[Objective, bool, tuple[float, float]]:
+    """The objective, the attacked score's ``lower_better`` and its ``score_range``."""
+    if args.defense == "none":
+        obj = Objective.from_model(model, target=args.target, target_score=args.target_score)
+        return obj, bool(model.lower_better), tuple(model.score_range)  # type: ignore[return-value]
+    defense = build_defense(args, model)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    obj = eot_objective(defense, n=args.eot, aggregate=args.eot_aggregate, noise=args.eot_noise,
+                        generator=gen, target=args.target, target_score=args.target_score,
+                        eval_n=args.n, eval_seed=args.seed)
+    return obj, bool(defense.lower_better), tuple(defense.score_range)  # type: ignore[return-value]
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    attack = create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm)
+    model = c.build_model(args)
+    objective, lower_better, score_range = build_objective(args, model)
+    total, items = c.iter_items(args, model)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    sign = -1.0 if lower_better else 1.0
+    rows: list[dict[str, Any]] = []
+    with tqdm(total=total, desc=f"{args.attack} {args.model} ({args.defense})", unit="img",
+              disable=not c.progress_enabled(args)) as bar:
+        for chunk in c.batches(items, args.batch_size):
+            x, ref = c.stack(chunk, args.device)
+            result = attack.run(objective, x, ref, generator=gen)
+            for it, rec in zip(chunk, result.records):
+                row = {"image": it.name, **rec.to_dict(), "gain": sign * (rec.adv_score - rec.clean_score),
+                       "attack": args.attack, "norm": args.norm, "eps": args.eps, "defense": args.defense}
+                rows.append(row)
+                if args.json:
+                    c.emit([row], as_json=True, columns=COLUMNS)
+            bar.update(len(chunk))
+    summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],
+                        score_range=score_range, lower_better=lower_better, confidence=args.confidence)
+    out = {"summary": True, "model": args.model, "attack": args.attack, "norm": args.norm, "eps": args.eps,
+           "defense": args.defense, **summary.to_dict()}
+    if args.json:
+        c.emit([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}],
+               as_json=True, columns=[])
+    else:
+        c.emit(rows, as_json=False, columns=COLUMNS)
+        print()
+        for key in SUMMARY_KEYS:
+            print(f"{key:>14}: {out[key]:.4g}  [{out[key + '_low']:.4g}, {out[key + '_high']:.4g}]  "
+                  f"(n={out[key + '_n']})")
+        print(f"{'unchanged':>14}: {out['n_unchanged']} of {out['n_images']} images (excluded from robustness)")
+    return 0

@@ -1,0 +1,67 @@
+"""Robustness scores against hand-computed values and statsmodels' t-interval."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from statsmodels.stats.weightstats import DescrStatsW
+
+from attacks.scores import absolute_gain, mean_ci, relative_gain, robustness_score, summarize
+from robustbench_iqa.errors import InputError
+
+
+def test_absolute_gain_normalized_and_oriented() -> None:
+    clean, adv = [20.0, 50.0, 80.0], [30.0, 50.0, 60.0]
+    np.testing.assert_allclose(absolute_gain(clean, adv, score_range=(0, 100)), [0.1, 0.0, -0.2])
+    np.testing.assert_allclose(absolute_gain(clean, adv, score_range=(0, 100), lower_better=True),
+                               [-0.1, 0.0, 0.2])
+    np.testing.assert_allclose(absolute_gain([1.0], [2.0], score_range=(1, 5)), [0.25])
+
+
+def test_relative_gain_and_zero_clean() -> None:
+    r = relative_gain([2.0, -4.0, 0.0], [3.0, -2.0, 1.0])
+    np.testing.assert_allclose(r[:2], [0.5, 0.5])
+    assert math.isnan(r[2])
+    np.testing.assert_allclose(relative_gain([2.0], [3.0], lower_better=True), [-0.5])
+
+
+def test_robustness_score_hand_values() -> None:
+    # f = 0.2 -> max(0.8, 0.2) = 0.8; |f' - f| = 0.08 -> log10(10) = 1.
+    # f = 0.9 -> 0.9; change 0.009 -> log10(100) = 2.  Unchanged -> +inf.
+    r = robustness_score([20.0, 90.0, 40.0], [28.0, 89.1, 40.0], score_range=(0, 100))
+    np.testing.assert_allclose(r[:2], [1.0, 2.0], rtol=1e-9)
+    assert math.isinf(r[2]) and r[2] > 0
+
+
+def test_mean_ci_matches_statsmodels() -> None:
+    v = np.array([0.3, 0.1, 0.7, 0.4, 0.9, 0.2])
+    ci = mean_ci(v, confidence=0.9)
+    lo, hi = DescrStatsW(v).tconfint_mean(alpha=0.1)
+    assert ci.mean == pytest.approx(v.mean())
+    assert (ci.low, ci.high) == pytest.approx((lo, hi), rel=1e-10)
+    one = mean_ci([1.0, np.nan, np.inf])
+    assert one.n == 1 and one.mean == 1.0 and math.isnan(one.low)
+    assert mean_ci([]).n == 0
+    with pytest.raises(InputError):
+        mean_ci([1.0, 2.0], confidence=1.5)
+
+
+def test_summary_excludes_unchanged_from_robustness() -> None:
+    clean, adv = [20.0, 90.0, 40.0], [28.0, 89.1, 40.0]
+    s = summarize(clean, adv, score_range=(0, 100))
+    assert s.n_images == 3 and s.n_unchanged == 1
+    assert s.robustness.mean == pytest.approx(1.5) and s.robustness.n == 2
+    assert s.absolute_gain.mean == pytest.approx((0.08 - 0.009 + 0.0) / 3)
+    d = s.to_dict()
+    assert d["robustness_n"] == 2 and d["absolute_gain"] == pytest.approx(s.absolute_gain.mean)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(InputError):
+        absolute_gain([1.0, 2.0], [1.0], score_range=(0, 1))
+    with pytest.raises(InputError):
+        robustness_score([1.0], [np.nan], score_range=(0, 1))
+    with pytest.raises(InputError):
+        absolute_gain([1.0], [1.0], score_range=(1, 1))

@@ -1,0 +1,351 @@
+"""Attacks: a parametrized table over attacks x threat models x {NR, FR} (foolbox ``AttackTestTarget`` style),
+EOT on randomized defenses, the feature-space audit attack and the ``attack`` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attacks import (
+    FGSM,
+    IFGSM,
+    MIFGSM,
+    PGD,
+    Objective,
+    TextureMaskedAttack,
+    ThreatModel,
+    create_attack,
+    eot_objective,
+    feature_space_attack,
+    soft_median,
+    texture_mask,
+)
+from attacks.threat import norms, project, random_in_ball
+from robustbench_iqa.errors import InputError
+from tests.toy_models import ToyFR, ToyNR, random_images
+
+TOL = 1e-5
+EPS = {"linf": 8 / 255, "l2": 0.5}
+
+
+def _attack(name: str, norm: str):
+    eps = EPS[norm]
+    if name == "fgsm":
+        return FGSM(eps=eps, norm=norm)
+    if name == "ifgsm":
+        return IFGSM(eps=eps, steps=5, norm=norm)
+    if name == "mifgsm":
+        return MIFGSM(eps=eps, steps=5, norm=norm)
+    if name == "pgd":
+        return PGD(eps=eps, steps=5, norm=norm)
+    return TextureMaskedAttack(eps=eps, steps=5, norm=norm)
+
+
+def _setup(kind: str):
+    if kind == "nr":
+        return ToyNR(), random_images(6, 32, 32, seed=3), None
+    return ToyFR(), random_images(6, 32, 32, seed=4), random_images(6, 32, 32, seed=5)
+
+
+@pytest.mark.parametrize("kind", ["nr", "fr"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("name", ["fgsm", "ifgsm", "mifgsm", "pgd", "texture"])
+@pytest.mark.parametrize("target", ["increase", "decrease"])
+def test_attack_table(name: str, norm: str, kind: str, target: str) -> None:
+    model, x, ref = _setup(kind)
+    ref_before = None if ref is None else ref.clone()
+    atk = _attack(name, norm)
+    obj = Objective.from_model(model, target=target)
+    res = atk.run(obj, x, ref, generator=torch.Generator().manual_seed(0))
+    adv = res.adv
+    # Budget, box, reference untouched.
+    delta = adv - x
+    assert float(norms(delta, norm).max()) <= EPS[norm] + TOL
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+    if ref is not None:
+        assert torch.equal(ref, ref_before)
+    # Records agree with an independent evaluation.
+    with torch.no_grad():
+        clean, after = model(x, ref), model(adv, ref)
+    assert torch.allclose(res.clean_scores, clean, atol=1e-6)
+    assert torch.allclose(res.adv_scores, after, atol=1e-6)
+    assert torch.allclose(torch.tensor([r.l2 for r in res.records]), norms(delta, "l2"), atol=1e-6)
+    assert torch.allclose(torch.tensor([r.linf for r in res.records]), norms(delta, "linf"), atol=1e-6)
+    assert all(0 < r.iterations <= atk.steps for r in res.records)
+    # The score moves in the wanted direction (in quality terms) for most images.
+    quality_up = (after - clean) * (-1.0 if model.lower_better else 1.0)
+    wanted = quality_up > 0 if target == "increase" else quality_up < 0
+    assert int(wanted.sum()) >= 5, (quality_up, name, norm, kind)
+
+
+def test_lower_better_means_raw_score_falls() -> None:
+    model, x, ref = _setup("fr")
+    res = IFGSM(eps=4 / 255, steps=3).run(Objective.from_model(model), x, ref)
+    assert bool((res.adv_scores < res.clean_scores).all())
+
+
+def test_toward_target_stops_early_and_approaches() -> None:
+    model, x, _ = _setup("nr")
+    with torch.no_grad():
+        clean = model(x)
+    t = float(clean[0])  # image 0 starts on target: it must not move
+    obj = Objective.from_model(model, target="toward", target_score=t)
+    res = IFGSM(eps=2 / 255, steps=5, norm="linf").run(obj, x)
+    assert res.records[0].iterations == 0 and torch.equal(res.adv[0], x[0])
+    far = float(clean.max()) + 0.05
+    obj = Objective.from_model(model, target="toward", target_score=far)
+    res = IFGSM(eps=2 / 255, steps=5, norm="linf").run(obj, x)
+    assert bool(((res.adv_scores - far).abs() < (clean - far).abs()).all())
+    with pytest.raises(InputError):
+        Objective.from_model(model, target="toward")
+
+
+def test_ifgsm_first_step_is_fgsm_direction() -> None:
+    """One I-FGSM step from x equals x + alpha sign(grad) clipped, computed by hand."""
+    model, x, _ = _setup("nr")
+    xg = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(model(xg).sum(), xg)
+    expect = (x + 0.01 * g.sign()).clamp(0, 1)
+    res = IFGSM(eps=0.01, steps=1, step_size=0.01).run(Objective.from_model(model), x)
+    assert torch.allclose(res.adv, expect, atol=1e-7)
+
+
+def test_pgd_random_start_is_reproducible_and_differs_from_ifgsm() -> None:
+    model, x, _ = _setup("nr")
+    obj = Objective.from_model(model)
+    a = PGD(eps=0.03, steps=2).run(obj, x, generator=torch.Generator().manual_seed(7)).adv
+    b = PGD(eps=0.03, steps=2).run(obj, x, generator=torch.Generator().manual_seed(7)).adv
+    c = IFGSM(eps=0.03, steps=2, step_size=0.075 / 2).run(obj, x).adv
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_per_image_eps_override() -> None:
+    model, x, _ = _setup("nr")
+    eps = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    res = PGD(eps=1.0, steps=3, norm="l2").run(Objective.from_model(model), x, eps=eps,
+                                               generator=torch.Generator().manual_seed(0))
+    assert bool((norms(res.adv - x, "l2") <= eps + TOL).all())
+    assert float(norms(res.adv[0] - x[0], "l2").max()) == 0.0
+
+
+def test_projection_and_random_ball_against_closed_forms() -> None:
+    x0 = torch.full((2, 3, 4, 4), 0.5)
+    eps = torch.tensor([0.1, 0.2])
+    d = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    p = project(x0 + d, x0, eps, "l2")
+    # L2 projection of a point outside the ball is the radial one (no clipping needed here: |d|/||d|| small).
+    expected = x0 + d * (eps / d.reshape(2, -1).norm(dim=1)).reshape(-1, 1, 1, 1)
+    assert torch.allclose(p, expected.clamp(0, 1), atol=1e-6)
+    q = project(x0 + d, x0, eps, ThreatModel.LINF)
+    assert torch.allclose(q, torch.clamp(x0 + d, x0 - eps.reshape(-1, 1, 1, 1), x0 + eps.reshape(-1, 1, 1, 1)))
+    r = random_in_ball(x0, eps, "l2", torch.Generator().manual_seed(1))
+    assert bool((norms(r, "l2") <= eps + 1e-6).all())
+    r = random_in_ball(x0, eps, "linf", torch.Generator().manual_seed(1))
+    assert bool((norms(r, "linf") <= eps + 1e-6).all())
+
+
+def test_texture_mask_hides_perturbation_in_flat_regions() -> None:
+    x = torch.full((1, 3, 32, 32), 0.5)
+    x[..., :, 16:] = torch.rand(1, 3, 32, 16, generator=torch.Generator().manual_seed(0))
+    m = texture_mask(x)
+    assert float(m[..., :, :10].max()) < 1e-6 and float(m.max()) == pytest.approx(1.0)
+    res = TextureMaskedAttack(eps=8 / 255, steps=3).run(Objective.from_model(ToyNR()), x)
+    d = (res.adv - x).abs()
+    assert float(d[..., :, :10].max()) < 1e-6 < float(d[..., :, 20:].max())
+
+
+def test_bad_settings_raise_input_error() -> None:
+    with pytest.raises(InputError):
+        IFGSM(eps=-0.1)
+    with pytest.raises(InputError):
+        IFGSM(eps=0.1, steps=0)
+    with pytest.raises(InputError):
+        IFGSM(eps=0.1, norm="l3")
+    with pytest.raises(InputError):
+        create_attack("nope", eps=0.1)
+    with pytest.raises(InputError):
+        IFGSM(eps=0.1).run(Objective.from_model(ToyNR()), torch.full((1, 3, 8, 8), 2.0))
+    assert isinstance(create_attack("fgsm", eps=0.1, steps=10), FGSM)
+
+
+# ------------------------------------------------------------------- EOT
+class InputSmoothed(torch.nn.Module):
+    """Tiny input-space Gaussian smoothing of ToyNR meeting the defense interface used by EOT."""
+
+    sigma = 0.1
+    lower_better = False
+    score_range = (0.0, 1.0)
+    name = "toy-smoothing"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = ToyNR()
+
+    def noisy_scores(self, x, ref=None, *, n, generator=None):
+        e = torch.randn((x.shape[0], n, *x.shape[1:]), generator=generator) * self.sigma
+        z = (x[:, None] + e).reshape(-1, *x.shape[1:])
+        return self.base(z).reshape(x.shape[0], n)
+
+    def predict(self, x, ref=None, *, n, generator=None):
+        return self.noisy_scores(x, ref, n=n, generator=generator).median(dim=1).values
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "soft-median"])
+@pytest.mark.parametrize("noise", ["fresh", "fixed"])
+def test_eot_moves_the_smoothed_score(aggregate: str, noise: str) -> None:
+    defense = InputSmoothed()
+    x = random_images(4, 24, 24, seed=9)
+    obj = eot_objective(defense, n=8, aggregate=aggregate, noise=noise,
+                        generator=torch.Generator().manual_seed(1), eval_n=201, eval_seed=3)
+    res = PGD(eps=0.05, steps=5).run(obj, x, generator=torch.Generator().manual_seed(2))
+    # Independent check with other noise: the smoothed (median) score went up.
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        before = defense.predict(x, n=401, generator=g)
+        g.manual_seed(123)
+        after = defense.predict(res.adv, n=401, generator=g)
+    assert int((after > before).sum()) >= 3
+    assert bool((res.adv_scores > res.clean_scores).sum() >= 3)
+
+
+def test_eot_on_fs_iqa_moves_defended_score() -> None:
+    fs_iqa = pytest.importorskip("certify.fs_iqa")
+    from certify.heads import FTN, Scorer
+    from robustbench_iqa.models.base import Backbone
+
+    torch.manual_seed(0)  # only the test seeds the untrained heads' init
+    fs = fs_iqa.FeatureSmoothedIQA(Backbone(ToyNR()), FTN(16, 32), Scorer(32, 16), sigma=0.05)
+    x = random_images(3, 24, 24, seed=10)
+    obj = eot_objective(fs, n=16, generator=torch.Generator().manual_seed(0), eval_n=301)
+    res = IFGSM(eps=0.1, steps=5).run(obj, x)
+    assert bool((res.adv_scores > res.clean_scores).all())
+
+
+def test_fixed_noise_needs_generator_and_soft_median_limits() -> None:
+    with pytest.raises(InputError):
+        eot_objective(InputSmoothed(), n=4, noise="fixed")
+    v = torch.randn(3, 101, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(soft_median(v, bandwidth=1e-4), v.median(dim=1).values, atol=1e-6)
+    assert torch.allclose(soft_median(v, bandwidth=1e4), v.mean(dim=1), atol=1e-5)
+
+
+# --------------------------------------------------------- feature space
+def test_feature_attack_beats_random_directions() -> None:
+    model = ToyNR()
+    x = random_images(3, 24, 24, seed=11)
+    eps = torch.tensor([0.2, 0.5, 1.0])
+
+    def fmap(z):
+        return model.features(z)
+
+    res = feature_space_attack(fmap, x, eps, steps=10, restarts=1, generator=torch.Generator().manual_seed(0))
+    assert bool((res.input_norm <= eps + TOL).all())
+    assert float(res.perturbation.add(x).min()) >= 0 and float(res.perturbation.add(x).max()) <= 1
+    with torch.no_grad():
+        f0 = fmap(x)
+        achieved = (fmap(x + res.perturbation) - f0).norm(dim=1)
+        assert torch.allclose(achieved, res.feature_change, atol=1e-5)
+        g = torch.Generator().manual_seed(5)
+        best_random = torch.zeros(3)
+        for _ in range(20):
+            d = torch.randn(x.shape, generator=g)
+            d = d / d.reshape(3, -1).norm(dim=1).reshape(-1, 1, 1, 1) * eps.reshape(-1, 1, 1, 1)
+            best_random = torch.maximum(best_random, (fmap((x + d).clamp(0, 1)) - f0).norm(dim=1))
+    assert bool((res.feature_change >= best_random).all())
+    assert res.premise_failed(0.0).all() and not res.premise_failed(1e9).any()
+
+
+def test_feature_attack_uses_given_direction_on_linear_map() -> None:
+    """For a linear map the optimum is eps * sigma_max along the top right-singular vector."""
+    torch.manual_seed(0)
+    a = torch.randn(5, 3 * 8 * 8)
+    x = torch.full((1, 3, 8, 8), 0.5)
+    _, s, vh = torch.linalg.svd(a, full_matrices=False)
+
+    def fmap(z):
+        return z.reshape(z.shape[0], -1) @ a.T
+
+    res = feature_space_attack(fmap, x, 0.05, steps=5, restarts=0, direction=vh[0].reshape(1, 3, 8, 8))
+    assert float(res.feature_change[0]) == pytest.approx(0.05 * float(s[0]), rel=1e-4)
+
+
+# -------------------------------------------------------------------- CLI
+def _fake_factories(monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustbench_iqa.cli import _common
+    from robustbench_iqa.cli import attack as cli_attack
+
+    def fake_model(name, *, weights=None, device=None):
+        return ToyFR() if name == "toy-fr" else ToyNR()
+
+    def fake_items(args, model):
+        x = random_images(args.limit or 3, 24, 24, seed=0)
+        ref = random_images(x.shape[0], 24, 24, seed=1) if model.full_reference else None
+        items = [_common.Item(f"img{i}", x[i], None if ref is None else ref[i], None) for i in range(x.shape[0])]
+        return len(items), iter(items)
+
+    monkeypatch.setattr(_common, "create_model", fake_model)
+    monkeypatch.setattr(_common, "iter_items", fake_items)
+    monkeypatch.setattr(cli_attack, "build_defense", lambda args, model: InputSmoothed())
+
+
+@pytest.mark.parametrize("model", ["toy-nr", "toy-fr"])
+def test_cli_attack_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model: str) -> None:
+    from robustbench_iqa.cli import main
+
+    _fake_factories(monkeypatch)
+    rc = main(["attack", "--model", model, "--dataset", "fake", "--attack", "ifgsm", "--norm", "l2",
+               "--eps", "0.5", "--steps", "3", "--limit", "3", "--json", "--no-progress"])
+    assert rc == 0
+    lines = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
+    rows, summary = lines[:-1], lines[-1]
+    assert len(rows) == 3 and summary["summary"] is True
+    for r in rows:
+        assert {"image", "clean_score", "adv_score", "l2", "linf"} <= set(r)
+        assert r["l2"] <= 0.5 + TOL and r["gain"] > 0
+    mean_abs = sum(r["gain"] for r in rows) / 3
+    assert summary["absolute_gain"] == pytest.approx(mean_abs, rel=1e-6)
+
+
+def test_cli_attack_defense_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustbench_iqa.cli import main
+
+    _fake_factories(monkeypatch)
+    rc = main(["attack", "--model", "toy-nr", "--dataset", "fake", "--attack", "pgd", "--eps", "0.03",
+               "--steps", "2", "--limit", "2", "--defense", "toy", "--eot", "4", "--n", "51", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "robustness" in out and "img1" in out
+
+
+def test_cli_attack_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
+    from robustbench_iqa.cli import main
+
+    assert main(["attack", "--eps", "-1", "--dataset", "x"]) == 2
+    assert "eps" in capsys.readouterr().err
+    assert main(["attack", "--target", "toward", "--dataset", "x"]) == 2
+    with pytest.raises(SystemExit):
+        main(["attack", "--attack", "nope"])
+
+
+def _defaults_available() -> bool:
+    from robustbench_iqa.data.registry import list_datasets
+    from robustbench_iqa.models.registry import list_models
+
+    return "default-nr" in list_models() and "default" in list_datasets()
+
+
+@pytest.mark.skipif(not _defaults_available(), reason="embedded default model/dataset not built yet")
+def test_cli_attack_end_to_end_on_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from certify.fs_iqa import shipped_checkpoint
+    from robustbench_iqa.cli import main
+
+    args = ["attack", "--model", "default-nr", "--dataset", "default", "--attack", "ifgsm", "--norm", "l2",
+            "--eps", "0.1", "--steps", "3", "--limit", "2", "--json", "--no-progress"]
+    if shipped_checkpoint("default-nr", 0.25) is not None:
+        args += ["--defense", "fs-iqa", "--sigma", "0.25", "--eot", "4", "--n", "101"]
+    assert main(args) == 0
+    lines = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 3 and lines[-1]["summary"] is True
+    assert all(r["l2"] <= 0.1 + TOL for r in lines[:2])
