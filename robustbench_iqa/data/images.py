@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from robustbench_iqa.errors import InputError
 
 
-class Resize(str, Enum):
+class Resize(StrEnum):
     """How images are brought to the working size (H, W).
 
     ``none`` keeps the native size; ``resize`` rescales (bilinear, antialiased);

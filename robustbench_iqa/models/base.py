@@ -13,7 +13,7 @@ quality, and the nominal score range.  Attacks read ``lower_better`` so that
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 from robustbench_iqa.validation import check_pair
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     """No-reference (single image) or full-reference (distorted + reference)."""
 
     NR = "nr"

@@ -1,0 +1,170 @@
+"""The embedded default IQA models ``default-nr`` and ``default-fr``.
+
+Small, fully convolutional CNNs with global pooling, so they accept any image
+size, trained by ``scripts/train_embedded.py`` on the embedded ``default``
+dataset (weak labels) and shipped as safetensors files in
+``robustbench_iqa/weights``.  They exist so that the suite works offline at
+once; they are not state-of-the-art IQA metrics.
+
+Both use a trunk of four 3x3 convolution stages (stride 1, 2, 2, 2) with
+BatchNorm and SiLU activations.  Smooth activations keep the backbone Jacobian
+well behaved; FS-IQA's certificate uses its spectral norm (FS-IQA paper,
+"Input Variation Estimator", Theorem 1).
+
+* ``default-nr`` (no-reference, higher = better, score in [0, 1]):
+  ``b(x) = [mean_hw phi(x), std_hw phi(x)]`` of the last stage (D = 128),
+  a quality-aware pooling of deep features; head = MLP -> sigmoid.
+* ``default-fr`` (full-reference, a *distance*: lower = better, in [0, 1]):
+  siamese trunk phi; at every stage l the features are unit-normalised over
+  channels, ``n(u) = u / sqrt(|u|^2 + eps)``, as in LPIPS (Zhang et al. 2018,
+  Eq. 1), and ``b(x, ref)_{l,c} = sqrt(mean_hw (n(phi_l(x)) - n(phi_l(ref)))_c^2
+  + eps)`` is concatenated over stages (D = 128); head = MLP -> sigmoid,
+  trained to predict ``1 - weak label``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.models.base import IQAModel, Mode
+from robustbench_iqa.models.registry import register_model
+
+NR_CHANNELS: tuple[int, ...] = (16, 32, 48, 64)
+FR_CHANNELS: tuple[int, ...] = (16, 32, 32, 48)
+_STRIDES: tuple[int, ...] = (1, 2, 2, 2)
+_EPS = 1e-6
+# Fixed input standardisation (images in [0, 1]).
+_MEAN, _STD = 0.45, 0.25
+
+
+class ConvTrunk(nn.Module):
+    """Stages of ``conv3x3 (stride s) -> BatchNorm -> SiLU``; returns every stage's output.
+
+    In eval mode BatchNorm is a fixed per-channel affine map, so the trunk is a
+    smooth deterministic function of the image.
+    """
+
+    def __init__(self, channels: tuple[int, ...], strides: tuple[int, ...] = _STRIDES) -> None:
+        super().__init__()
+        ins = (3, *channels[:-1])
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(i, o, 3, stride=s, padding=1), nn.BatchNorm2d(o), nn.SiLU())
+            for i, o, s in zip(ins, channels, strides, strict=True)
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = (x - _MEAN) / _STD
+        outs = []
+        for stage in self.stages:
+            h = stage(h)
+            outs.append(h)
+        return outs
+
+
+def mlp_head(in_dim: int, hidden: int = 64) -> nn.Sequential:
+    """Linear -> SiLU -> Linear -> sigmoid: features (B, D) -> (B, 1) in (0, 1)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, 1), nn.Sigmoid())
+
+
+class EmbeddedNR(IQAModel):
+    """No-reference CNN: mean+std pooled deep features -> MLP; higher = better."""
+
+    name = "default-nr"
+    mode = Mode.NR
+    lower_better = False
+    score_range = (0.0, 1.0)
+
+    def __init__(self, channels: tuple[int, ...] = NR_CHANNELS) -> None:
+        super().__init__()
+        self.trunk = ConvTrunk(channels)
+        self.feature_dim = 2 * channels[-1]
+        self.mlp = mlp_head(self.feature_dim)
+
+    def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """``[mean_hw phi(x), sqrt(var_hw phi(x) + eps)]`` of the last stage: (B, 2C)."""
+        h = self.trunk(x)[-1]
+        mean = h.mean(dim=(2, 3))
+        std = torch.sqrt(h.var(dim=(2, 3), unbiased=False) + _EPS)
+        return torch.cat([mean, std], dim=1)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.mlp(feats).squeeze(-1)
+
+
+def channel_normalize(u: torch.Tensor) -> torch.Tensor:
+    """Unit-normalise (B, C, H, W) features over channels (LPIPS, Zhang et al. 2018)."""
+    return u / torch.sqrt(u.pow(2).sum(dim=1, keepdim=True) + _EPS)
+
+
+class EmbeddedFR(IQAModel):
+    """Full-reference siamese CNN: LPIPS-like per-channel distances -> MLP; lower = better."""
+
+    name = "default-fr"
+    mode = Mode.FR
+    lower_better = True
+    score_range = (0.0, 1.0)
+
+    def __init__(self, channels: tuple[int, ...] = FR_CHANNELS) -> None:
+        super().__init__()
+        self.trunk = ConvTrunk(channels)
+        self.feature_dim = sum(channels)
+        self.mlp = mlp_head(self.feature_dim)
+
+    def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-stage, per-channel RMS distance of channel-normalised features: (B, sum C)."""
+        if ref is None:
+            raise InputError("this is a full-reference model: a reference image `ref` is required")
+        if ref.shape != x.shape:
+            raise InputError(f"x and ref must have the same shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
+        dists = []
+        for fx, fr in zip(self.trunk(x), self.trunk(ref), strict=True):
+            d = (channel_normalize(fx) - channel_normalize(fr)).pow(2).mean(dim=(2, 3))
+            dists.append(torch.sqrt(d + _EPS))
+        return torch.cat(dists, dim=1)
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.mlp(feats).squeeze(-1)
+
+
+def shipped_weights(name: str) -> Path:
+    """Path of the shipped ``robustbench_iqa/weights/<name>.safetensors``."""
+    return Path(str(resources.files("robustbench_iqa") / "weights" / f"{name}.safetensors"))
+
+
+def load_weights(model: IQAModel, weights: str | Path | None) -> IQAModel:
+    """Load a safetensors state dict (``None``: the shipped file) into ``model``, strictly.
+
+    Raises :class:`InputError` naming the file when it is missing, not a
+    safetensors file, or does not match the architecture.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = shipped_weights(model.name) if weights is None else Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError(f"weights file not found for {model.name}: {path}")
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise InputError(f"cannot read weights file {path}: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"weights file {path} does not fit {model.name}: {first}") from None
+    return model
+
+
+@register_model("default-nr", "embedded no-reference CNN (higher = better), trained on weak labels")
+def default_nr(*, weights: str | Path | None = None, device: torch.device | str = "cpu") -> IQAModel:
+    return load_weights(EmbeddedNR(), weights).to(device).eval()
+
+
+@register_model("default-fr", "embedded full-reference CNN distance (lower = better), trained on weak labels")
+def default_fr(*, weights: str | Path | None = None, device: torch.device | str = "cpu") -> IQAModel:
+    return load_weights(EmbeddedFR(), weights).to(device).eval()

@@ -1,0 +1,283 @@
+"""Weights of the published IQA architectures: random, pretrained, or a local file.
+
+Every published adapter takes ``weights`` with one of these meanings:
+
+* ``None`` (or ``"random"``): the real architecture with random initialization,
+  built **without any download**.  pyiqa's constructors fetch backbone weights
+  even when their ``pretrained`` flag is off (torchvision ``vgg16(weights=...)``,
+  timm ``pretrained=True``, ``load_pretrained_network(url)``); :func:`building`
+  switches those fetches off for the duration of the construction only.
+* ``"pretrained"``: the published weights through the usual pyiqa / timm /
+  torchvision download (or their local caches).  When they cannot be had, a
+  :class:`~robustbench_iqa.errors.WeightsUnavailableError` names the URL and
+  suggests ``weights=PATH`` instead of a urllib traceback.
+* ``"pretrained-base"``: only the ImageNet backbone (for models whose published
+  head is not downloadable in PyTorch form: KonCept512, DreamSim).
+* a path: a local checkpoint (``.safetensors``, or a ``torch.save`` file read with
+  ``weights_only=True``), checked key by key against the architecture.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_iqa.errors import InputError, WeightsUnavailableError
+
+
+class WeightsKind(StrEnum):
+    RANDOM = "random"
+    PRETRAINED = "pretrained"
+    PRETRAINED_BASE = "pretrained-base"
+    PATH = "path"
+
+
+def parse_weights(weights: str | Path | None) -> tuple[WeightsKind, Path | None]:
+    """Classify the ``weights`` argument; a path must name an existing file."""
+    if weights is None:
+        return WeightsKind.RANDOM, None
+    if isinstance(weights, str) and weights in {k.value for k in WeightsKind} - {"path"}:
+        return WeightsKind(weights), None
+    if not isinstance(weights, (str, Path)):
+        raise InputError(f"weights must be None, 'pretrained' or a file path, got {type(weights).__name__}")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise InputError(
+            f"weights file not found: {path} (use weights=None for random weights or 'pretrained')"
+        )
+    return WeightsKind.PATH, path
+
+
+# --------------------------------------------------------------------- checkpoints
+_CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint as a flat ``{name: tensor}`` dict on the CPU.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)``.  A checkpoint wrapped as
+    ``{"params": state_dict}`` (pyiqa), ``{"state_dict": ...}`` or
+    ``{"model": ...}`` is unwrapped, and a ``module.`` prefix (DataParallel) is
+    dropped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"weights file not found: {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(p), device="cpu")
+        else:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read checkpoint {p}: {msg}") from None
+    for _ in range(2):  # at most two levels of wrapping
+        if isinstance(obj, dict):
+            inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+            if inner is not None and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+                obj = inner
+    if not isinstance(obj, dict) or not obj:
+        raise InputError(f"checkpoint {p} holds no state dict (a dict of named tensors)")
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise InputError(f"checkpoint {p} has non-tensor entries, e.g. {bad[:3]}")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def _alias_groups(module: nn.Module) -> dict[str, list[str]]:
+    """Map each state-dict key to all keys naming the same tensor (shared modules)."""
+    state = module.state_dict(keep_vars=True)
+    by_tensor: dict[int, list[str]] = {}
+    for k, t in state.items():
+        by_tensor.setdefault(id(t), []).append(k)
+    return {k: by_tensor[id(t)] for k, t in state.items()}
+
+
+def _batchnorm_buffers(module: nn.Module) -> set[str]:
+    out: set[str] = set()
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+            out.update(f"{name}.{b}" if name else b for b, _ in sub.named_buffers(recurse=False))
+    return out
+
+
+def load_state_into(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    *,
+    what: str,
+    source: str,
+    strip_prefixes: tuple[str, ...] = (),
+) -> list[str]:
+    """Copy ``state`` into ``module``, checking names and shapes; return missing keys.
+
+    Unexpected keys and shape mismatches raise :class:`InputError` naming the
+    first few.  Constant buffers set at construction (normalization constants,
+    filters) may be absent from a checkpoint; every other absent entry
+    (parameters, BatchNorm statistics) is returned, so the caller decides
+    whether the rest of the architecture can come from elsewhere.
+    """
+    own = module.state_dict()
+    for prefix in strip_prefixes:  # e.g. an adapter's state dict loaded into its inner network
+        if state and all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if sum(k in own for k in stripped) > sum(k in own for k in state):
+                state = stripped
+    aliases = _alias_groups(module)
+    unexpected = sorted(k for k in state if k not in own)
+    if unexpected:
+        raise InputError(
+            f"checkpoint {source} does not match {what}: {len(unexpected)} unexpected keys, "
+            f"e.g. {unexpected[:3]}; expected keys like {list(own)[:3]}"
+        )
+    wrong = [
+        f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if wrong:
+        raise InputError(f"checkpoint {source} does not match {what}: shape mismatch in {wrong[:3]}")
+    param_names = {k for k, _ in module.named_parameters(remove_duplicate=False)}
+    needed = param_names | _batchnorm_buffers(module)
+    missing = sorted(
+        k for k in own if k in needed and not any(a in state for a in aliases[k])
+    )
+    module.load_state_dict(state, strict=False)
+    return missing
+
+
+def load_checkpoint(
+    module: nn.Module, path: str | Path, *, what: str, strip_prefixes: tuple[str, ...] = ()
+) -> None:
+    """Load a local checkpoint that must cover every parameter of ``module``."""
+    missing = load_state_into(
+        module, read_state_dict(path), what=what, source=str(path), strip_prefixes=strip_prefixes
+    )
+    if missing:
+        raise InputError(
+            f"checkpoint {path} does not match {what}: {len(missing)} missing keys, e.g. {missing[:3]}"
+        )
+
+
+# ------------------------------------------------------------ download control
+class _Patch:
+    """Replace ``name`` by ``fake`` in every loaded module where it is ``original``.
+
+    Modules imported while the patch is active bind the fake (``from x import
+    name``); :meth:`undo` scans all modules again and restores the original
+    wherever the fake is found, so nothing leaks past the context.
+    """
+
+    _ROOTS = ("torch", "torchvision", "timm", "pyiqa", "urllib", "huggingface_hub")
+
+    def __init__(self, owner: object, name: str, fake: Any) -> None:
+        self.name, self.fake, self.owner = name, fake, owner
+        # For a class, keep the raw descriptor (a classmethod stays a classmethod).
+        self.original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        setattr(owner, name, fake)
+        self.scan = not isinstance(owner, type)
+        for mod in self._modules() if self.scan else []:
+            if vars(mod).get(name) is self.original:
+                setattr(mod, name, fake)
+
+    def _modules(self) -> list[Any]:
+        return [
+            m for key, m in list(sys.modules.items())
+            if key.split(".", 1)[0] in self._ROOTS and hasattr(m, "__dict__")
+        ]
+
+    def undo(self) -> None:
+        setattr(self.owner, self.name, self.original)
+        for mod in self._modules() if self.scan else []:
+            if vars(mod).get(self.name) is self.fake:
+                setattr(mod, self.name, self.original)
+
+
+def _suggest(model: str) -> str:
+    return f"download it where there is network and pass weights=PATH to {model!r}, or use weights=None"
+
+
+@contextmanager
+def building(model: str, *, backbone: bool = False, checkpoint: bool = False) -> Iterator[None]:
+    """Construct a pyiqa/timm/torchvision architecture under download control.
+
+    ``backbone``: let torchvision/timm load their ImageNet weights;
+    ``checkpoint``: let pyiqa load its published checkpoints
+    (``load_pretrained_network``).  With both off nothing is fetched: the
+    network is randomly initialized and any remaining download attempt raises
+    :class:`WeightsUnavailableError`.  Failed downloads that are allowed also
+    raise :class:`WeightsUnavailableError` naming the URL.
+    """
+    import urllib.request
+
+    import torch.hub
+
+    allowed = backbone or checkpoint
+    patches: list[_Patch] = []
+
+    def guard(fn: Callable[..., Any], url_arg: int = 0) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            target = args[url_arg] if len(args) > url_arg else kwargs.get("url", "?")
+            url = str(getattr(target, "full_url", target))  # urllib Request objects
+            if not allowed:
+                raise WeightsUnavailableError(
+                    f"building {model!r} with random weights tried to download {url}; "
+                    "this architecture cannot be built offline, " + _suggest(model)
+                )
+            try:
+                return fn(*args, **kwargs)
+            except (OSError, RuntimeError) as exc:
+                raise WeightsUnavailableError(
+                    f"cannot download pretrained weights for {model!r} from {url} "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                    + _suggest(model)
+                ) from None
+
+        return wrapped
+
+    try:
+        patches.append(_Patch(torch.hub, "download_url_to_file", guard(torch.hub.download_url_to_file)))
+        patches.append(_Patch(urllib.request, "urlopen", guard(urllib.request.urlopen)))
+        try:
+            import timm
+            import timm.models._hub as timm_hub
+        except ImportError:  # timm is optional for the pyiqa-only adapters
+            timm = None  # type: ignore[assignment]
+        if timm is not None:
+            if timm_hub.hf_hub_download is not None:
+                patches.append(_Patch(timm_hub, "hf_hub_download", guard(timm_hub.hf_hub_download, 0)))
+            if not backbone:
+                create = timm.create_model
+
+                def create_offline(*args: Any, **kwargs: Any) -> Any:
+                    kwargs["pretrained"] = False
+                    kwargs.pop("checkpoint_path", None)
+                    return create(*args, **kwargs)
+
+                patches.append(_Patch(timm, "create_model", create_offline))
+        if not backbone:
+            from torchvision.models._api import WeightsEnum
+
+            patches.append(_Patch(WeightsEnum, "verify", classmethod(lambda cls, obj: None)))
+        if not checkpoint:
+            try:
+                import pyiqa.archs.arch_util as arch_util
+            except ImportError:
+                arch_util = None  # type: ignore[assignment]
+            if arch_util is not None:
+                patches.append(
+                    _Patch(arch_util, "load_pretrained_network", lambda *a, **k: None)
+                )
+        yield
+    finally:
+        for p in reversed(patches):
+            p.undo()

@@ -1,0 +1,366 @@
+"""Contract tests of the published IQA adapters: offline, random weights, small inputs.
+
+The network is switched off for the whole module (any socket connection
+raises), so every construction proves that random-weight models build without
+downloads.  Exactness of the backbone/head split is checked against pyiqa's
+own forward passes (an independent reference).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from certify.fs_iqa import FeatureSmoothedIQA
+from certify.heads import FTN, Scorer
+from robustbench_iqa.errors import InputError, WeightsUnavailableError
+from robustbench_iqa.models.base import Backbone, IQAModel, Mode
+from robustbench_iqa.models.dreamsim import _CLIP, _IMAGENET, DreamSim, Extractor
+from robustbench_iqa.models.pyiqa_adapters import HyperIQA, parse_pyiqa_name, parse_score_range
+from robustbench_iqa.models.registry import create_model, list_models
+from robustbench_iqa.models.weights import building, read_state_dict
+from tests.toy_models import random_images
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network() -> Iterator[None]:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError("network access is disabled in this test module")
+
+    # Randomly initialised deep nets (Inception-ResNet-v2) produce subnormal floats, which
+    # are 10x slower on CPUs; flushing them to zero changes nothing these tests check.
+    # One intra-op thread: these small passes gain nothing from threads, and on a shared
+    # machine an oversubscribed thread pool makes every op wait (10x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.set_flush_denormal(True)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(socket.socket, "connect", refuse)
+            mp.setattr(socket, "create_connection", refuse)
+            mp.setattr(socket, "getaddrinfo", refuse)
+            yield
+    finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
+
+
+# name -> (input size, mode, lower_better, feature dim)
+SPECS: dict[str, tuple[int, Mode, bool, int]] = {
+    "dbcnn": (64, Mode.NR, False, 512 * 128),
+    "hyperiqa": (64, Mode.NR, False, 224 + 112 * 7 * 7),
+    "koncept": (80, Mode.NR, False, 1536),
+    "lpips": (64, Mode.FR, True, 64 + 192 + 384 + 256 + 256),
+    "dists": (64, Mode.FR, True, 2 * (3 + 64 + 128 + 256 + 512 + 512)),
+    "dreamsim-tiny": (48, Mode.FR, True, 2 * (192 + 64)),
+}
+# The DreamSim adapter with two ViT-Tiny extractors: the adapter logic, fast.  The real
+# ensemble (3 x ViT-B) runs in the slow test below.
+TINY_ENSEMBLE = (
+    Extractor("vit_tiny_patch16_224", "augreg_in21k", 0, *_IMAGENET),
+    Extractor("vit_tiny_patch16_224", "augreg_in21k", 64, *_CLIP),
+)
+_CACHE: dict[str, IQAModel] = {}
+
+
+def get_model(name: str) -> IQAModel:
+    if name not in _CACHE:
+        if name == "dreamsim-tiny":
+            _CACHE[name] = DreamSim(img_size=32, ensemble=TINY_ENSEMBLE).eval()
+        else:
+            _CACHE[name] = create_model(name)
+    return _CACHE[name]
+
+
+def _inputs(name: str, b: int = 2) -> tuple[torch.Tensor, torch.Tensor | None]:
+    size, mode, _, _ = SPECS[name]
+    x = random_images(b, size, size, seed=0)
+    return x, (random_images(b, size, size, seed=1) if mode is Mode.FR else None)
+
+
+def test_all_published_models_are_registered() -> None:
+    names = set(list_models())
+    assert {"dbcnn", "hyperiqa", "koncept", "lpips", "dists", "dreamsim", "pyiqa:<name>"} <= names
+
+
+def _check_contract(model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None, d: int) -> None:
+    ref0 = None if ref is None else ref.clone()
+    xg = x.clone().requires_grad_(True)
+    feats = model.features(xg, ref)
+    assert feats.shape == (x.shape[0], d)
+    assert torch.isfinite(feats).all()
+    y = model.head(feats)
+    assert y.shape == (x.shape[0],) and torch.isfinite(y).all()
+    # FS-IQA on these features: FTN (Linear + Sigmoid) -> noise -> scorer, differentiable in x.
+    torch.manual_seed(0)
+    fs = FeatureSmoothedIQA(Backbone(model), FTN(d, 16), Scorer(16, 8), sigma=0.25, mode=model.mode)
+    noisy = fs.scores_from_features(fs.ftn(feats), n=6, generator=torch.Generator().manual_seed(0))
+    assert noisy.shape == (x.shape[0], 6) and torch.isfinite(noisy).all()
+    # Both heads pass gradients to the features ...
+    for out in (y, noisy):
+        (gf,) = torch.autograd.grad(out.sum(), feats, retain_graph=True)
+        assert torch.isfinite(gf).all() and all(float(gf[i].abs().sum()) > 0 for i in range(x.shape[0]))
+    # ... and the backbone passes them on to every input image (one backward pass).
+    (g,) = torch.autograd.grad(y.sum() + noisy.sum(), xg)
+    assert torch.isfinite(g).all()
+    assert all(float(g[i].abs().sum()) > 0 for i in range(x.shape[0]))
+    if ref is not None:  # the reference is an input, never perturbed
+        assert torch.equal(ref, ref0) and not ref.requires_grad
+    with torch.no_grad():
+        a, b = model(x, ref), model(x, ref)
+    assert torch.equal(a, b)  # deterministic in eval mode
+    torch.testing.assert_close(a, y.detach(), rtol=1e-4, atol=1e-5)  # forward == head(features)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_adapter_contract(name: str) -> None:
+    _, mode, lower_better, d = SPECS[name]
+    model = get_model(name)
+    assert model.mode is mode and model.lower_better is lower_better and not model.training
+    lo, hi = model.score_range
+    assert lo < hi
+    _check_contract(model, *_inputs(name), d)
+
+
+# ------------------------------------------------- exactness against pyiqa itself
+@pytest.mark.parametrize("name", ["dbcnn", "lpips", "dists"])
+def test_split_reproduces_pyiqa_forward(name: str) -> None:
+    model = get_model(name)
+    x, ref = _inputs(name)
+    with torch.no_grad():
+        ours = model(x, ref)
+        theirs = (model.net(x) if ref is None else model.net(x, ref)).flatten()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_hyperiqa_reproduces_pyiqa_multicrop_forward() -> None:
+    """pyiqa's eval forward: uniform 224x224 crops, forward_patch each, mean of the scores."""
+    net = get_model("hyperiqa").net
+    crops = HyperIQA(net, "hyperiqa", "hyperiqa", num_crops=2).eval()
+    x = random_images(1, 230, 236, seed=4)
+    net.num_crop = 2
+    try:
+        with torch.no_grad():
+            theirs = net(x).flatten()
+            feats = crops.features(x)
+    finally:
+        net.num_crop = 25
+    assert feats.shape == (1, 2 * (224 + 112 * 49))
+    torch.testing.assert_close(crops.head(feats), theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_dreamsim_distance_is_cosine_of_embeddings() -> None:
+    model = get_model("dreamsim-tiny")
+    x, ref = _inputs("dreamsim-tiny")
+    with torch.no_grad():
+        assert [ext(x).shape[1] for ext in model.extractors] == [192, 64]
+        feats = model.features(x, ref).numpy().astype(np.float64)
+        ex, er = feats[:, :256], feats[:, 256:]
+        cos = (ex * er).sum(1) / np.linalg.norm(ex, axis=1) / np.linalg.norm(er, axis=1)
+        np.testing.assert_allclose(model(x, ref).numpy(), 1 - cos, rtol=1e-4, atol=1e-5)
+        assert float(model(x, x).abs().max()) < 1e-5  # identical images: distance 0
+
+
+def test_dreamsim_full_ensemble_contract() -> None:
+    model = create_model("dreamsim")
+    assert [type(e.vit).__name__ for e in model.extractors] == ["VisionTransformer"] * 3
+    assert [e.vit.patch_embed.patch_size for e in model.extractors] == [(16, 16), (16, 16), (32, 32)]
+    x, ref = random_images(2, 64, 64, seed=0), random_images(2, 64, 64, seed=1)
+    _check_contract(model, x, ref, 2 * (768 + 512 + 512))
+
+
+@pytest.mark.slow
+def test_koncept_at_paper_size() -> None:
+    """KonCept512 at the 384 x 512 working size of the FS-IQA study."""
+    model = get_model("koncept")
+    _check_contract(model, random_images(1, 384, 512, seed=2), None, 1536)
+
+
+def test_koncept_architecture() -> None:
+    model = get_model("koncept")
+    widths = [m.out_features for m in model.fc if isinstance(m, torch.nn.Linear)]
+    assert widths == [2048, 1024, 256, 1]
+    assert type(model.trunk).__name__ == "InceptionResnetV2"
+    with pytest.raises(InputError, match="at least 75x75"):
+        model(random_images(1, 64, 64))
+
+
+def test_fs_iqa_certifies_lpips_end_to_end() -> None:
+    model = get_model("lpips")
+    x, ref = _inputs("lpips")
+    torch.manual_seed(0)
+    d = SPECS["lpips"][3]
+    fs = FeatureSmoothedIQA(Backbone(model), FTN(d, 16), Scorer(16, 8), sigma=0.25, mode=Mode.FR)
+    res = fs.certify(x, ref, n=200, alpha=0.99, tau=0.0, method="lanczos",
+                     generator=torch.Generator().manual_seed(0))
+    assert len(res) == 2
+    for r in res:
+        assert not r.abstained and r.lower <= r.score <= r.upper and r.eps_x > 0
+
+
+def test_inputs_are_validated() -> None:
+    with pytest.raises(InputError, match="reference image"):
+        get_model("lpips")(random_images(1, 64, 64))
+    with pytest.raises(InputError, match="no-reference"):
+        get_model("dbcnn")(random_images(1, 64, 64), random_images(1, 64, 64))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        get_model("dbcnn")(random_images(1, 64, 64) * 3)
+
+
+# ------------------------------------------------------------------- weights
+def test_checkpoint_round_trip_torch_and_safetensors(tmp_path: Path) -> None:
+    from safetensors.torch import save_model
+
+    src = get_model("lpips")
+    x, ref = _inputs("lpips")
+    fresh = create_model("lpips")  # another random draw
+    with torch.no_grad():
+        assert not torch.allclose(fresh(x, ref), src(x, ref))
+    torch.save(src.state_dict(), tmp_path / "lpips.pt")
+    save_model(src, str(tmp_path / "lpips.safetensors"))  # drops aliased tensors (lins.* = lin*)
+    for f in ("lpips.pt", "lpips.safetensors"):
+        loaded = create_model("lpips", weights=tmp_path / f)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x, ref), src(x, ref))
+
+
+def test_pyiqa_wrapped_checkpoint_is_accepted(tmp_path: Path) -> None:
+    src = get_model("dbcnn")
+    torch.save({"params": src.net.state_dict()}, tmp_path / "DBCNN_custom.pth")
+    assert set(read_state_dict(tmp_path / "DBCNN_custom.pth")) == set(src.net.state_dict())
+    loaded = create_model("dbcnn", weights=tmp_path / "DBCNN_custom.pth")
+    x, _ = _inputs("dbcnn")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), src(x))
+
+
+def test_checkpoint_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="weights file not found"):
+        create_model("lpips", weights=tmp_path / "missing.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="cannot read checkpoint"):
+        create_model("lpips", weights=tmp_path / "junk.pth")
+    state = dict(get_model("lpips").state_dict())
+    torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pt")
+    with pytest.raises(InputError, match="unexpected keys.*extra.weight"):
+        create_model("lpips", weights=tmp_path / "extra.pt")
+    bad = dict(state)
+    bad["net.lin0.model.1.weight"] = torch.zeros(1, 3, 1, 1)
+    torch.save(bad, tmp_path / "shape.pt")
+    with pytest.raises(InputError, match="shape mismatch.*lin0"):
+        create_model("lpips", weights=tmp_path / "shape.pt")
+    partial = {k: v for k, v in state.items() if "lin" not in k}  # trunk only, no calibrated head
+    torch.save(partial, tmp_path / "partial.pt")
+    with pytest.raises(InputError, match="missing keys.*lin"):
+        create_model("lpips", weights=tmp_path / "partial.pt")
+    fc_only = {k: v for k, v in get_model("koncept").state_dict().items() if k.startswith("fc.")}
+    torch.save(fc_only, tmp_path / "koncept_fc.pt")
+    with pytest.raises(InputError, match="missing keys.*trunk"):
+        create_model("koncept", weights=tmp_path / "koncept_fc.pt")
+
+
+def test_head_only_checkpoint_needs_the_imagenet_trunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyiqa's LPIPS file holds only the lin layers: the trunk must then come from torchvision."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # empty cache
+    state = get_model("lpips").net.state_dict()
+    torch.save({k: v for k, v in state.items() if k.startswith("lin")}, tmp_path / "LPIPS_v0.1_alex.pth")
+    with pytest.raises(WeightsUnavailableError, match=r"alexnet.*\.pth.*weights=PATH"):
+        create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth")
+
+
+def test_pretrained_without_network_names_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyiqa.utils.download_util as du
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(du, "DEFAULT_CACHE_DIR", str(tmp_path / "pyiqa"))
+    with pytest.raises(WeightsUnavailableError, match=r"'lpips' from https://\S+.*weights=PATH"):
+        create_model("lpips", weights="pretrained")
+    with pytest.raises(WeightsUnavailableError, match="Keras.*weights=PATH"):
+        create_model("koncept", weights="pretrained")
+    with pytest.raises(WeightsUnavailableError, match="dreamsim package.*weights=PATH"):
+        create_model("dreamsim", weights="pretrained")
+
+
+def test_pretrained_and_head_only_load_from_local_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the files in the torch-hub and pyiqa caches, 'pretrained' works offline and loads them."""
+    import pyiqa.utils.download_util as du
+    from pyiqa.archs.lpips_arch import default_model_urls
+    from torchvision.models import AlexNet_Weights, alexnet
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(du, "DEFAULT_CACHE_DIR", str(tmp_path / "pyiqa"))
+    torch.manual_seed(1)
+    trunk = alexnet(weights=None).state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(trunk, tmp_path / "hub" / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name)
+    lpips_state = get_model("lpips").net.state_dict()
+    lins = {k: torch.randn_like(v) for k, v in lpips_state.items() if k.startswith("lin") and not k.startswith("lins")}
+    (tmp_path / "pyiqa").mkdir()
+    torch.save(lins, tmp_path / "pyiqa" / Path(default_model_urls["0.1_alex"]).name)
+    torch.save(lins, tmp_path / "lpips_head_only.pth")
+    for weights in ("pretrained", tmp_path / "lpips_head_only.pth"):
+        state = create_model("lpips", weights=weights).net.state_dict()
+        torch.testing.assert_close(state["net.slice1.0.weight"], trunk["features.0.weight"])
+        torch.testing.assert_close(state["net.slice5.10.bias"], trunk["features.10.bias"])
+        torch.testing.assert_close(state["lin3.model.1.weight"], lins["lin3.model.1.weight"])
+
+
+def test_building_blocks_downloads_and_restores_patches() -> None:
+    import urllib.request
+
+    from torchvision.models import VGG16_Weights
+
+    original = torch.hub.download_url_to_file
+    with building("toy"):
+        with pytest.raises(WeightsUnavailableError, match="random weights tried to download https://x.invalid/w.pth"):
+            torch.hub.load_state_dict_from_url("https://x.invalid/w.pth", model_dir="/nonexistent-dir")
+        assert VGG16_Weights.verify("IMAGENET1K_V1") is None
+        with pytest.raises(WeightsUnavailableError):
+            urllib.request.urlopen("https://x.invalid/")
+    assert torch.hub.download_url_to_file is original
+    assert VGG16_Weights.verify("IMAGENET1K_V1") is VGG16_Weights.IMAGENET1K_V1
+
+
+# ------------------------------------------------------------- pyiqa:<name>
+def test_pyiqa_prefix_default_layer_is_input_of_last_linear() -> None:
+    model = create_model("pyiqa:cnniqa")
+    assert model.mode is Mode.NR and model.name == "pyiqa:cnniqa"
+    x = random_images(2, 40, 40, seed=5)
+    with torch.no_grad():
+        feats = model.features(x)
+        assert feats.shape == (2, 800)
+        torch.testing.assert_close(model.head(feats), model.net(x).flatten())
+        torch.testing.assert_close(model(x), model.net(x).flatten())
+    _check_contract(model, x, None, 800)
+
+
+def test_pyiqa_prefix_named_layer_and_errors() -> None:
+    model = create_model("pyiqa:cnniqa@conv1")
+    x = random_images(2, 20, 20, seed=6)
+    with torch.no_grad():
+        assert model.features(x).shape == (2, 50 * 14 * 14)
+        torch.testing.assert_close(model.features(x), model.net.conv1(x).flatten(1))
+        with pytest.raises(InputError, match="no standalone head"):
+            model.head(model.features(x))
+    with pytest.raises(InputError, match="no submodule 'nope'"):
+        create_model("pyiqa:cnniqa@nope")
+    with pytest.raises(InputError, match="unknown pyiqa metric 'nosuchmetric'"):
+        create_model("pyiqa:nosuchmetric")
+    fr = create_model("pyiqa:lpips")  # default: input of the last 1x1 conv (lin4)
+    xr, rr = random_images(1, 64, 64, seed=7), random_images(1, 64, 64, seed=8)
+    assert fr.mode is Mode.FR and fr.lower_better and fr.features(xr, rr).shape[0] == 1
+
+
+def test_name_and_range_parsing() -> None:
+    assert parse_pyiqa_name("dbcnn") == ("dbcnn", None, "input")
+    assert parse_pyiqa_name("dbcnn@fc") == ("dbcnn", "fc", "output")
+    assert parse_pyiqa_name("dbcnn@fc:input") == ("dbcnn", "fc", "input")
+    assert parse_score_range("~0, ~1") == (0.0, 1.0)
+    assert parse_score_range("1, 5") == (1.0, 5.0)
+    assert parse_score_range("0, ~") == (0.0, float("inf"))
+    assert parse_score_range("quality: 0, 1; rank: 0, 2") == (0.0, 1.0)
