@@ -1,0 +1,175 @@
+"""Reports: tables (CSV, Markdown), figures (PNG, SVG) and one self-contained HTML page.
+
+:func:`build_report` reads only from a run's results store.  For every study
+of :data:`analysis.studies.STUDIES` present in the store it writes
+
+* ``<study>_<table>.csv`` and ``<study>_<table>.md`` for every table,
+* ``<study>_<figure>.png`` and ``.svg`` for every figure,
+* ``data/<study>.csv`` / ``.parquet``: the raw rows of every study,
+
+and ``report.html``, which embeds every PNG as a base64 data URI and every
+shown table as HTML, so the page needs no other file.  Studies without rows, or
+whose rows lack columns, are skipped with a note in the page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from analysis.figures import save_figure
+from analysis.studies import STUDIES, ReportOptions, StudyOutput
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.store import ResultsStore
+
+HTML_FILE = "report.html"
+
+
+@dataclass
+class ReportResult:
+    out_dir: Path
+    html: Path
+    files: list[Path] = field(default_factory=list)
+    studies: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (floats to 4 significant digits)."""
+    cols = [str(c) for c in df.columns]
+
+    def cell(v: Any) -> str:
+        return _fmt(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    shown = df.map(_fmt) if not df.empty else df
+    return shown.to_html(index=False, border=0, classes="results", escape=True)
+
+
+def _write_tables(out: Path, study: str, tables: dict[str, pd.DataFrame]) -> list[Path]:
+    paths = []
+    for name, df in tables.items():
+        csv, md = out / f"{study}_{name}.csv", out / f"{study}_{name}.md"
+        df.to_csv(csv, index=False)
+        md.write_text(to_markdown(df), encoding="utf-8")
+        paths += [csv, md]
+    return paths
+
+
+def build_report(
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    options: ReportOptions | None = None,
+    progress: bool = True,
+) -> ReportResult:
+    """Write the report of ``run_dir`` into ``out_dir`` (default ``RUN_DIR/report``)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(f"run dir {run} does not exist")
+    opt = options or ReportOptions()
+    with ResultsStore.open(run) as store:
+        present = store.studies()
+        if not present:
+            raise InputError(f"the results store in {run} has no rows yet")
+        out = Path(out_dir) if out_dir is not None else run / "report"
+        out.mkdir(parents=True, exist_ok=True)
+        result = ReportResult(out, out / HTML_FILE)
+        result.files += store.export(out / "data")
+        sections = []
+        for name in tqdm(list(STUDIES), desc="report", unit="study", disable=not progress):
+            study = STUDIES[name]
+            if name not in present:
+                result.notes.append(f"{name}: no rows in the store; skipped")
+                continue
+            try:
+                output = study.build(store.frame(name), store.config, opt)
+            except InputError as exc:
+                result.notes.append(f"{name}: skipped ({exc})")
+                continue
+            result.studies.append(name)
+            sections.append(_section(out, name, output, result))
+        for name in sorted(set(present) - set(STUDIES)):
+            result.notes.append(f"{name}: no report for this study; its rows are in data/{name}.csv")
+        page = _page(run, store.config, sections, result.notes)
+    result.html.write_text(page, encoding="utf-8")
+    result.files.append(result.html)
+    return result
+
+
+def _section(out: Path, name: str, output: StudyOutput, result: ReportResult) -> str:
+    study = STUDIES[name]
+    result.files += _write_tables(out, name, {**output.tables, **output.details})
+    parts = [f'<section id="{name}"><h2>{html.escape(study.title)}</h2>',
+             f"<p>{html.escape(study.summary)}</p>"]
+    parts += [f'<p class="note">{html.escape(n)}</p>' for n in output.notes]
+    for fig_name, fig in output.figures.items():
+        paths = save_figure(fig, out / f"{name}_{fig_name}")
+        result.files += paths
+        png = next(p for p in paths if p.suffix == ".png")
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img alt="{html.escape(name)} {html.escape(fig_name)}" '
+                     f'src="data:image/png;base64,{data}"><figcaption>{html.escape(fig_name)}'
+                     "</figcaption></figure>")
+    for table_name, df in output.tables.items():
+        parts.append(f"<h3>{html.escape(table_name)}</h3>{_html_table(df)}")
+    if output.details:
+        listed = ", ".join(f"{name}_{t}.csv" for t in output.details)
+        parts.append(f'<p class="note">per-image details: {html.escape(listed)}</p>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+table.results{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+table.results th,table.results td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}
+table.results th{background:#f3f3f3}
+figure{margin:1em 0} figure img{max-width:100%}
+.note{color:#555;font-style:italic} pre{background:#f6f6f6;padding:1em;overflow-x:auto}
+"""
+
+
+def _page(run: Path, config: dict[str, Any], sections: list[str], notes: list[str]) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S")
+    notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+    cfg = html.escape(json.dumps(config, indent=2, sort_keys=True, default=str))
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>robustbench_iqa report: {html.escape(run.name)}</title>",
+            f"<style>{_CSS}</style></head><body>",
+            f"<h1>robustbench_iqa report</h1><p>run <code>{html.escape(str(run))}</code>, "
+            f"generated {when}</p>",
+            f"<ul class=\"notes\">{notes_html}</ul>" if notes else "",
+            *sections,
+            f"<section id=\"config\"><h2>Run configuration</h2><pre>{cfg}</pre></section>",
+            "</body></html>",
+        ]
+    )

@@ -1,0 +1,45 @@
+"""``robustbench-iqa report RUN_DIR``: tables, figures and an HTML page from a run's store."""
+
+from __future__ import annotations
+
+import argparse
+
+from robustbench_iqa.cli import _common as c
+from robustbench_iqa.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "report",
+        help="tables (CSV, Markdown), figures (PNG, SVG) and an HTML page from a run",
+        description="Read RUN_DIR/results.sqlite and write a report of every study it holds.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding results.sqlite")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report)")
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="level of Clopper-Pearson intervals and confidence bands (default: 0.95)")
+    p.add_argument("--bins", type=int, default=10, help="quantile bins of eps_x (default: 10)")
+    p.add_argument("--interval", choices=["t", "bootstrap"], default="t",
+                   help="confidence band of the beyond-certificate curves (default: t)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that `robustbench-iqa --help` does not load matplotlib.
+    from analysis.report import build_report
+    from analysis.studies import ReportOptions
+
+    if not (0.0 < args.confidence < 1.0):
+        raise InputError(f"--confidence must lie in (0, 1), got {args.confidence}")
+    if args.bins < 1:
+        raise InputError(f"--bins must be >= 1, got {args.bins}")
+    options = ReportOptions(confidence=args.confidence, bins=args.bins, interval=args.interval, seed=args.seed)
+    result = build_report(args.run_dir, args.out, options=options, progress=c.progress_enabled(args))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"studies: {', '.join(result.studies) or 'none'}")
+    print(f"wrote {len(result.files)} files to {result.out_dir}")
+    print(f"html: {result.html}")
+    return 0

@@ -1,0 +1,409 @@
+"""The results store: one SQLite file per run directory, written row by row.
+
+A run directory ``RUN_DIR`` holds ``RUN_DIR/results.sqlite``.  The run's
+configuration (a JSON object: model, weights hash, dataset, defense, sigma, n,
+alpha, tau, attack settings, seed, package versions, ...) is stored once, when
+the store is created.  Results are rows keyed by
+
+    (study, model, defense, sigma, image, extra)
+
+with a UNIQUE constraint over the key, and a JSON payload.  ``extra``
+distinguishes rows of one image inside a study (an attack norm ``"l2=0.05"``, a
+seed ``"seed=3"``, ``"n=500,seed=3"``); ``defense`` is ``"none"`` and ``sigma``
+is ``0.0`` for undefended models.
+
+Durability (as in the one-row-per-image, flushed log of locuslab/smoothing's
+``certify.py``): every :meth:`ResultsStore.put` is its own transaction (or
+:meth:`ResultsStore.put_many` one small batch) committed in WAL mode with
+``synchronous=FULL``, so a process killed at any moment loses at most the row it
+was writing, and SQLite's journal keeps the file consistent.  A resumed run asks
+:meth:`ResultsStore.done` / :meth:`ResultsStore.done_keys` which keys exist and
+skips them; writing an existing key again is ignored, never duplicated.
+
+Opening a run directory that already has results requires ``resume=True`` *and*
+the same configuration; anything else raises :class:`InputError` naming the
+keys that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from robustbench_iqa.errors import InputError
+
+RESULTS_FILE = "results.sqlite"
+SCHEMA_VERSION = 1
+KEY_FIELDS = ("study", "model", "defense", "sigma", "image", "extra")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rows (
+    id      INTEGER PRIMARY KEY,
+    study   TEXT NOT NULL,
+    model   TEXT NOT NULL,
+    defense TEXT NOT NULL,
+    sigma   REAL NOT NULL,
+    image   TEXT NOT NULL,
+    extra   TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created REAL NOT NULL,
+    UNIQUE (study, model, defense, sigma, image, extra)
+);
+CREATE INDEX IF NOT EXISTS rows_by_study ON rows (study, model, defense, sigma);
+"""
+
+
+@dataclass(frozen=True)
+class RowKey:
+    """The identity of one result row; see the module docstring."""
+
+    study: str
+    model: str
+    defense: str = "none"
+    sigma: float = 0.0
+    image: str = ""
+    extra: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("study", "model", "defense", "image", "extra"):
+            if not isinstance(getattr(self, name), str):
+                raise InputError(f"row key field {name!r} must be a string, got {getattr(self, name)!r}")
+        if not self.study or not self.model:
+            raise InputError("row key needs a non-empty study and model")
+        sigma = float(self.sigma)
+        if not math.isfinite(sigma) or sigma < 0:
+            raise InputError(f"row key sigma must be finite and >= 0, got {self.sigma!r}")
+        # Canonical value so that 0.25 from a config and 0.25 from a CLI flag are one key.
+        object.__setattr__(self, "sigma", float(f"{sigma:.12g}"))
+
+    def astuple(self) -> tuple[str, str, str, float, str, str]:
+        return (self.study, self.model, self.defense, self.sigma, self.image, self.extra)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions that change results: python, torch, numpy and robustbench_iqa."""
+    import torch
+
+    import robustbench_iqa
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "robustbench_iqa": robustbench_iqa.__version__,
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (weights hash for the run configuration)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"cannot hash {p}: not a file")
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def run_config(**settings: Any) -> dict[str, Any]:
+    """A run configuration: the given settings plus ``versions`` (:func:`package_versions`)."""
+    return canonical_config({**settings, "versions": package_versions()})
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Enum):
+        return o.value
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, frozenset)):
+        return sorted(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _dumps(obj: Any, what: str) -> str:
+    try:
+        # allow_nan keeps inf radii and NaN scores; only this module reads them back.
+        return json.dumps(obj, sort_keys=True, default=_json_default, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} is not JSON serializable: {exc}") from None
+
+
+def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config as it reads back from JSON (tuples become lists, enums strings)."""
+    if not isinstance(config, Mapping):
+        raise InputError(f"run config must be a mapping, got {type(config).__name__}")
+    return dict(json.loads(_dumps(dict(config), "run config")))
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the keys whose values differ between two configs."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
+        elif a != b:
+            out.append(prefix.rstrip("."))
+
+    walk(canonical_config(old), canonical_config(new), "")
+    return out
+
+
+_MISSING = object()
+
+
+class ResultsStore:
+    """Rows of one run, in ``RUN_DIR/results.sqlite``; use :meth:`open`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, config: dict[str, Any]) -> None:
+        self.path = path
+        self._conn = conn
+        self.config = config
+
+    # -- opening ---------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        run_dir: str | Path,
+        config: Mapping[str, Any] | None = None,
+        *,
+        resume: bool = False,
+    ) -> ResultsStore:
+        """Create or reopen the store of ``run_dir``.
+
+        * no store yet: ``config`` is required; the store is created with it.
+        * a store exists and ``config`` is None: reopened as is (for reading, reports).
+        * a store exists and ``config`` is given: allowed only with ``resume=True``
+          and a config equal to the stored one.
+        """
+        run = Path(run_dir)
+        path = run / RESULTS_FILE
+        if run.exists() and not run.is_dir():
+            raise InputError(f"run dir {run} is not a directory")
+        if not path.exists() and config is None:
+            raise InputError(f"no results store in {run} (expected {RESULTS_FILE})")
+        run.mkdir(parents=True, exist_ok=True)
+        conn = _connect(path)
+        try:
+            stored = _read_config(conn, path)
+            if stored is None:  # new, or killed before its creation committed
+                if config is None:
+                    raise InputError(f"{path} is empty: no run configuration was ever written")
+                return cls(path, conn, _initialize(conn, config))
+            if config is not None:
+                diff = config_diff(stored, config)
+                if diff:
+                    raise InputError(
+                        f"{path} was created with a different configuration (differs in: "
+                        f"{', '.join(diff)}); use a new run dir"
+                    )
+                if not resume:
+                    raise InputError(f"{run} already holds results; pass --resume to continue that run")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(path, conn, stored)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------
+    def put(self, key: RowKey, payload: Mapping[str, Any]) -> bool:
+        """Write one row in its own transaction; False if the key was already there."""
+        return self.put_many([(key, payload)]) == 1
+
+    def put_many(self, rows: Iterable[tuple[RowKey, Mapping[str, Any]]]) -> int:
+        """Write a small batch in one transaction; returns how many keys were new."""
+        records = [_record(k, p) for k, p in rows]
+        if not records:
+            return 0
+        with _transaction(self._conn):
+            before = self._conn.total_changes
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO rows (study, model, defense, sigma, image, extra, payload, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                records,
+            )
+            return self._conn.total_changes - before
+
+    # -- reading ---------------------------------------------------------
+    def done(self, key: RowKey) -> bool:
+        """Whether the row ``key`` exists (resume: skip it)."""
+        cur = self._conn.execute(
+            "SELECT 1 FROM rows WHERE study=? AND model=? AND defense=? AND sigma=? AND image=? AND extra=?",
+            key.astuple(),
+        )
+        return cur.fetchone() is not None
+
+    def done_keys(self, study: str | None = None) -> set[RowKey]:
+        """All keys present (of one study, or of all)."""
+        return {RowKey(*r[:6]) for r in self._select(study)}
+
+    def studies(self) -> list[str]:
+        """Names of the studies that have at least one row, sorted."""
+        return [r[0] for r in self._conn.execute("SELECT DISTINCT study FROM rows ORDER BY study")]
+
+    def count(self, study: str | None = None) -> int:
+        if study is None:
+            return int(self._conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
+        return int(self._conn.execute("SELECT COUNT(*) FROM rows WHERE study=?", (study,)).fetchone()[0])
+
+    def iter_rows(self, study: str | None = None) -> Iterator[dict[str, Any]]:
+        """Rows as flat dicts: key columns, then payload fields (key columns win on a name clash)."""
+        for r in self._select(study):
+            payload = json.loads(r[6])
+            key = dict(zip(KEY_FIELDS, r[:6]))
+            yield {**key, **{k: v for k, v in payload.items() if k not in key}}
+
+    def frame(self, study: str, **filters: Any) -> pd.DataFrame:
+        """One study's rows as a DataFrame (key columns + payload fields), in insertion order.
+
+        ``filters`` select on key columns, e.g. ``frame("audit", model="default-nr")``.
+        """
+        bad = sorted(set(filters) - set(KEY_FIELDS))
+        if bad:
+            raise InputError(f"can only filter on key columns {KEY_FIELDS}, not {bad}")
+        df = pd.DataFrame(list(self.iter_rows(study)))
+        if df.empty:
+            return pd.DataFrame(columns=list(KEY_FIELDS))
+        for k, v in filters.items():
+            df = df[df[k] == (float(v) if k == "sigma" else v)]
+        return df.reset_index(drop=True)
+
+    def _select(self, study: str | None) -> list[tuple[Any, ...]]:
+        sql = "SELECT study, model, defense, sigma, image, extra, payload FROM rows"
+        if study is None:
+            return list(self._conn.execute(sql + " ORDER BY id"))
+        return list(self._conn.execute(sql + " WHERE study=? ORDER BY id", (study,)))
+
+    # -- export ----------------------------------------------------------
+    def export(self, out_dir: str | Path, *, formats: Iterable[str] = ("csv", "parquet")) -> list[Path]:
+        """Write ``<study>.csv`` / ``<study>.parquet`` for every study; returns the paths."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fmts = list(formats)
+        unknown = sorted(set(fmts) - {"csv", "parquet"})
+        if unknown:
+            raise InputError(f"unknown export format(s) {unknown}; choose csv or parquet")
+        paths: list[Path] = []
+        for study in self.studies():
+            df = _flatten_for_export(self.frame(study))
+            for fmt in fmts:
+                p = out / f"{study}.{fmt}"
+                if fmt == "csv":
+                    df.to_csv(p, index=False)
+                else:
+                    df.to_parquet(p, index=False)
+                paths.append(p)
+        return paths
+
+
+def _flatten_for_export(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns that mix types or hold lists/dicts become JSON text, so CSV and Parquet hold them."""
+    df = df.copy()
+    for col in df.columns:
+        if df[col].dtype != object:
+            continue
+        present = [v for v in df[col] if not _missing(v)]
+        kinds = {float if isinstance(v, int) and not isinstance(v, bool) else type(v) for v in present}
+        if len(kinds) > 1 or kinds & {list, dict}:
+            df[col] = [None if _missing(v) else _dumps(v, col) for v in df[col]]
+    return df
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _record(key: RowKey, payload: Mapping[str, Any]) -> tuple[Any, ...]:
+    if not isinstance(key, RowKey):
+        raise InputError(f"row key must be a RowKey, got {type(key).__name__}")
+    if not isinstance(payload, Mapping):
+        raise InputError(f"row payload must be a mapping, got {type(payload).__name__}")
+    return (*key.astuple(), _dumps(dict(payload), f"payload of {key}"), time.time())
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per write.
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=30000")
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"cannot open results store {path}: {exc}") from None
+    return conn
+
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _initialize(conn: sqlite3.Connection, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Create the tables and store the configuration, in one transaction."""
+    cfg = canonical_config(config)
+    try:
+        with _transaction(conn):
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("INSERT INTO meta VALUES ('config', ?)", (_dumps(cfg, "run config"),))
+            conn.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
+    except sqlite3.IntegrityError:
+        raise InputError("another process created this run's store at the same time") from None
+    return cfg
+
+
+def _read_config(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
+    """The stored configuration, or None for a store whose creation never committed."""
+    try:
+        has_meta = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
+        ).fetchone()
+        rows = dict(conn.execute("SELECT key, value FROM meta")) if has_meta else {}
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{path} is not a robustbench_iqa results store: {exc}") from None
+    if "config" not in rows:
+        return None
+    version = int(rows.get("schema_version", "0"))
+    if version != SCHEMA_VERSION:
+        raise InputError(f"{path} has schema version {version}; this version reads {SCHEMA_VERSION}")
+    return dict(json.loads(rows["config"]))
