@@ -1,0 +1,298 @@
+"""The benchmark run: every case of every model, as ratios to one forward pass.
+
+For each model (the embedded defaults, and DBCNN / LPIPS backbones with
+random weights where registered), at the main input size (384x512 as in the
+FS-IQA study):
+
+1. ``forward``: one undefended forward pass -- the unit of every ratio;
+2. ``fs-predict`` (N = ``fs_n``): target <= 1.2x forward;
+3. ``fs-certify``: target <= 30x forward with the spectral norm within 1% of
+   a tightly converged reference (the study's ratio is about 6.9 s / 33 ms =
+   209x, A100, 384x512, N = 2000);
+4. ``ms-predict`` / ``dms-predict`` (N = ``ms_n``): target <= 1.1x the ideal
+   cost of N batched forward passes (``ideal-forwards``);
+5. the spectral-norm methods side by side: at the main size against a
+   Lanczos reference converged to ``1e-6``, and at a small size (``exact_size``)
+   against the exact Jacobian's largest singular value;
+6. peak memory per case (one subprocess per case on the CPU), for
+   N in ``memory_n`` to show that it does not grow with N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from certify.bounds import min_samples
+from robustbench_iqa.bench.cases import (
+    CaseKind,
+    CaseSpec,
+    DefenseUnavailable,
+    make_case,
+    measure_peak_mb,
+)
+from robustbench_iqa.bench.memory import cuda_peak_mb, in_subprocess
+from robustbench_iqa.bench.subjects import ModelUnavailable, Subject, SubjectSpec, build_subject
+from robustbench_iqa.bench.timing import CLOCKS, Target, Timing, ratio, time_call
+from robustbench_iqa.errors import InputError
+
+DEFAULT_MODELS: tuple[str, ...] = ("default-nr", "default-fr", "dbcnn", "lpips")
+PREDICT_TARGET = Target(1.2, "<= 1.2x forward")
+CERTIFY_TARGET = Target(30.0, "<= 30x forward, norm within 1%")
+MS_TARGET_FACTOR = 1.1
+SPECTRAL_ACCURACY = 0.01
+REFERENCE_RTOL = 1e-6
+CERTIFY_ALPHA = 0.999
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Settings of one benchmark run (see ``robustbench-iqa bench --help``)."""
+
+    models: tuple[str, ...] = DEFAULT_MODELS
+    size: tuple[int, int] = (384, 512)
+    exact_size: tuple[int, int] = (48, 64)
+    device: str = "cpu"
+    repeats: int = 3
+    warmup: int = 1
+    fs_n: int = 2000
+    ms_n: int = 2000
+    dms_n: int = 2000
+    batch_size: int = 16
+    denoiser: tuple[int, int] = (17, 64)
+    memory_n: tuple[int, ...] = (500, 2000, 8000)
+    methods: tuple[str, ...] = ("power", "lanczos")
+    rtol: float = 1e-3
+    max_iter: int = 200
+    sigma: float = 0.25
+    seed: int = 0
+    memory: bool = True
+    exact: bool = True
+    budget_s: float = 60.0
+    clock: str = "wall"
+    progress: bool = True
+
+    def validate(self) -> BenchConfig:
+        for name in ("repeats", "fs_n", "ms_n", "dms_n", "batch_size", "max_iter"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise InputError(f"warmup must be >= 0, got {self.warmup}")
+        if any(v < 8 for v in (*self.size, *self.exact_size)):
+            raise InputError(f"image sizes must be at least 8x8, got {self.size} and {self.exact_size}")
+        if not self.models:
+            raise InputError("no models to benchmark")
+        if not (0 < self.rtol < 1):
+            raise InputError(f"rtol must be in (0, 1), got {self.rtol}")
+        need = min_samples(sigma=self.sigma, eps=self.sigma, alpha=CERTIFY_ALPHA)
+        if min(self.fs_n, *self.memory_n) < need:
+            raise InputError(f"FS-IQA certification at alpha={CERTIFY_ALPHA} needs N >= {need}; "
+                             f"got fs-n={self.fs_n}, memory-n={','.join(map(str, self.memory_n))}")
+        if self.clock not in CLOCKS:
+            raise InputError(f"clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
+        if self.clock == "cpu" and torch.device(self.device).type != "cpu":
+            raise InputError("the cpu clock measures CPU time; use --clock wall on a GPU")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise InputError(f"device {self.device!r} requested but CUDA is not available")
+        return self
+
+
+@dataclass
+class CaseResult:
+    """One row of the benchmark: a case of one model."""
+
+    model: str
+    case: str
+    size: tuple[int, int]
+    n: int | None
+    ms: float | None
+    ratio: float | None
+    target: str | None = None
+    met: bool | None = None
+    peak_mb: float | None = None
+    runs_ms: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "case": self.case, "size": list(self.size), "n": self.n, "ms": self.ms,
+            "ratio": self.ratio, "target": self.target, "met": self.met, "peak_mb": self.peak_mb,
+            "runs_ms": self.runs_ms, **self.extra,
+        }
+
+
+@dataclass
+class BenchRun:
+    """All rows of a run, the models that could not be measured, and the configuration."""
+
+    config: BenchConfig
+    rows: list[CaseResult] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+class _Runner:
+    def __init__(self, config: BenchConfig, bar: Any) -> None:
+        self.config, self.bar = config, bar
+
+    def time(self, subject: Subject, case: CaseSpec, *, warmup: int | None = None, repeats: int | None = None) -> Timing:
+        run, warm = make_case(subject, case)
+        self.bar.set_postfix_str(f"{case.subject.model} {case.kind.value} n={case.n} {case.method}")
+        t = time_call(run, repeats=self.config.repeats if repeats is None else repeats, warmup=self.config.warmup if warmup is None else warmup,
+                      device=subject.device, budget_s=self.config.budget_s, warm_fn=warm, clock=self.config.clock)
+        self.bar.update(1)
+        return t
+
+    def peak(self, subject: Subject, case: CaseSpec) -> float | None:
+        if not self.config.memory:
+            return None
+        if subject.device.type == "cuda":
+            return cuda_peak_mb(make_case(subject, case)[0], subject.device)
+        return in_subprocess(measure_peak_mb, case)
+
+
+def _spectral_extra(est: Any, reference: float | None) -> dict[str, Any]:
+    value = float(est.value[0])
+    extra: dict[str, Any] = {
+        "method": est.method.value, "iterations": int(est.iterations[0]), "norm": value,
+        "rel_change": float(est.rel_change[0]), "converged": bool(est.converged[0]),
+    }
+    if reference is not None and reference > 0:
+        extra["rel_error"] = abs(value - reference) / reference
+    return extra
+
+
+def _model_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResult]:
+    cfg = run.config
+    spec = SubjectSpec(model=name, size=cfg.size, device=cfg.device, seed=cfg.seed, sigma=cfg.sigma)
+    subject = build_subject(spec)
+    if subject.note:
+        run.notes[name] = subject.note
+
+    def case(kind: CaseKind, **kw: Any) -> CaseSpec:
+        opts: dict[str, Any] = {"batch_size": cfg.batch_size, "rtol": cfg.rtol, "max_iter": cfg.max_iter,
+                                "denoiser": cfg.denoiser, "seed": cfg.seed, **kw}
+        return CaseSpec(subject=spec, kind=kind, **opts)
+
+    def row(c: CaseSpec, t: Timing, fwd_ms: float, **kw: Any) -> CaseResult:
+        return CaseResult(model=name, case=c.kind.value if c.kind is not CaseKind.SPECTRAL else f"spectral-{c.method}",
+                          size=c.subject.size, n=c.n or None, ms=t.median_ms, ratio=ratio(t.median_ms, fwd_ms),
+                          runs_ms=list(t.runs_ms), **kw)
+
+    fwd_case = case(CaseKind.FORWARD)
+    fwd = runner.time(subject, fwd_case)
+    yield row(fwd_case, fwd, fwd.median_ms, peak_mb=runner.peak(subject, fwd_case),
+              extra={"feature_dim": subject.feature_dim})
+    f = fwd.median_ms
+
+    c = case(CaseKind.FS_PREDICT, n=cfg.fs_n)
+    t = runner.time(subject, c)
+    r = ratio(t.median_ms, f)
+    yield row(c, t, f, target=PREDICT_TARGET.label, met=PREDICT_TARGET.met(r), peak_mb=runner.peak(subject, c),
+              extra={"over_target": PREDICT_TARGET.shortfall(r)})
+
+    reference = None
+    ref_case = case(CaseKind.SPECTRAL, method="lanczos", rtol=REFERENCE_RTOL, max_iter=1024)
+    t_ref = runner.time(subject, ref_case, warmup=0, repeats=1)  # the reference; its time is not a target
+    reference = float(t_ref.result.value[0])
+    yield row(ref_case, t_ref, f, extra={**_spectral_extra(t_ref.result, None), "role": "reference"})
+    for method in cfg.methods:
+        c = case(CaseKind.SPECTRAL, method=method)
+        t = runner.time(subject, c)
+        yield row(c, t, f, extra=_spectral_extra(t.result, reference))
+
+    c = case(CaseKind.FS_CERTIFY, n=cfg.fs_n)
+    t = runner.time(subject, c)
+    r = ratio(t.median_ms, f)
+    cert = t.result[0]
+    rel_err = abs(cert.spectral_norm - reference) / reference if reference > 0 else 0.0
+    ok = CERTIFY_TARGET.met(r) and rel_err <= SPECTRAL_ACCURACY
+    yield row(c, t, f, target=CERTIFY_TARGET.label, met=ok, peak_mb=runner.peak(subject, c),
+              extra={"iterations": cert.spectral_iterations, "norm": cert.spectral_norm, "rel_error": rel_err,
+                     "rel_change": cert.spectral_rel_change, "over_target": CERTIFY_TARGET.shortfall(r),
+                     "study_ratio": 6.9 / 0.033})
+
+    for kind, ideal_kind, n in ((CaseKind.MS_PREDICT, CaseKind.IDEAL_FORWARDS, cfg.ms_n),
+                                (CaseKind.DMS_PREDICT, CaseKind.IDEAL_DMS, cfg.dms_n)):
+        ci = case(ideal_kind, n=n)
+        ti = runner.time(subject, ci)
+        yield row(ci, ti, f, extra={"per_draw_ms": ti.median_ms / n})
+        c = case(kind, n=n)
+        try:
+            t = runner.time(subject, c)
+        except DefenseUnavailable as exc:
+            runner.bar.update(1)
+            run.unavailable[f"{name}/{kind.value}"] = str(exc)
+            continue
+        r, limit = ratio(t.median_ms, f), MS_TARGET_FACTOR * ratio(ti.median_ms, f)
+        target = Target(limit, f"<= {MS_TARGET_FACTOR}x {n} forwards")
+        yield row(c, t, f, target=target.label, met=target.met(r), peak_mb=runner.peak(subject, c),
+                  extra={"ratio_to_ideal": t.median_ms / ti.median_ms, "per_draw_ms": t.median_ms / n,
+                         "ratio_to_n_single_forwards": r / n,
+                         "extrapolated_ratio_n2000": r * 2000 / n})
+
+    if cfg.memory:
+        for n in cfg.memory_n:
+            for kind in (CaseKind.FS_PREDICT, CaseKind.FS_CERTIFY):
+                c = case(kind, n=n)
+                runner.bar.set_postfix_str(f"{name} memory {kind.value} n={n}")
+                yield CaseResult(model=name, case=f"memory-{kind.value}", size=cfg.size, n=n, ms=None, ratio=None,
+                                 peak_mb=runner.peak(subject, c))
+                runner.bar.update(1)
+
+    if cfg.exact:
+        try:
+            yield from _exact_cases(run, runner, name)
+        except (RuntimeError, InputError) as exc:  # e.g. an architecture that needs a larger input
+            run.unavailable[f"{name}/spectral-exact"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+def _exact_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResult]:
+    """The spectral-norm methods against the exact Jacobian on a small input."""
+    cfg = run.config
+    spec = SubjectSpec(model=name, size=cfg.exact_size, device=cfg.device, seed=cfg.seed, sigma=cfg.sigma)
+    subject = build_subject(spec)
+    base = CaseSpec(subject=spec, kind=CaseKind.FORWARD, seed=cfg.seed, max_iter=cfg.max_iter, rtol=cfg.rtol)
+    f = runner.time(subject, base).median_ms
+    exact_case = replace(base, kind=CaseKind.SPECTRAL, method="exact")
+    t = runner.time(subject, exact_case, warmup=0, repeats=1)  # the reference; its time is not a target
+    exact = float(t.result.value[0])
+    rows = [("exact", t)]
+    for method in cfg.methods:
+        rows.append((method, runner.time(subject, replace(base, kind=CaseKind.SPECTRAL, method=method))))
+    for method, tm in rows:
+        extra = _spectral_extra(tm.result, exact)
+        target = None if method == "exact" else f"rel. error <= {SPECTRAL_ACCURACY:.0%}"
+        met = None if method == "exact" else extra["rel_error"] <= SPECTRAL_ACCURACY
+        yield CaseResult(model=name, case=f"spectral-{method}", size=cfg.exact_size, n=None, ms=tm.median_ms,
+                         ratio=ratio(tm.median_ms, f), target=target, met=met, runs_ms=list(tm.runs_ms),
+                         extra={**extra, "forward_ms": f})
+
+
+def count_steps(config: BenchConfig) -> int:
+    """Progress-bar length per model (an estimate; the bar only informs)."""
+    per_model = 3 + len(config.methods) + 1 + 4
+    per_model += 2 * len(config.memory_n) if config.memory else 0
+    per_model += (2 + len(config.methods)) if config.exact else 0
+    return per_model * len(config.models)
+
+
+def run_bench(config: BenchConfig, *, on_row: Callable[[CaseResult], None] | None = None) -> BenchRun:
+    """Run every case of ``config``; ``on_row`` sees each row as soon as it is measured."""
+    config = config.validate()
+    run = BenchRun(config=config)
+    with tqdm(total=count_steps(config), desc="bench", unit="case", disable=not config.progress) as bar:
+        runner = _Runner(config, bar)
+        for name in config.models:
+            try:
+                for r in _model_cases(run, runner, name):
+                    run.rows.append(r)
+                    if on_row is not None:
+                        on_row(r)
+            except ModelUnavailable as exc:
+                run.unavailable[name] = str(exc)
+    return run
