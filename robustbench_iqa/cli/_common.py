@@ -89,11 +89,18 @@ def load_dataset(args: argparse.Namespace) -> IQADataset:
     return ds.head(args.limit)
 
 
-def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator[Item]]:
-    """The inputs named on the command line, validated against the model's FR/NR mode."""
+def check_input_args(args: argparse.Namespace) -> None:
+    """Checks of the input flags that need no model: run them before building one."""
     check_limit(args.limit)
     if args.image and args.dataset:
         raise InputError("give either --dataset or --image, not both")
+    if not args.image and not args.dataset:
+        raise InputError("no input: give --dataset NAME or --image PATH")
+
+
+def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator[Item]]:
+    """The inputs named on the command line, validated against the model's FR/NR mode."""
+    check_input_args(args)
     size, resize = parse_size(args.size), Resize(args.resize or Resize.RESIZE)
     if args.image:
         images = [Path(p) for p in args.image][: args.limit]

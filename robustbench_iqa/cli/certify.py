@@ -8,10 +8,12 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from certify.bounds import require_indices
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import add_defense_args, build_defense, certify_options
 from robustbench_iqa.validation import check_alpha, check_n, check_sigma
 
+MEDIAN_DEFENSES = ("fs-iqa", "ms", "dms", "dms-iqa")
 COLUMNS = ["image", "score", "lower", "upper", "eps_x", "spectral_norm", "abstained", "reason"]
 
 
@@ -26,30 +28,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    c.check_input_args(args)
     check_sigma(args.sigma)
     check_n(args.n)
     check_alpha(args.alpha)
+    opts = certify_options(args)
+    if args.defense in MEDIAN_DEFENSES:  # fail fast, before any model is built
+        require_indices(args.n, sigma=args.sigma, eps=opts.get("eps", args.sigma), alpha=args.alpha)
     model = c.build_model(args)
     defense = build_defense(args, model)
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    opts = certify_options(args)
-    bar = tqdm(total=total, desc=f"certify {args.model} ({args.defense})", unit="img",
-               disable=not c.progress_enabled(args))
-    rows = []
-    for chunk in c.batches(items, args.batch_size):
-        x, ref = c.stack(chunk, args.device)
-        t0 = time.perf_counter()
-        results = defense.certify(x, ref, n=args.n, alpha=args.alpha, generator=gen, **opts)
-        dt = (time.perf_counter() - t0) / len(chunk)
-        for it, r in zip(chunk, results):
-            row = {"image": it.name, **r.to_dict(), "target": it.score, "seconds": dt}
-            row.pop("statement", None)
-            rows.append(row)
-            if args.json:
-                c.emit([row], as_json=True, columns=COLUMNS)
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=total, desc=f"certify {args.model} ({args.defense})", unit="img",
+               disable=not c.progress_enabled(args)) as bar:
+        rows = []
+        for chunk in c.batches(items, args.batch_size):
+            x, ref = c.stack(chunk, args.device)
+            t0 = time.perf_counter()
+            results = defense.certify(x, ref, n=args.n, alpha=args.alpha, generator=gen, **opts)
+            dt = (time.perf_counter() - t0) / len(chunk)
+            for it, r in zip(chunk, results):
+                row = {"image": it.name, **r.to_dict(), "target": it.score, "seconds": dt}
+                row.pop("statement", None)
+                rows.append(row)
+                if args.json:
+                    c.emit([row], as_json=True, columns=COLUMNS)
+            bar.update(len(chunk))
     if not args.json:
         c.emit(rows, as_json=False, columns=COLUMNS)
     return 0

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    c.check_input_args(args)
     check_n(args.n)
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)
@@ -33,27 +34,26 @@ def run(args: argparse.Namespace) -> int:
         check_sigma(args.sigma)
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    bar = tqdm(total=total, desc=f"predict {args.model} ({args.defense})", unit="img",
-               disable=not c.progress_enabled(args))
-    rows = []
-    for chunk in c.batches(items, args.batch_size):
-        x, ref = c.stack(chunk, args.device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            if defense is None:
-                x, ref = model.check_inputs(x, ref)
-                s = model(x, ref)
-            else:
-                s = defense.predict(x, ref, n=args.n, generator=gen)
-        check_finite_scores(s)
-        dt = (time.perf_counter() - t0) / len(chunk)
-        for it, v in zip(chunk, s.tolist()):
-            row = {"image": it.name, "score": v, "target": it.score, "seconds": dt, "defense": args.defense}
-            rows.append(row)
-            if args.json:
-                c.emit([row], as_json=True, columns=COLUMNS)
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=total, desc=f"predict {args.model} ({args.defense})", unit="img",
+               disable=not c.progress_enabled(args)) as bar:
+        rows = []
+        for chunk in c.batches(items, args.batch_size):
+            x, ref = c.stack(chunk, args.device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                if defense is None:
+                    x, ref = model.check_inputs(x, ref)
+                    s = model(x, ref)
+                else:
+                    s = defense.predict(x, ref, n=args.n, generator=gen)
+            check_finite_scores(s)
+            dt = (time.perf_counter() - t0) / len(chunk)
+            for it, v in zip(chunk, s.tolist()):
+                row = {"image": it.name, "score": v, "target": it.score, "seconds": dt, "defense": args.defense}
+                rows.append(row)
+                if args.json:
+                    c.emit([row], as_json=True, columns=COLUMNS)
+            bar.update(len(chunk))
     if not args.json:
         c.emit(rows, as_json=False, columns=COLUMNS)
     return 0

@@ -1,0 +1,107 @@
+"""The CLI end to end on toy models registered for the test: exit codes, JSON rows, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustbench_iqa.cli import main
+from robustbench_iqa.data.base import IQADataset, IQASample
+from robustbench_iqa.data.images import save_image
+from robustbench_iqa.data.registry import _DATASETS, register_dataset
+from robustbench_iqa.models.registry import _MODELS, register_model
+from tests.toy_models import ToyFR, ToyNR, random_images
+
+
+@pytest.fixture(scope="module")
+def toy_registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("toyds")
+    samples = []
+    imgs = random_images(20, 24, 24, seed=7)
+    ref = random_images(1, 24, 24, seed=8)[0]
+    save_image(ref, root / "ref.png")
+    for i in range(20):
+        p = root / f"img{i:02d}.png"
+        save_image(imgs[i], p)
+        samples.append(IQASample(f"img{i:02d}", p, float(imgs[i].mean()), root / "ref.png", f"g{i % 10}"))
+    ds = IQADataset("cli-toy", tuple(samples), size=(24, 24))
+    if "cli-toy" not in _DATASETS:
+        register_dataset("cli-toy")(lambda **_: ds)
+    if "cli-toy-nr" not in _MODELS:
+        register_model("cli-toy-nr")(lambda **_: _named(ToyNR(), "cli-toy-nr"))
+        register_model("cli-toy-fr")(lambda **_: _named(ToyFR(), "cli-toy-fr"))
+    return root
+
+
+def _named(m, name):  # type: ignore[no-untyped-def]
+    m.name = name
+    return m
+
+
+def _json_rows(out: str) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("mode", ["nr", "fr"])
+def test_train_then_certify_and_predict(toy_registry: Path, tmp_path: Path, capsys, mode: str) -> None:  # type: ignore[no-untyped-def]
+    model = f"cli-toy-{mode}"
+    rc = main(["train", "--model", model, "--dataset", "cli-toy", "--sigma", "0.25", "--epochs", "5",
+               "--n-eval", "51", "--out", str(tmp_path), "--no-progress"])
+    assert rc == 0
+    rep = _json_rows(capsys.readouterr().out)[-1]
+    ckpt = tmp_path / f"fs-iqa-{model}-sigma0.25.safetensors"
+    assert Path(rep["checkpoint"]) == ckpt and ckpt.is_file()
+    rc = main(["certify", "--model", model, "--dataset", "cli-toy", "--split", "all", "--limit", "3",
+               "--n", "100", "--alpha", "0.99", "--checkpoint", str(ckpt), "--json", "--no-progress"])
+    assert rc == 0
+    rows = _json_rows(capsys.readouterr().out)
+    assert len(rows) == 3
+    for r in rows:
+        assert {"image", "score", "lower", "upper", "eps_x", "spectral_norm", "abstained"} <= set(r)
+        if not r["abstained"]:
+            assert r["lower"] <= r["score"] <= r["upper"]
+            assert r["eps_x"] == pytest.approx(0.25 / r["spectral_norm"])
+    rc = main(["predict", "--model", model, "--dataset", "cli-toy", "--split", "all", "--limit", "2",
+               "--n", "101", "--checkpoint", str(ckpt), "--no-progress"])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "img00" in table and "score" in table.splitlines()[0]
+
+
+def test_image_files_and_errors(toy_registry: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    img = toy_registry / "img00.png"
+    assert main(["predict", "--model", "cli-toy-nr", "--defense", "none", "--image", str(img), "--json"]) == 0
+    row = _json_rows(capsys.readouterr().out)[0]
+    assert row["image"] == str(img) and isinstance(row["score"], float)
+    bad = tmp_path / "corrupt.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    cases = [
+        (["predict", "--model", "cli-toy-nr", "--defense", "none", "--image", str(bad)], "cannot read image"),
+        (["predict", "--model", "cli-toy-nr", "--defense", "none", "--image", str(tmp_path / "no.png")], "not found"),
+        (["predict", "--model", "cli-toy-fr", "--defense", "none", "--image", str(img)], "--ref"),
+        (["certify", "--model", "cli-toy-nr", "--image", str(img), "--sigma", "-1"], "sigma"),
+        (["certify", "--model", "cli-toy-nr", "--image", str(img), "--alpha", "2"], "alpha"),
+        (["certify", "--model", "cli-toy-nr", "--dataset", "cli-toy", "--n", "5", "--limit", "1"], "need n >= 44"),
+        (["certify", "--model", "unknown-model", "--dataset", "cli-toy"], "unknown model"),
+        (["certify", "--model", "cli-toy-nr", "--dataset", "cli-toy", "--limit", "0"], "--limit"),
+        (["certify", "--model", "cli-toy-nr"], "no input"),
+    ]
+    for argv, msg in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        assert any(line.startswith("error: ") for line in err.splitlines()), err
+        if msg:
+            assert msg in err, (argv, err)
+
+
+def test_fr_pair_size_mismatch(toy_registry: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    small = tmp_path / "small.png"
+    save_image(torch.rand(3, 16, 16), small)
+    rc = main(["predict", "--model", "cli-toy-fr", "--defense", "none", "--image",
+               str(toy_registry / "img00.png"), "--ref", str(small), "--resize", "none"])
+    assert rc == 2
+    assert "different sizes" in capsys.readouterr().err
