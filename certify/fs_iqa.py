@@ -19,11 +19,37 @@ it with a feature-space attack (``analysis.audit``).
 
 The backbone runs once per image; the N draws only pass through the small
 scorer, in chunks so memory does not grow with N.
+
+Noise in the scorer's hidden layer (``noise_space="hidden"``, the default).
+When the scorer starts with a Linear layer h = W1 f + b1 (W1: h x m, here
+128 x 512), the first layer of every draw is
+
+    W1 (f + e) + b1 = (W1 f + b1) + W1 e,   e ~ N(0, sigma_f^2 I_m),
+
+and W1 e ~ N(0, sigma_f^2 W1 W1^T) exactly (a linear map of a Gaussian).  With
+L L^T = W1 W1^T (Cholesky, h x h) and z ~ N(0, I_h), sigma_f L z has that same
+distribution, so
+
+    v_i = rest(W1 f + b1 + sigma_f L z_i)
+
+has the same joint distribution as Scorer(f + e_i) in Algorithm 1 / Eq. 1:
+the draws are i.i.d. with the same law, so the median S, the MS_Cert order
+statistics (S^l, S^u) and their confidence alpha (which only need i.i.d.
+draws of the smoothed score) are unchanged.  Only the samples differ for a
+given seed.  It costs h/m of the plain first-layer work and random numbers (a
+quarter at 128/512).  L depends only on the scorer weights; it is computed
+once per call in float64 and treated as a constant (no gradient to W1 through
+the noise term; gradients w.r.t. f, hence x, are exact).  The plain path
+(``noise_space="feature"``) is used when asked for, when the scorer does not
+start with ``nn.Linear``, or when W1 W1^T is not (numerically) positive
+definite, e.g. h > m or W1 rank-deficient.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,7 +61,7 @@ from torch import nn
 
 from certify.bounds import median_of_sorted, require_indices, sorted_percentile_bounds
 from certify.defense import register_defense
-from certify.heads import FTN, Scorer
+from certify.heads import FTN, Scorer, split_first_linear
 from certify.result import AbstainReason, CertifiedScore, Guarantee
 from certify.spectral import SpectralMethod, jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
@@ -51,6 +77,13 @@ STATEMENT = (
 )
 
 
+class NoiseSpace(StrEnum):
+    """Where the feature noise e ~ N(0, sigma_f^2 I) is drawn (see the module docstring)."""
+
+    FEATURE = "feature"  # e in the 512-d feature space, as in Algorithm 1
+    HIDDEN = "hidden"  # W1 e ~ N(0, sigma_f^2 W1 W1^T) after the scorer's first Linear (same law)
+
+
 class FeatureSmoothedIQA(nn.Module):
     """An IQA model defended by feature-space median smoothing (FS-IQA).
 
@@ -63,6 +96,11 @@ class FeatureSmoothedIQA(nn.Module):
         lower_better, score_range: metadata of the defended score (FS-IQA is
             trained on subjective scores, so usually higher-better).
         chunk_size: noise draws scored at once per image.
+        noise_space: ``"hidden"`` (default) draws the noise after the scorer's
+            first Linear layer as sigma_f L z, L L^T = W1 W1^T -- the same
+            distribution of scores at h/m of the cost, falling back to
+            ``"feature"`` when that is not possible; ``"feature"`` always draws
+            e ~ N(0, sigma_f^2 I_m) as in Algorithm 1.
     """
 
     def __init__(
@@ -77,6 +115,7 @@ class FeatureSmoothedIQA(nn.Module):
         score_range: tuple[float, float] = (0.0, 1.0),
         name: str = "fs-iqa",
         chunk_size: int = 1000,
+        noise_space: NoiseSpace | str = NoiseSpace.HIDDEN,
     ) -> None:
         super().__init__()
         self.backbone, self.ftn, self.scorer = backbone, ftn, scorer
@@ -88,6 +127,7 @@ class FeatureSmoothedIQA(nn.Module):
         self.score_range = (float(score_range[0]), float(score_range[1]))
         self.name = name
         self.chunk_size = int(chunk_size)
+        self.noise_space = noise_space
         self.eval()
 
     @property
@@ -99,21 +139,85 @@ class FeatureSmoothedIQA(nn.Module):
         """B(x) = FTN(b(x)) in [0, 1]^512, differentiable in ``x``."""
         return self.ftn(self.backbone(x, ref))
 
+    @property
+    def noise_space(self) -> NoiseSpace:
+        """The requested noise space (see :attr:`effective_noise_space` for the one used)."""
+        return self._noise_space
+
+    @noise_space.setter
+    def noise_space(self, value: NoiseSpace | str) -> None:
+        try:
+            self._noise_space = NoiseSpace(value)
+        except ValueError:
+            raise InputError(
+                f"noise_space must be one of {[s.value for s in NoiseSpace]}, got {value!r}"
+            ) from None
+
     def _noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         dev = generator.device if generator is not None else like.device
         e = torch.randn(shape, generator=generator, device=dev, dtype=like.dtype)
         return e.to(like.device) * self.sigma
 
+    def hidden_noise_factor(
+        self,
+    ) -> tuple[nn.Linear, Callable[[torch.Tensor], torch.Tensor], torch.Tensor] | None:
+        """``(W1, rest, L)`` for hidden-layer noise, L L^T = W1 W1^T (float64, CPU), or None (plain path).
+
+        None when ``noise_space="feature"``, when the scorer does not start with
+        ``nn.Linear``, or when W1 W1^T is not numerically positive definite
+        (more outputs than inputs, a rank-deficient W1, or a pivot below
+        h * eps_64 of the largest, i.e. a condition number above 1/(h eps_64)).
+        """
+        if self.noise_space is NoiseSpace.FEATURE:
+            return None
+        split = split_first_linear(self.scorer)
+        if split is None:
+            return None
+        first, rest = split
+        w = first.weight.detach().to(device="cpu", dtype=torch.float64)
+        h, m = w.shape
+        if h > m:
+            return None
+        chol, info = torch.linalg.cholesky_ex(w @ w.T)
+        if int(info) != 0 or not bool(torch.isfinite(chol).all()):
+            return None
+        pivots = chol.diagonal().square()
+        if not float(pivots.min()) > h * torch.finfo(torch.float64).eps * float(pivots.max()):
+            return None
+        return first, rest, chol
+
+    @property
+    def effective_noise_space(self) -> NoiseSpace:
+        """The noise space :meth:`scores_from_features` uses with the current scorer weights."""
+        return NoiseSpace.FEATURE if self.hidden_noise_factor() is None else NoiseSpace.HIDDEN
+
     def scores_from_features(
         self, f: torch.Tensor, *, n: int, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """v_ij = Scorer(f_i + e_ij) for n draws per row of ``f`` (B, m) -> (B, n)."""
+        """v_ij = Scorer(f_i + e_ij) for n draws per row of ``f`` (B, m) -> (B, n).
+
+        With hidden-layer noise (the default when the scorer allows it) the
+        draws are ``rest(W1 f_i + b1 + sigma_f L z_ij)``, z ~ N(0, I_h): the same
+        distribution (module docstring), other samples for a given seed.
+        Randomness comes only from ``generator``; differentiable in ``f``.
+        """
         bsz, m = f.shape
+        factor = self.hidden_noise_factor()
         out = []
+        if factor is None:
+            for start in range(0, n, self.chunk_size):
+                c = min(self.chunk_size, n - start)
+                noisy = f[:, None, :] + self._noise((bsz, c, m), f, generator)
+                out.append(self.scorer(noisy.reshape(bsz * c, m)).reshape(bsz, c))
+            return torch.cat(out, dim=1)
+        first, rest, chol = factor
+        hdim = chol.shape[0]
+        chol_t = chol.T.to(device=f.device, dtype=f.dtype)
+        hidden = first(f)[:, None, :]  # W1 f + b1, (B, 1, h): once per image, differentiable in f
         for start in range(0, n, self.chunk_size):
             c = min(self.chunk_size, n - start)
-            noisy = f[:, None, :] + self._noise((bsz, c, m), f, generator)
-            out.append(self.scorer(noisy.reshape(bsz * c, m)).reshape(bsz, c))
+            noisy = hidden + self._noise((bsz, c, hdim), f, generator) @ chol_t  # sigma_f L z
+            out.append(rest(noisy.reshape(bsz * c, hdim)).reshape(bsz, c))
         return torch.cat(out, dim=1)
 
     def noisy_scores(
@@ -274,7 +378,7 @@ def shipped_checkpoint(model: str, sigma: float) -> Path | None:
 @register_defense("fs-iqa")
 def create_fs_iqa(
     model: IQAModel, *, sigma: float, checkpoint: str | Path | None = None, chunk_size: int = 1000,
-    **_: Any,
+    noise_space: NoiseSpace | str = NoiseSpace.HIDDEN, **_: Any,
 ) -> FeatureSmoothedIQA:
     """FS-IQA around ``model`` with trained heads from ``checkpoint`` (or the shipped ones)."""
     sigma = check_sigma(sigma)
@@ -293,5 +397,5 @@ def create_fs_iqa(
     return FeatureSmoothedIQA(
         Backbone(model), ftn.to(dev), scorer.to(dev), sigma=sigma, mode=model.mode,
         lower_better=not info["higher_better"], score_range=info["score_range"],
-        name=f"fs-iqa({model.name})", chunk_size=chunk_size,
+        name=f"fs-iqa({model.name})", chunk_size=chunk_size, noise_space=noise_space,
     )

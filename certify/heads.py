@@ -9,7 +9,7 @@ every backbone; the scorer maps the (noisy) normalized features to one score.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -55,5 +55,30 @@ class Scorer(nn.Module):
         self.register_buffer("target_std", torch.ones(()))
         self.net = nn.Sequential(nn.Linear(self.in_dim, self.hidden_dim), nn.GELU(), nn.Linear(self.hidden_dim, 1))
 
+    def split_first_linear(self) -> tuple[nn.Linear, Callable[[torch.Tensor], torch.Tensor]]:
+        """``(W1, rest)`` with ``self(f) == rest(W1(f))``: the first layer and the remainder."""
+        return self.net[0], self.from_hidden  # type: ignore[return-value]
+
+    def from_hidden(self, h: torch.Tensor) -> torch.Tensor:
+        """The scorer after its first Linear layer: ``h = W1 f + b1`` -> score."""
+        return self.target_mean + self.target_std * self.net[1:](h).squeeze(-1)
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.target_mean + self.target_std * self.net(f).squeeze(-1)
+        return self.from_hidden(self.net[0](f))
+
+
+def split_first_linear(
+    scorer: nn.Module,
+) -> tuple[nn.Linear, Callable[[torch.Tensor], torch.Tensor]] | None:
+    """``(W1, rest)`` with ``scorer(f) == rest(W1(f))``, or None when the scorer does not start with a Linear.
+
+    Supports :class:`Scorer` (and any module with a ``split_first_linear`` method
+    returning such a pair) and an ``nn.Sequential`` whose first module is ``nn.Linear``.
+    """
+    split = getattr(scorer, "split_first_linear", None)
+    if callable(split):
+        first, rest = split()
+        return (first, rest) if isinstance(first, nn.Linear) else None
+    if isinstance(scorer, nn.Sequential) and len(scorer) > 0 and isinstance(scorer[0], nn.Linear):
+        return scorer[0], scorer[1:]
+    return None
