@@ -38,7 +38,8 @@ class FTN(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        return self.net((f - self.mean) / self.std)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return self.net((f - mean) / std)
 
 
 class Scorer(nn.Module):

@@ -44,7 +44,8 @@ def extract_features(
         raise InputError(f"dataset {dataset.name!r} is empty")
     if full_reference and not dataset.has_references:
         raise InputError(f"dataset {dataset.name!r} has no reference images, but the model is full-reference")
-    feats, scores = [], []
+    feats: list[torch.Tensor] = []
+    scores: list[float] = []
     idx = list(range(len(dataset)))
     bar = tqdm(total=len(idx), desc="backbone features", unit="img", disable=not progress, leave=False)
     for start in range(0, len(idx), batch_size):
@@ -106,10 +107,10 @@ def fit_fs_heads(
                 bound = 1.0 / mod.in_features**0.5
                 mod.weight.copy_((torch.rand(mod.weight.shape, generator=gen) * 2 - 1) * bound)
                 mod.bias.copy_((torch.rand(mod.bias.shape, generator=gen) * 2 - 1) * bound)
-        ftn.mean.copy_(features.mean(0))
-        ftn.std.copy_(features.std(0).clamp_min(1e-6))
-        scorer.target_mean.copy_(targets.mean())
-        scorer.target_std.copy_(targets.std().clamp_min(1e-6))
+        ftn.get_buffer("mean").copy_(features.mean(0))
+        ftn.get_buffer("std").copy_(features.std(0).clamp_min(1e-6))
+        scorer.get_buffer("target_mean").copy_(targets.mean())
+        scorer.get_buffer("target_std").copy_(targets.std().clamp_min(1e-6))
     ftn.to(device).train()
     scorer.to(device).train()
     f_all, y_all = features.to(device), targets.to(device)

@@ -33,14 +33,18 @@ class VerifyConfig:
     attack_steps: int = 10
     eot: int = 8
     stability_repeats: int = 10
+    stability_limit: int = 4
+    """Images of the stability study (each predicted ``stability_repeats`` times per n)."""
     stability_n: tuple[int, ...] = (100, 500, 2000)
     beyond_norms: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)
     beyond_limit: int = 8
     max_abstain_rate: float = 0.2
     max_stability_deviation: float = 0.01
     seed: int = 0
+    device: str = "cpu"
     checkpoints: dict[str, str] = field(default_factory=dict)
-    """Optional ``{model: path}`` of FS-IQA heads for models without shipped heads."""
+    """Optional ``{model: path}`` of FS-IQA heads for models without shipped heads, or
+    ``{"model:defense": path}`` (e.g. a DMS denoiser)."""
     weights: dict[str, str] = field(default_factory=dict)
     """Optional ``{model: path}`` of local model weights."""
 
@@ -51,9 +55,18 @@ class VerifyConfig:
             raise InputError(f"verify: alpha must lie in (0, 1), got {self.alpha}")
         if self.sigma <= 0:
             raise InputError(f"verify: sigma must be > 0, got {self.sigma}")
-        for name in ("n", "audit_n", "limit", "attack_steps", "eot", "stability_repeats"):
+        for name in ("n", "audit_n", "limit", "attack_steps", "eot", "stability_repeats",
+                     "stability_limit", "beyond_limit"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"verify: {name} must be >= 1, got {getattr(self, name)}")
+        if not self.stability_n or any(int(v) < 1 for v in self.stability_n):
+            raise InputError(f"verify: stability_n must be positive sample counts, got {self.stability_n}")
+        if any(not (v > 0) for v in self.beyond_norms):
+            raise InputError(f"verify: beyond_norms must be > 0, got {self.beyond_norms}")
+        if not (0 <= self.max_abstain_rate <= 1):
+            raise InputError(f"verify: max_abstain_rate must lie in [0, 1], got {self.max_abstain_rate}")
+        if self.stability_repeats < 2:
+            raise InputError("verify: stability_repeats must be >= 2 (a deviation needs two predictions)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,70 @@
+"""``robustbench-iqa verify``: the research-CI gate (exit 0 pass, 1 a check failed, 2 bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Any
+
+from robustbench_iqa.cli import _common as c
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "verify",
+        help="research-CI gate: certify, audit, stability, beyond-certificate; non-zero exit on failure",
+        description="Run the gate configured in [tool.robustbench_iqa.verify] of pyproject.toml "
+                    "(defaults: the embedded NR and FR models on the embedded dataset, offline). "
+                    "Exit code 0 when every check passes, 1 when one fails, 2 on bad input.",
+    )
+    p.add_argument("--config", default=None,
+                   help="a pyproject.toml with a [tool.robustbench_iqa.verify] table (default: ./pyproject.toml "
+                        "if present, else built-in defaults)")
+    p.add_argument("--out", default="runs/verify", help="run directory (default: runs/verify)")
+    p.add_argument("--resume", action="store_true", help="continue the run already in --out")
+    p.add_argument("--fresh", action="store_true", help="delete the run already in --out and start over")
+    p.add_argument("--models", nargs="+", default=None, help="override the models")
+    p.add_argument("--defenses", nargs="+", default=None, help="override the defenses")
+    p.add_argument("--limit", type=int, default=None, help="override the number of images")
+    p.add_argument("--device", default=None, help="torch device (default: the config's, cpu)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML/CSV/figure report")
+    p.add_argument("--json", action="store_true", help="print the checks and summary as JSON lines")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustbench_iqa.runner import load_config, run_verify
+
+    c.check_limit(args.limit)
+    cfg = load_config(args.config, models=args.models, defenses=args.defenses, limit=args.limit,
+                      device=args.device)
+    outcome = run_verify(cfg, args.out, resume=args.resume, fresh=args.fresh, report=not args.no_report,
+                         progress=c.progress_enabled(args))
+    if args.json:
+        for chk in outcome.checks:
+            print(json.dumps({"check": chk.name, "model": chk.model, "defense": chk.defense,
+                              "passed": chk.passed, "detail": chk.detail}))
+        for row in outcome.summary:
+            print(json.dumps({"summary": row}, default=str, allow_nan=True))
+    else:
+        cols = list(dict.fromkeys(k for r in outcome.summary for k in r))
+        print(c.format_table([{k: _fmt(r.get(k, "-")) for k in cols} for r in outcome.summary], cols))
+        print()
+        for chk in outcome.checks:
+            if not chk.passed or not chk.name.startswith("finite"):
+                print(f"{'ok  ' if chk.passed else 'FAIL'} {chk.name:<18} {chk.model} ({chk.defense}): {chk.detail}")
+    for note in outcome.notes:
+        print(f"note: {note}")
+    if outcome.report is not None:
+        print(f"report: {outcome.report}")
+    verdict = "PASSED" if outcome.passed else f"FAILED ({len(outcome.failures)} check(s))"
+    print(f"verify {verdict} in {outcome.seconds:.0f} s; results in {outcome.run_dir}")
+    return 0 if outcome.passed else 1

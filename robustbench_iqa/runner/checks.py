@@ -1,0 +1,163 @@
+"""The checks of the verify gate, computed from the results store alone.
+
+A check fails when
+
+- **violations**: the Clopper-Pearson lower bound of the audited violation rate
+  exceeds the certificate's nominal error ``1 - alpha`` (:func:`analysis.audit.verdict`);
+- **abstentions**: the abstention rate exceeds ``max_abstain_rate``;
+- **stability**: the mean relative standard deviation of repeated predictions at
+  the run's ``n`` (or the largest n studied) exceeds ``max_stability_deviation``
+  (a fraction: 0.01 is 1%);
+- **finite**: any score, bound or attacked estimate that should be a number is
+  NaN or infinite.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import audit, beyond, stability
+from robustbench_iqa.runner.config import VerifyConfig
+from robustbench_iqa.store import ResultsStore
+
+FINITE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "correlation": ("score",),
+    "guarantee": ("score", "lower", "upper", "eps_x"),
+    "audit": ("attacked_median", "median_ci_low", "median_ci_high"),
+    "stability": ("score",),
+    "beyond": ("clean", "adv"),
+}
+"""Per study, the columns that must be finite (on rows that did not abstain)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    model: str
+    defense: str
+    passed: bool
+    detail: str
+
+
+def _groups(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    if df.empty:
+        return []
+    return [(str(m), str(d), g) for (m, d), g in df.groupby(["model", "defense"], sort=True)]
+
+
+def finite_checks(store: ResultsStore) -> list[Check]:
+    out = []
+    for study, cols in FINITE_COLUMNS.items():
+        df = store.frame(study)
+        for m, d, g in _groups(df):
+            if "abstained" in g:
+                g = g[~g["abstained"].astype(bool)]
+            bad = []
+            for c in cols:
+                if c not in g:
+                    continue
+                v = pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=float)
+                if not np.all(np.isfinite(v)):
+                    bad.append(f"{c}: {int((~np.isfinite(v)).sum())} non-finite")
+            out.append(Check(f"finite ({study})", m, d, not bad, "; ".join(bad) or f"{len(g)} rows finite"))
+    return out
+
+
+def abstain_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
+    out = []
+    for m, d, g in _groups(store.frame("guarantee")):
+        k, n = int(g["abstained"].astype(bool).sum()), len(g)
+        rate = k / n
+        out.append(Check("abstentions", m, d, rate <= cfg.max_abstain_rate,
+                         f"{k}/{n} = {rate:.1%} (max {cfg.max_abstain_rate:.1%})"))
+    return out
+
+
+def audit_checks(store: ResultsStore, cfg: VerifyConfig, *, confidence: float = 0.95) -> list[Check]:
+    out = []
+    for m, d, g in _groups(store.frame("audit")):
+        c = audit.classify(g)
+        certified = int((c["status"] != "abstained").sum())
+        viol = int((c["status"] == "violation").sum())
+        v = audit.verdict(viol, certified, alpha=cfg.alpha, confidence=confidence)
+        out.append(Check("certificate audit", m, d, v.passed, v.message))
+    return out
+
+
+def stability_n(cfg: VerifyConfig) -> int:
+    """The n at which stability is gated: the run's n if studied, else the largest studied."""
+    ns = [int(v) for v in cfg.stability_n]
+    return cfg.n if cfg.n in ns else max(ns)
+
+
+def stability_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
+    df = store.frame("stability")
+    if df.empty:
+        return []
+    table = stability.summarize(stability.per_image(df))
+    n = stability_n(cfg)
+    out = []
+    for _, r in table[table["n"] == n].iterrows():
+        dev = float(r["rel_std_mean"])
+        ok = math.isfinite(dev) and dev <= cfg.max_stability_deviation
+        out.append(Check("stability", str(r["model"]), str(r["defense"]), ok,
+                         f"mean relative std {dev:.4%} at n={n} (max {cfg.max_stability_deviation:.2%})"))
+    return out
+
+
+def all_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
+    return [*finite_checks(store), *abstain_checks(store, cfg), *audit_checks(store, cfg),
+            *stability_checks(store, cfg)]
+
+
+def _quality_gain(rows: pd.DataFrame, norm: float) -> float:
+    """Mean relative score change at ``norm``, signed so that > 0 means the attack raised quality."""
+    r = rows[rows["norm"].astype(float) == norm]
+    if r.empty:
+        return math.nan
+    t = beyond.beyond_table(r)
+    sign = -1.0 if "lower_better" in r and bool(r["lower_better"].iloc[0]) else 1.0
+    return sign * float(t["mean"].iloc[0])
+
+
+def summary_rows(store: ResultsStore, cfg: VerifyConfig, checks: list[Check]) -> list[dict[str, Any]]:
+    """One row per (model, defense): the headline numbers of every study and the gate's verdict."""
+    gq, au, st, be, co = (store.frame(s) for s in ("guarantee", "audit", "stability", "beyond", "correlation"))
+    rows = []
+    for m, d, g in _groups(gq):
+        cert = g[~g["abstained"].astype(bool)]
+        row: dict[str, Any] = {
+            "model": m, "defense": d, "images": len(g), "abstained": len(g) - len(cert),
+            "mean_width": float((cert["upper"].astype(float) - cert["lower"].astype(float)).mean())
+            if len(cert) else math.nan,
+            "mean_eps_x": float(cert["eps_x"].astype(float).mean()) if len(cert) else math.nan,
+        }
+        a = au[(au["model"] == m) & (au["defense"] == d)] if not au.empty else au
+        if len(a):
+            c = audit.classify(a)
+            row["violations"] = f"{int((c['status'] == 'violation').sum())}/{int((c['status'] != 'abstained').sum())}"
+            row["inconclusive"] = int((c["status"] == "inconclusive").sum())
+            row["premise_failed"] = int(c["premise_failed"].sum())
+        s = st[(st["model"] == m) & (st["defense"] == d)] if not st.empty else st
+        if len(s):
+            t = stability.summarize(stability.per_image(s))
+            t = t[t["n"] == stability_n(cfg)]
+            row["stability_%"] = 100.0 * float(t["rel_std_mean"].iloc[0]) if len(t) else math.nan
+        b = be[(be["model"] == m) & (be["defense"].isin(["none", d]))] if not be.empty else be
+        if len(b):
+            top = float(max(cfg.beyond_norms))
+            for dd, label in (("none", "undefended"), (d, "defended")):
+                row[f"quality_gain@{top:g}_{label}"] = _quality_gain(b[b["defense"] == dd], top)
+        c2 = co[(co["model"] == m) & (co["defense"] == d)] if not co.empty else co
+        if len(c2):
+            row["s/img_predict"] = float(c2["seconds_predict"].astype(float).mean())
+            row["s/img_certify"] = float(c2["seconds_certify"].astype(float).mean())
+        mine = [c for c in checks if c.model == m and c.defense in (d, "none")]
+        row["gate"] = "PASS" if all(c.passed for c in mine) else "FAIL"
+        rows.append(row)
+    return rows

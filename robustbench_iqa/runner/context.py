@@ -1,0 +1,116 @@
+"""What every study job of a run needs: the model, the defense, the images, the seeds.
+
+The randomness of a run is derived, never global: each (study, model, defense,
+image, ...) gets its own seed from the run's seed by a stable hash
+(:func:`derived_seed`), so a resumed run draws exactly the noise an
+uninterrupted one would have drawn for the rows it still has to write.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from certify.defense import CertifiedDefense, create_defense
+from certify.fs_iqa import shipped_checkpoint
+from certify.result import Guarantee
+from robustbench_iqa.data import IQADataset, create_dataset
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.models import IQAModel, create_model
+from robustbench_iqa.models.embedded import shipped_weights
+from robustbench_iqa.runner.config import VerifyConfig
+from robustbench_iqa.store import file_sha256
+
+
+def derived_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from the run seed and the identity of one unit of work (CRC-32 based, stable)."""
+    text = "\x1f".join(str(p) for p in (seed, *parts))
+    hi = zlib.crc32(text.encode())
+    lo = zlib.crc32(text[::-1].encode())
+    return ((hi << 31) ^ lo) & ((1 << 63) - 1)
+
+
+def generator(seed: int, *parts: object, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh ``torch.Generator`` seeded with :func:`derived_seed`."""
+    return torch.Generator(device=device).manual_seed(derived_seed(seed, *parts))
+
+
+@dataclass(frozen=True)
+class Image:
+    """One input of a run: its name, the distorted image, its reference (FR) and label."""
+
+    name: str
+    x: torch.Tensor
+    ref: torch.Tensor | None
+    target: float
+
+
+def load_images(cfg: VerifyConfig, model: IQAModel) -> list[Image]:
+    """The first ``cfg.limit`` images of the configured split (seeded 80/20 split, seed 0)."""
+    ds: IQADataset = create_dataset(cfg.dataset, root=cfg.root)
+    if model.full_reference and not ds.has_references:
+        raise InputError(f"model {model.name!r} is full-reference but dataset {ds.name!r} has no references")
+    if cfg.split != "all":
+        if cfg.split not in ("train", "test"):
+            raise InputError(f"verify: split must be train, test or all, got {cfg.split!r}")
+        train, test = ds.split(seed=0)
+        ds = train if cfg.split == "train" else test
+    ds = ds.head(cfg.limit)
+    out = []
+    dev = model.device
+    for i, s in enumerate(ds.samples):
+        x, ref = ds.load(i)
+        out.append(Image(s.name, x[None].to(dev), ref[None].to(dev) if (model.full_reference and ref is not None)
+                         else None, float(s.score)))
+    return out
+
+
+def build_model(cfg: VerifyConfig, name: str) -> IQAModel:
+    return create_model(name, weights=cfg.weights.get(name), device=cfg.device)
+
+
+def build_defense(cfg: VerifyConfig, model: IQAModel, name: str) -> CertifiedDefense:
+    options: dict[str, Any] = {}
+    path = cfg.checkpoints.get(f"{model.name}:{name}") or (cfg.checkpoints.get(model.name) if name == "fs-iqa" else None)
+    if path is not None:
+        options["checkpoint" if name == "fs-iqa" else "denoiser"] = path
+    return create_defense(name, model, sigma=cfg.sigma, **options)
+
+
+def certify_options(cfg: VerifyConfig, defense_name: str) -> dict[str, Any]:
+    """Keyword arguments of ``certify``: FS-IQA's tau, or the input radius of the others."""
+    if defense_name == "fs-iqa":
+        return {"tau": cfg.tau}
+    return {"eps": cfg.eps if cfg.eps is not None else cfg.sigma / 2}
+
+
+def auditable(guarantee: Guarantee | str) -> bool:
+    """Bounds on the smoothed output itself can be audited at attacked points."""
+    return Guarantee(guarantee) in (Guarantee.PERCENTILE_BOUNDS, Guarantee.MEAN_BOUNDS)
+
+
+def weights_identity(cfg: VerifyConfig, name: str) -> str:
+    """SHA-256 of the weights a model is built from (local file or shipped), else how it was built."""
+    path = cfg.weights.get(name)
+    if path is not None:
+        return file_sha256(path)
+    p = shipped_weights(name)
+    if p.is_file():
+        return file_sha256(p)
+    return "default (pretrained or random init; see the model adapter)"
+
+
+def heads_identity(cfg: VerifyConfig, name: str) -> str | None:
+    path = cfg.checkpoints.get(name)
+    p = Path(path) if path is not None else shipped_checkpoint(name, cfg.sigma)
+    return file_sha256(p) if p is not None and p.is_file() else None
+
+
+def chunks(items: list[Image], size: int) -> Iterator[list[Image]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

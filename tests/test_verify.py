@@ -1,0 +1,172 @@
+"""The verify gate: passes on the embedded default, fails on a planted violation, resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from certify.defense import create_defense, register_defense
+from certify.result import CertifiedScore
+from robustbench_iqa.cli import main
+from robustbench_iqa.runner import VerifyConfig, load_config, run_verify
+from robustbench_iqa.runner.context import derived_seed
+from robustbench_iqa.store import RESULTS_FILE, ResultsStore
+
+SMALL = {
+    "models": ["default-nr", "default-fr"], "limit": 3, "n": 2000, "audit_n": 2000, "attack_steps": 3,
+    "eot": 4, "stability_repeats": 3, "stability_limit": 1, "stability_n": [200, 2000], "beyond_limit": 2,
+    "beyond_norms": [0.05, 0.25],
+}
+
+
+def _toml(table: dict[str, Any]) -> str:
+    lines = ["[tool.robustbench_iqa.verify]"]
+    for k, v in table.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def _config_file(tmp_path: Path, **extra: Any) -> Path:
+    p = tmp_path / "pyproject.toml"
+    p.write_text(_toml({**SMALL, **extra}))
+    return p
+
+
+@register_defense("test-narrowed-fs-iqa")
+def _narrowed(model: Any, *, sigma: float, **options: Any) -> Any:
+    """FS-IQA whose certificate is deliberately broken: bounds shrunk to score +- 1e-6."""
+    fs = create_defense("fs-iqa", model, sigma=sigma, **options)
+    certify = fs.certify
+
+    def broken(*args: Any, **kwargs: Any) -> list[CertifiedScore]:
+        out = []
+        for r in certify(*args, **kwargs):
+            if not r.abstained:
+                r = CertifiedScore(**{**r.__dict__, "lower": r.score - 1e-6, "upper": r.score + 1e-6})
+            out.append(r)
+        return out
+
+    fs.certify = broken  # type: ignore[method-assign]
+    return fs
+
+
+def test_verify_passes_on_the_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config_file(tmp_path)
+    out = tmp_path / "run"
+    assert main(["verify", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "verify PASSED" in text and "default-nr" in text and "default-fr" in text
+    with ResultsStore.open(out) as store:
+        assert store.count("audit") == 2 * 3
+        assert store.count("guarantee") == 2 * 3
+        assert store.count("correlation") == 2 * 3 * 2  # undefended + defended
+        assert store.count("stability") == 2 * 1 * 2 * 3
+        assert store.count("beyond") == 2 * 2 * 2 * 2  # models x {none, fs-iqa} x norms x images
+        audit = store.frame("audit")
+        assert set(audit["guarantee"]) == {"percentile_bounds"}
+        # Every attacked point stayed inside its certified radius.
+        assert (audit["attack_l2"] <= audit["eps_x"] * (1 + 1e-5)).all()
+        assert store.config["weights_sha256"]["default-nr"] != store.config["weights_sha256"]["default-fr"]
+        assert store.config["versions"]["torch"] == torch.__version__
+    html = (out / "report" / "report.html").read_text()
+    for study in ("audit", "stability", "beyond", "guarantee", "correlation"):
+        assert study in html
+    # Running again without --resume is refused with a clear message; --resume adds nothing.
+    assert main(["verify", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["verify", "--config", str(cfg), "--out", str(out), "--no-progress", "--resume",
+                 "--no-report"]) == 0
+    with ResultsStore.open(out) as store:
+        assert store.count("audit") == 6 and store.count("stability") == 12
+
+
+def test_verify_fails_on_a_planted_violation(tmp_path: Path) -> None:
+    cfg = VerifyConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in SMALL.items()},
+                          "models": ("default-nr",), "defenses": ("test-narrowed-fs-iqa",),
+                          "stability_n": (2000,)})
+    outcome = run_verify(cfg, tmp_path / "run", report=False, progress=False)
+    assert not outcome.passed
+    failed = {c.name for c in outcome.failures}
+    assert failed == {"certificate audit"}, outcome.failures
+    with ResultsStore.open(tmp_path / "run") as store:
+        audit = store.frame("audit")
+    # Independent check: the attacked medians' intervals lie outside the narrowed bounds.
+    outside = (audit["median_ci_low"] > audit["upper"]) | (audit["median_ci_high"] < audit["lower"])
+    assert outside.sum() >= 2
+
+
+def test_verify_config_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(_toml({"modles": ["default-nr"]}))
+    assert main(["verify", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown keys" in capsys.readouterr().err
+    bad.write_text(_toml({"alpha": 1.5}))
+    assert main(["verify", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "alpha" in capsys.readouterr().err
+    assert main(["verify", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    with pytest.raises(Exception, match="stability_repeats"):
+        load_config(_config_file(tmp_path, stability_repeats=1))
+
+
+def test_derived_seeds_are_stable_and_distinct() -> None:
+    a = derived_seed(0, "audit", "default-nr", "fs-iqa", "img1")
+    assert a == derived_seed(0, "audit", "default-nr", "fs-iqa", "img1")
+    others = {derived_seed(s, "audit", m, "fs-iqa", i) for s in (0, 1) for m in ("a", "b") for i in ("x", "y")}
+    assert len(others) == 8 and 0 <= a < 2**63
+
+
+def _rows(run: Path) -> list[str]:
+    """All rows, timing fields dropped (they differ between runs by nature)."""
+    con = sqlite3.connect(run / RESULTS_FILE)
+    out = []
+    for study, model, defense, sigma, image, extra, payload in con.execute(
+            "SELECT study, model, defense, sigma, image, extra, payload FROM rows"):
+        p = {k: v for k, v in json.loads(payload).items() if not k.startswith("seconds")}
+        out.append(json.dumps([study, model, defense, sigma, image, extra, p], sort_keys=True))
+    con.close()
+    return sorted(out)
+
+
+def test_killed_verify_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path: Path) -> None:
+    cfg = _config_file(tmp_path, models=["default-nr"], limit=5, beyond_limit=1, beyond_norms=[0.25],
+                       stability_n=[2000], stability_repeats=2)
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    # Both runs in subprocesses with one thread, so that floating-point reductions match.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+    def command(out: Path, *more: str) -> list[str]:
+        return [sys.executable, "-m", "robustbench_iqa.cli", "verify", "--config", str(cfg), "--no-progress",
+                "--no-report", "--out", str(out), *more]
+
+    assert subprocess.run(command(clean), env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen(command(crashed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 240
+    written = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            con = sqlite3.connect(crashed / RESULTS_FILE, timeout=1)
+            written = con.execute("SELECT COUNT(*) FROM rows WHERE study='audit'").fetchone()[0]
+            con.close()
+        except sqlite3.Error:
+            continue
+        if written >= 2:
+            break
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= written < 5
+    resumed = subprocess.run(command(crashed, "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _rows(crashed) == _rows(clean)
