@@ -170,3 +170,20 @@ def test_killed_verify_resumes_to_the_rows_of_an_uninterrupted_run(tmp_path: Pat
     resumed = subprocess.run(command(crashed, "--resume"), env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert _rows(crashed) == _rows(clean)
+
+
+def test_verify_over_several_sigmas_keeps_them_apart(tmp_path: Path) -> None:
+    cfg = load_config(_config_file(tmp_path, models=["default-fr"], limit=2, sigma=[0.1, 0.25],
+                                   beyond_limit=1, beyond_norms=[0.25], stability_n=[2000], stability_repeats=2))
+    outcome = run_verify(cfg, tmp_path / "run", report=False, progress=False)
+    assert outcome.passed, outcome.failures
+    assert {(r["sigma"], r["images"]) for r in outcome.summary} == {(0.1, 2), (0.25, 2)}
+    assert {c.sigma for c in outcome.checks if c.name == "certificate audit"} == {0.1, 0.25}
+    with ResultsStore.open(tmp_path / "run") as store:
+        g = store.frame("guarantee")
+        heads = store.config["heads_sha256"]
+    assert sorted(g["sigma"].unique()) == [0.1, 0.25]
+    # Each row's radius is its own sigma over its spectral norm (IVE; heads differ per sigma).
+    ratio = g["eps_x"] * g["spectral_norm"] / g["sigma"]
+    assert (ratio - 1.0).abs().max() < 1e-9
+    assert heads["default-fr@0.1"] != heads["default-fr@0.25"]

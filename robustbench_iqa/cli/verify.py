@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         for chk in outcome.checks:
             print(json.dumps({"check": chk.name, "model": chk.model, "defense": chk.defense,
-                              "passed": chk.passed, "detail": chk.detail}))
+                              "sigma": chk.sigma, "passed": chk.passed, "detail": chk.detail}))
         for row in outcome.summary:
             print(json.dumps({"summary": row}, default=str, allow_nan=True))
     else:
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         print()
         for chk in outcome.checks:
             if not chk.passed or not chk.name.startswith("finite"):
-                print(f"{'ok  ' if chk.passed else 'FAIL'} {chk.name:<18} {chk.model} ({chk.defense}): {chk.detail}")
+                mark = "ok  " if chk.passed else "FAIL"
+                print(f"{mark} {chk.name:<18} {chk.model} ({chk.defense}, sigma={chk.sigma:g}): {chk.detail}")
     for note in outcome.notes:
         print(f"note: {note}")
     if outcome.report is not None:

@@ -64,7 +64,7 @@ def certify_image(
     cfg: VerifyConfig, defense_name: str, defense: CertifiedDefense, img: Image, model_name: str,
 ) -> tuple[CertifiedScore, float]:
     """The certificate of one image and the seconds it took."""
-    gen = generator(cfg.seed, "certify", model_name, defense_name, img.name, device=cfg.device)
+    gen = generator(cfg, "certify", model_name, defense_name, img.name)
     t0 = time.perf_counter()
     res = defense.certify(img.x, img.ref, n=cfg.n, alpha=cfg.alpha, generator=gen,
                           **certify_options(cfg, defense_name))[0]
@@ -89,14 +89,12 @@ def audit_image(
     best: dict[str, float] | None = None
     best_x = img.x
     for target in (Target.INCREASE, Target.DECREASE):
-        gen = generator(cfg.seed, "audit-attack", model_name, defense_name, img.name, target.value,
-                        device=cfg.device)
+        gen = generator(cfg, "audit-attack", model_name, defense_name, img.name, target.value)
         obj = eot_objective(defense, n=cfg.eot, aggregate=Aggregate.SOFT_MEDIAN, noise=NoiseMode.FRESH,
                             generator=gen, target=target, eval_n=cfg.eot,
                             eval_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         adv = attack.run(obj, img.x, img.ref, eps=budget, generator=gen).adv
-        est_gen = generator(cfg.seed, "audit-estimate", model_name, defense_name, img.name, target.value,
-                            device=cfg.device)
+        est_gen = generator(cfg, "audit-estimate", model_name, defense_name, img.name, target.value)
         est = estimate_at(defense, adv, img.ref, n=cfg.audit_n, guarantee=cert.guarantee, gen=est_gen)
         row[f"attacked_median_{target.value}"] = est["attacked_median"]
         if best is None or _margin(est, lower, upper) < _margin(best, lower, upper):
@@ -119,7 +117,7 @@ def _feature_audit(
     def fmap(z: torch.Tensor) -> torch.Tensor:
         return defense.normalized_features(z, ref)  # type: ignore[attr-defined]
 
-    gen = generator(cfg.seed, "audit-feature", model_name, defense_name, img.name, device=cfg.device)
+    gen = generator(cfg, "audit-feature", model_name, defense_name, img.name)
     fa = feature_space_attack(fmap, img.x, budget, steps=cfg.attack_steps, restarts=1, generator=gen)
     with torch.no_grad():
         at_adv = float((fmap(attacked) - fmap(img.x)).flatten().norm())

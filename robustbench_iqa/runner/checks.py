@@ -40,21 +40,22 @@ class Check:
     name: str
     model: str
     defense: str
+    sigma: float
     passed: bool
     detail: str
 
 
-def _groups(df: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+def _groups(df: pd.DataFrame) -> list[tuple[str, str, float, pd.DataFrame]]:
     if df.empty:
         return []
-    return [(str(m), str(d), g) for (m, d), g in df.groupby(["model", "defense"], sort=True)]
+    return [(str(m), str(d), float(s), g) for (m, d, s), g in df.groupby(["model", "defense", "sigma"], sort=True)]
 
 
 def finite_checks(store: ResultsStore) -> list[Check]:
     out = []
     for study, cols in FINITE_COLUMNS.items():
         df = store.frame(study)
-        for m, d, g in _groups(df):
+        for m, d, sg, g in _groups(df):
             if "abstained" in g:
                 g = g[~g["abstained"].astype(bool)]
             bad = []
@@ -64,28 +65,28 @@ def finite_checks(store: ResultsStore) -> list[Check]:
                 v = pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=float)
                 if not np.all(np.isfinite(v)):
                     bad.append(f"{c}: {int((~np.isfinite(v)).sum())} non-finite")
-            out.append(Check(f"finite ({study})", m, d, not bad, "; ".join(bad) or f"{len(g)} rows finite"))
+            out.append(Check(f"finite ({study})", m, d, sg, not bad, "; ".join(bad) or f"{len(g)} rows finite"))
     return out
 
 
 def abstain_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
     out = []
-    for m, d, g in _groups(store.frame("guarantee")):
+    for m, d, sg, g in _groups(store.frame("guarantee")):
         k, n = int(g["abstained"].astype(bool).sum()), len(g)
         rate = k / n
-        out.append(Check("abstentions", m, d, rate <= cfg.max_abstain_rate,
+        out.append(Check("abstentions", m, d, sg, rate <= cfg.max_abstain_rate,
                          f"{k}/{n} = {rate:.1%} (max {cfg.max_abstain_rate:.1%})"))
     return out
 
 
 def audit_checks(store: ResultsStore, cfg: VerifyConfig, *, confidence: float = 0.95) -> list[Check]:
     out = []
-    for m, d, g in _groups(store.frame("audit")):
+    for m, d, sg, g in _groups(store.frame("audit")):
         c = audit.classify(g)
         certified = int((c["status"] != "abstained").sum())
         viol = int((c["status"] == "violation").sum())
         v = audit.verdict(viol, certified, alpha=cfg.alpha, confidence=confidence)
-        out.append(Check("certificate audit", m, d, v.passed, v.message))
+        out.append(Check("certificate audit", m, d, sg, v.passed, v.message))
     return out
 
 
@@ -105,7 +106,7 @@ def stability_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
     for _, r in table[table["n"] == n].iterrows():
         dev = float(r["rel_std_mean"])
         ok = math.isfinite(dev) and dev <= cfg.max_stability_deviation
-        out.append(Check("stability", str(r["model"]), str(r["defense"]), ok,
+        out.append(Check("stability", str(r["model"]), str(r["defense"]), float(r["sigma"]), ok,
                          f"mean relative std {dev:.4%} at n={n} (max {cfg.max_stability_deviation:.2%})"))
     return out
 
@@ -126,38 +127,43 @@ def _quality_gain(rows: pd.DataFrame, norm: float) -> float:
 
 
 def summary_rows(store: ResultsStore, cfg: VerifyConfig, checks: list[Check]) -> list[dict[str, Any]]:
-    """One row per (model, defense): the headline numbers of every study and the gate's verdict."""
+    """One row per (model, defense, sigma): headline numbers of every study and the gate's verdict."""
     gq, au, st, be, co = (store.frame(s) for s in ("guarantee", "audit", "stability", "beyond", "correlation"))
+
+    def pick(df: pd.DataFrame, m: str, d: str, sg: float) -> pd.DataFrame:
+        if df.empty:
+            return df
+        return df[(df["model"] == m) & (df["defense"] == d) & (df["sigma"].astype(float) == sg)]
+
     rows = []
-    for m, d, g in _groups(gq):
+    for m, d, sg, g in _groups(gq):
         cert = g[~g["abstained"].astype(bool)]
         row: dict[str, Any] = {
-            "model": m, "defense": d, "images": len(g), "abstained": len(g) - len(cert),
+            "model": m, "defense": d, "sigma": sg, "images": len(g), "abstained": len(g) - len(cert),
             "mean_width": float((cert["upper"].astype(float) - cert["lower"].astype(float)).mean())
             if len(cert) else math.nan,
             "mean_eps_x": float(cert["eps_x"].astype(float).mean()) if len(cert) else math.nan,
         }
-        a = au[(au["model"] == m) & (au["defense"] == d)] if not au.empty else au
+        a = pick(au, m, d, sg)
         if len(a):
             c = audit.classify(a)
             row["violations"] = f"{int((c['status'] == 'violation').sum())}/{int((c['status'] != 'abstained').sum())}"
             row["inconclusive"] = int((c["status"] == "inconclusive").sum())
             row["premise_failed"] = int(c["premise_failed"].sum())
-        s = st[(st["model"] == m) & (st["defense"] == d)] if not st.empty else st
+        s = pick(st, m, d, sg)
         if len(s):
             t = stability.summarize(stability.per_image(s))
             t = t[t["n"] == stability_n(cfg)]
             row["stability_%"] = 100.0 * float(t["rel_std_mean"].iloc[0]) if len(t) else math.nan
-        b = be[(be["model"] == m) & (be["defense"].isin(["none", d]))] if not be.empty else be
-        if len(b):
+        if not be.empty:
             top = float(max(cfg.beyond_norms))
-            for dd, label in (("none", "undefended"), (d, "defended")):
-                row[f"quality_gain@{top:g}_{label}"] = _quality_gain(b[b["defense"] == dd], top)
-        c2 = co[(co["model"] == m) & (co["defense"] == d)] if not co.empty else co
+            row[f"quality_gain@{top:g}_undefended"] = _quality_gain(pick(be, m, "none", 0.0), top)
+            row[f"quality_gain@{top:g}_defended"] = _quality_gain(pick(be, m, d, sg), top)
+        c2 = pick(co, m, d, sg)
         if len(c2):
             row["s/img_predict"] = float(c2["seconds_predict"].astype(float).mean())
             row["s/img_certify"] = float(c2["seconds_certify"].astype(float).mean())
-        mine = [c for c in checks if c.model == m and c.defense in (d, "none")]
+        mine = [c for c in checks if c.model == m and ((c.defense, c.sigma) == (d, sg) or c.defense == "none")]
         row["gate"] = "PASS" if all(c.passed for c in mine) else "FAIL"
         rows.append(row)
     return rows

@@ -22,7 +22,9 @@ class VerifyConfig:
     root: str | None = None
     split: str = "test"
     defenses: tuple[str, ...] = ("fs-iqa",)
-    sigma: float = 0.25
+    sigma: float | tuple[float, ...] = 0.25
+    """Noise standard deviation of the defenses; a list runs every study at each value
+    (e.g. ``[0.1, 0.25, 0.5]`` for the FS-IQA Tables 1-2 layout)."""
     n: int = 2000
     audit_n: int = 4000
     alpha: float = 0.999
@@ -43,8 +45,9 @@ class VerifyConfig:
     seed: int = 0
     device: str = "cpu"
     checkpoints: dict[str, str] = field(default_factory=dict)
-    """Optional ``{model: path}`` of FS-IQA heads for models without shipped heads, or
-    ``{"model:defense": path}`` (e.g. a DMS denoiser)."""
+    """Optional trained heads and denoisers: ``{"model": path}`` or ``{"model@0.25": path}``
+    for FS-IQA heads, ``{"model:dms@0.25": path}`` for a denoiser (see
+    :func:`robustbench_iqa.runner.context.checkpoint_for`)."""
     weights: dict[str, str] = field(default_factory=dict)
     """Optional ``{model: path}`` of local model weights."""
 
@@ -53,8 +56,8 @@ class VerifyConfig:
             raise InputError("verify: `models` is empty")
         if not (0 < self.alpha < 1):
             raise InputError(f"verify: alpha must lie in (0, 1), got {self.alpha}")
-        if self.sigma <= 0:
-            raise InputError(f"verify: sigma must be > 0, got {self.sigma}")
+        if not self.sigmas() or any(not (float(v) > 0) for v in self.sigmas()):
+            raise InputError(f"verify: sigma must be > 0 (one value or a list), got {self.sigma}")
         for name in ("n", "audit_n", "limit", "attack_steps", "eot", "stability_repeats",
                      "stability_limit", "beyond_limit"):
             if int(getattr(self, name)) < 1:
@@ -68,6 +71,24 @@ class VerifyConfig:
         if self.stability_repeats < 2:
             raise InputError("verify: stability_repeats must be >= 2 (a deviation needs two predictions)")
         return self
+
+    def sigmas(self) -> tuple[float, ...]:
+        """The sigma values of the run, in order."""
+        if isinstance(self.sigma, (tuple, list)):
+            return tuple(float(v) for v in self.sigma)
+        return (float(self.sigma),)
+
+    def at_sigma(self, sigma: float) -> VerifyConfig:
+        """This configuration with one sigma (what the jobs of one sigma see)."""
+        return dataclasses.replace(self, sigma=float(sigma))
+
+    @property
+    def sigma_value(self) -> float:
+        """The single sigma of a per-sigma configuration (see :meth:`at_sigma`)."""
+        values = self.sigmas()
+        if len(values) != 1:
+            raise InputError(f"verify: expected one sigma here, got {values}")
+        return values[0]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

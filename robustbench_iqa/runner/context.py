@@ -35,9 +35,9 @@ def derived_seed(seed: int, *parts: object) -> int:
     return ((hi << 31) ^ lo) & ((1 << 63) - 1)
 
 
-def generator(seed: int, *parts: object, device: torch.device | str = "cpu") -> torch.Generator:
-    """A fresh ``torch.Generator`` seeded with :func:`derived_seed`."""
-    return torch.Generator(device=device).manual_seed(derived_seed(seed, *parts))
+def generator(cfg: VerifyConfig, *parts: object) -> torch.Generator:
+    """A fresh ``torch.Generator`` on ``cfg.device``, seeded from the run seed, sigma and ``parts``."""
+    return torch.Generator(device=cfg.device).manual_seed(derived_seed(cfg.seed, cfg.sigma_value, *parts))
 
 
 @dataclass(frozen=True)
@@ -74,19 +74,32 @@ def build_model(cfg: VerifyConfig, name: str) -> IQAModel:
     return create_model(name, weights=cfg.weights.get(name), device=cfg.device)
 
 
+def checkpoint_for(cfg: VerifyConfig, model: str, defense: str) -> str | None:
+    """The configured checkpoint of ``defense`` on ``model`` at this sigma, if any.
+
+    Keys of ``checkpoints``, most specific first: ``"model:defense@sigma"``,
+    ``"model:defense"``, and for FS-IQA heads also ``"model@sigma"`` and ``"model"``.
+    """
+    s = f"@{cfg.sigma_value:g}"
+    keys = [f"{model}:{defense}{s}", f"{model}:{defense}"]
+    if defense == "fs-iqa":
+        keys += [f"{model}{s}", model]
+    return next((cfg.checkpoints[k] for k in keys if k in cfg.checkpoints), None)
+
+
 def build_defense(cfg: VerifyConfig, model: IQAModel, name: str) -> CertifiedDefense:
     options: dict[str, Any] = {}
-    path = cfg.checkpoints.get(f"{model.name}:{name}") or (cfg.checkpoints.get(model.name) if name == "fs-iqa" else None)
+    path = checkpoint_for(cfg, model.name, name)
     if path is not None:
         options["checkpoint" if name == "fs-iqa" else "denoiser"] = path
-    return create_defense(name, model, sigma=cfg.sigma, **options)
+    return create_defense(name, model, sigma=cfg.sigma_value, **options)
 
 
 def certify_options(cfg: VerifyConfig, defense_name: str) -> dict[str, Any]:
     """Keyword arguments of ``certify``: FS-IQA's tau, or the input radius of the others."""
     if defense_name == "fs-iqa":
         return {"tau": cfg.tau}
-    return {"eps": cfg.eps if cfg.eps is not None else cfg.sigma / 2}
+    return {"eps": cfg.eps if cfg.eps is not None else cfg.sigma_value / 2}
 
 
 def auditable(guarantee: Guarantee | str) -> bool:
@@ -106,8 +119,9 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
 
 
 def heads_identity(cfg: VerifyConfig, name: str) -> str | None:
-    path = cfg.checkpoints.get(name)
-    p = Path(path) if path is not None else shipped_checkpoint(name, cfg.sigma)
+    """SHA-256 of the FS-IQA heads used for model ``name`` at this sigma (configured or shipped)."""
+    path = checkpoint_for(cfg, name, "fs-iqa")
+    p = Path(path) if path is not None else shipped_checkpoint(name, cfg.sigma_value)
     return file_sha256(p) if p is not None and p.is_file() else None
 
 

@@ -37,8 +37,12 @@ def certify_and_audit(
     defense: CertifiedDefense, images: list[Image], *, progress: bool = True,
 ) -> None:
     """``guarantee``, ``correlation`` and ``audit`` rows of every image (one transaction each)."""
-    m, s = model.name, float(cfg.sigma)
+    m, s = model.name, float(cfg.sigma_value)
     todo = [im for im in images if not store.done(RowKey("audit", m, defense_name, s, im.name))]
+    if todo:  # warm-up (lazy initialization, allocator) so that the first image's timings are not inflated
+        with torch.no_grad():
+            model(todo[0].x, todo[0].ref)
+            defense.predict(todo[0].x, todo[0].ref, n=min(cfg.n, 100), generator=generator(cfg, "warm-up"))
     for img in tqdm(todo, desc=f"certify+audit {m} ({defense_name})", unit="img", disable=not progress):
         rows: list[tuple[RowKey, Mapping[str, Any]]] = []
         with torch.no_grad():
@@ -47,7 +51,7 @@ def certify_and_audit(
             t_model = time.perf_counter() - t0
             t0 = time.perf_counter()
             pred = float(defense.predict(img.x, img.ref, n=cfg.n, generator=generator(
-                cfg.seed, "predict", m, defense_name, img.name, device=cfg.device)).reshape(-1)[0])
+                cfg, "predict", m, defense_name, img.name)).reshape(-1)[0])
             t_predict = time.perf_counter() - t0
         cert, t_certify = certify_image(cfg, defense_name, defense, img, m)
         rows.append((RowKey("correlation", m, "none", 0.0, img.name),
@@ -70,7 +74,7 @@ def stability(
     defense: CertifiedDefense, images: list[Image], *, progress: bool = True,
 ) -> None:
     """``stability`` rows: ``stability_repeats`` predictions per image and n, each with its own seed."""
-    m, s = model.name, float(cfg.sigma)
+    m, s = model.name, float(cfg.sigma_value)
     imgs = images[: cfg.stability_limit]
     units = [(img, int(n)) for img in imgs for n in cfg.stability_n]
     for img, n in tqdm(units, desc=f"stability {m} ({defense_name})", unit="case", disable=not progress):
@@ -79,7 +83,7 @@ def stability(
             key = RowKey("stability", m, defense_name, s, img.name, f"n={n},seed={r}")
             if store.done(key):
                 continue
-            gen = generator(cfg.seed, "stability", m, defense_name, img.name, n, r, device=cfg.device)
+            gen = generator(cfg, "stability", m, defense_name, img.name, n, r)
             with torch.no_grad():
                 score = float(defense.predict(img.x, img.ref, n=n, generator=gen).reshape(-1)[0])
             rows.append((key, {"n": n, "seed": r, "score": score}))
@@ -95,7 +99,7 @@ def beyond(
     The undefended model is attacked through its own gradient; the defense through
     EOT (mean of ``eot`` draws, fresh noise) and scored with ``n`` draws.
     """
-    m, s = model.name, float(cfg.sigma)
+    m, s = model.name, float(cfg.sigma_value)
     imgs = images[: cfg.beyond_limit]
     cases = [(d, norm) for d in ("none", defense_name) for norm in cfg.beyond_norms]
     for d, norm in tqdm(cases, desc=f"beyond {m} ({defense_name})", unit="norm", disable=not progress):
@@ -105,7 +109,7 @@ def beyond(
         for batch in chunks(todo, 4):
             x = torch.cat([im.x for im in batch])
             ref = torch.cat([im.ref for im in batch]) if batch[0].ref is not None else None  # type: ignore[misc]
-            gen = generator(cfg.seed, "beyond", m, d, norm, batch[0].name, device=cfg.device)
+            gen = generator(cfg, "beyond", m, d, norm, batch[0].name)
             if d == "none":
                 obj = Objective.from_model(model, target=Target.INCREASE)
             else:

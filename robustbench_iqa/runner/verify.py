@@ -54,7 +54,8 @@ def verify_run_config(cfg: VerifyConfig) -> dict[str, Any]:
     return run_config(
         kind="verify", **cfg.to_dict(),
         weights_sha256={m: weights_identity(cfg, m) for m in cfg.models},
-        heads_sha256={m: heads_identity(cfg, m) for m in cfg.models} if "fs-iqa" in cfg.defenses else {},
+        heads_sha256={f"{m}@{s:g}": heads_identity(cfg.at_sigma(s), m) for m in cfg.models for s in cfg.sigmas()}
+        if "fs-iqa" in cfg.defenses else {},
     )
 
 
@@ -82,10 +83,12 @@ def run_verify(
             images = load_images(cfg, model)
             if not images:
                 raise InputError(f"verify: dataset {cfg.dataset!r} ({cfg.split}) has no images")
-            for dname in cfg.defenses:
-                defense = build_defense(cfg, model, dname)
-                for job in (jobs.certify_and_audit, jobs.stability, jobs.beyond):
-                    job(store, cfg, model, dname, defense, images, progress=progress)
+            for sigma in cfg.sigmas():
+                sub = cfg.at_sigma(sigma)
+                for dname in cfg.defenses:
+                    defense = build_defense(sub, model, dname)
+                    for job in (jobs.certify_and_audit, jobs.stability, jobs.beyond):
+                        job(store, sub, model, dname, defense, images, progress=progress)
         checks = all_checks(store, cfg)
         summary = summary_rows(store, cfg, checks)
         audited = {(c.model, c.defense) for c in checks if c.name == "certificate audit"}
