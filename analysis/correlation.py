@@ -19,7 +19,10 @@ without certification).
 
 Per-image input frame (one row per image and prediction):
     ``model, defense, sigma, image, score, target`` and optionally ``seed``,
-    ``seconds_predict``, ``seconds_certify``.
+    ``seconds_predict``, ``seconds_certify`` and ``lower_better``.  Rows with
+    ``lower_better`` true (a distance such as LPIPS or DISTS) are correlated as
+    ``-score``, so that every correlation reads "higher is better agreement" and
+    NR and FR metrics can be averaged (the literature reports |SRCC| for them).
 """
 
 from __future__ import annotations
@@ -164,6 +167,9 @@ def per_group(
 ) -> pd.DataFrame:
     """Correlations for every group of ``by`` (keys absent from ``df`` are skipped)."""
     require_columns(df, [prediction, target], "correlation study")
+    if "lower_better" in df:
+        flip = df["lower_better"].fillna(False).astype(bool)
+        df = df.assign(**{prediction: np.where(flip, -df[prediction].astype(float), df[prediction].astype(float))})
     keys = present(df, by)
     rows = []
     for key, g in df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]:

@@ -307,3 +307,20 @@ def test_figures_write_png_and_svg_without_global_side_effects(tmp_path: pytest.
         assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert ElementTree.parse(paths[1]).getroot().tag.endswith("svg")
     assert dict(matplotlib.rcParams) == before and matplotlib.get_backend() == backend
+
+
+def test_lower_better_rows_are_correlated_as_negated_scores() -> None:
+    from scipy import stats as st
+
+    from analysis.correlation import per_group
+
+    rng = np.random.default_rng(3)
+    y = rng.uniform(1, 5, 40)
+    dist = -y + rng.normal(0, 0.5, 40)  # a distance: lower = better
+    df = pd.DataFrame({"model": "d", "defense": "none", "sigma": 0.0, "image": [f"i{i}" for i in range(40)],
+                       "score": dist, "target": y, "lower_better": True})
+    g = per_group(df)
+    assert g["srcc"].iloc[0] == pytest.approx(st.spearmanr(-dist, y).statistic, abs=1e-12)
+    assert g["srcc"].iloc[0] > 0.8
+    g2 = per_group(df.drop(columns="lower_better"))
+    assert g2["srcc"].iloc[0] == pytest.approx(-g["srcc"].iloc[0], abs=1e-12)

@@ -55,10 +55,11 @@ def certify_and_audit(
             t_predict = time.perf_counter() - t0
         cert, t_certify = certify_image(cfg, defense_name, defense, img, m)
         rows.append((RowKey("correlation", m, "none", 0.0, img.name),
-                     {"score": clean, "target": img.target, "seconds_predict": t_model}))
+                     {"score": clean, "target": img.target, "seconds_predict": t_model,
+                      "lower_better": bool(model.lower_better)}))
         rows.append((RowKey("correlation", m, defense_name, s, img.name),
                      {"score": pred, "target": img.target, "seconds_predict": t_predict,
-                      "seconds_certify": t_certify}))
+                      "seconds_certify": t_certify, "lower_better": bool(defense.lower_better)}))
         rows.append((RowKey("guarantee", m, defense_name, s, img.name),
                      {"eps_x": cert.eps_x, "lower": cert.lower, "upper": cert.upper, "score": cert.score,
                       "abstained": cert.abstained, "spectral_norm": cert.spectral_norm,
