@@ -110,6 +110,8 @@ def auditable(guarantee: Guarantee | str) -> bool:
 def weights_identity(cfg: VerifyConfig, name: str) -> str:
     """SHA-256 of the weights a model is built from (local file or shipped), else how it was built."""
     path = cfg.weights.get(name)
+    if path in ("pretrained", "pretrained-base"):
+        return f"{path} (published weights through pyiqa/timm/torchvision)"
     if path is not None:
         return file_sha256(path)
     p = shipped_weights(name)
