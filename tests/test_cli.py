@@ -105,3 +105,38 @@ def test_fr_pair_size_mismatch(toy_registry: Path, tmp_path: Path, capsys) -> No
                str(toy_registry / "img00.png"), "--ref", str(small), "--resize", "none"])
     assert rc == 2
     assert "different sizes" in capsys.readouterr().err
+
+
+def test_certify_out_writes_the_store_and_resumes_to_the_same_rows(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from robustbench_iqa.store import RESULTS_FILE, ResultsStore
+
+    args = ["certify", "--model", "default-nr", "--dataset", "default", "--limit", "4", "--n", "500",
+            "--json", "--no-progress"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*args, "--out", str(a)]) == 0
+    printed = _json_rows(capsys.readouterr().out)
+    assert main([*args, "--out", str(b)]) == 0
+    capsys.readouterr()
+    con = sqlite3.connect(b / RESULTS_FILE)  # as if the run had been killed after two images
+    with con:
+        con.execute("DELETE FROM rows WHERE image IN (SELECT image FROM rows WHERE study='guarantee' "
+                    "ORDER BY id DESC LIMIT 2)")
+    con.close()
+    assert main([*args, "--out", str(b)]) == 2  # an existing run needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--out", str(b), "--resume"]) == 0
+    out = capsys.readouterr()
+    assert len(_json_rows(out.out)) == 2 and "2 image(s) already" in out.err
+
+    def rows(run: Path) -> list[tuple[str, str, float | None, float | None]]:
+        with ResultsStore.open(run) as st:
+            g = st.frame("guarantee")
+            assert st.count("correlation") == 4
+        return sorted(zip(g["image"], g["reason"].astype(str), g["lower"], g["upper"]))
+
+    assert rows(a) == rows(b)
+    assert sorted(r["image"] for r in printed) == sorted(r[0] for r in rows(a))
+    assert main(["certify", "--model", "default-nr", "--dataset", "default", "--resume"]) == 2
+    assert "--out" in capsys.readouterr().err
