@@ -1,0 +1,63 @@
+"""All six defenses on the embedded NR and FR models, out of the box (shipped heads and denoisers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from certify import create_defense, list_defenses
+from certify.result import Guarantee
+from robustbench_iqa import create_dataset, create_model
+
+DEFENSES = ["fs-iqa", "ms", "dms", "dms-iqa", "rs-reg", "cert-reg"]
+SIGMA, EPS = 0.25, 0.125
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    _, test = create_dataset("default").split(seed=0)
+    xs, refs = zip(*(test.load(i) for i in range(2)), strict=True)
+    # Central 32x48 crops keep the input-space defenses (n forward passes each) fast.
+    crop = (slice(None), slice(None), slice(32, 64), slice(40, 88))
+    return {"x": torch.stack(xs)[crop], "ref": torch.stack(refs)[crop]}  # type: ignore[arg-type]
+
+
+def test_every_registered_defense_is_covered() -> None:
+    assert sorted(list_defenses()) == sorted(DEFENSES)
+
+
+@pytest.mark.parametrize("model_name", ["default-nr", "default-fr"])
+@pytest.mark.parametrize("name", DEFENSES)
+def test_defense_runs_on_embedded_model(name: str, model_name: str, images: dict[str, torch.Tensor]) -> None:
+    model = create_model(model_name)
+    defense = create_defense(name, model, sigma=SIGMA)
+    x = images["x"]
+    ref = images["ref"] if model.full_reference else None
+    opts = {"tau": 1e-3} if name == "fs-iqa" else {"eps": EPS}
+    n = 100
+
+    def run(seed: int) -> list:  # type: ignore[type-arg]
+        return defense.certify(x, ref, n=n, alpha=0.9, generator=torch.Generator().manual_seed(seed), **opts)
+
+    res = run(0)
+    again = run(0)
+    assert [r.to_dict() for r in res] == [r.to_dict() for r in again]  # same seed, same result
+    pred = defense.predict(x, ref, n=n, generator=torch.Generator().manual_seed(1))
+    assert pred.shape == (2,) and bool(torch.isfinite(pred).all())
+    for r in res:
+        assert math.isfinite(r.score)
+        if r.abstained:
+            assert r.reason is not None
+            continue
+        assert r.lower is not None and r.upper is not None and r.eps_x is not None
+        if r.guarantee is not Guarantee.PROBABILISTIC:
+            assert r.lower <= r.score <= r.upper
+        if name == "fs-iqa":
+            assert r.spectral_norm is not None
+            assert r.eps_x * r.spectral_norm == pytest.approx(SIGMA, rel=1e-9)
+        else:
+            assert r.eps_x == pytest.approx(EPS)
+    # The defended score stays within the model's range of scores, up to the smoothing.
+    assert pred.min() > -1.0 and pred.max() < 2.0
