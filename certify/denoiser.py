@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from certify.checkpoint_io import read_checkpoint
 from robustbench_iqa.errors import InputError
 
 CHECKPOINT_FORMAT = "robustbench_iqa.denoiser/1"
@@ -91,16 +91,7 @@ def save_denoiser(path: str | Path, denoiser: DnCNN, *, sigma: float, loss: str,
 def load_denoiser(path: str | Path, *, device: torch.device | str | None = None) -> tuple[DnCNN, dict[str, Any]]:
     """Read a checkpoint of :func:`save_denoiser`: the module (eval mode) and its metadata."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"denoiser checkpoint not found: {p}")
-    try:
-        tensors = load_file(str(p))
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read denoiser checkpoint {p}: {exc}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{p} is not a denoiser checkpoint (format {meta.get('format')!r})")
+    tensors, meta = read_checkpoint(p, fmt=CHECKPOINT_FORMAT, what="denoiser checkpoint")
     den = DnCNN(**json.loads(meta["config"]))
     try:
         den.load_state_dict(tensors)

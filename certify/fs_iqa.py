@@ -55,11 +55,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from certify.bounds import median_of_sorted, require_indices, sorted_percentile_bounds
+from certify.checkpoint_io import read_checkpoint
 from certify.defense import register_defense
 from certify.heads import FTN, Scorer, split_first_linear
 from certify.result import AbstainReason, CertifiedScore, Guarantee
@@ -336,18 +336,7 @@ def save_fs_checkpoint(
 def load_fs_checkpoint(path: str | Path) -> tuple[FTN, Scorer, dict[str, Any]]:
     """Read a checkpoint written by :func:`save_fs_checkpoint`; clear errors on bad files."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"FS-IQA checkpoint not found: {p}")
-    try:
-        tensors = load_file(str(p))
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise InputError(f"cannot read FS-IQA checkpoint {p}: {exc}") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{p} is not an FS-IQA checkpoint (format {meta.get('format')!r})")
+    tensors, meta = read_checkpoint(p, fmt=CHECKPOINT_FORMAT, what="FS-IQA checkpoint")
     fcfg, scfg = json.loads(meta["ftn"]), json.loads(meta["scorer"])
     ftn = FTN(fcfg["in_dim"], fcfg["out_dim"], fcfg["hidden"])
     scorer = Scorer(scfg["in_dim"], scfg["hidden"])

@@ -44,6 +44,15 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resize", choices=[r.value for r in Resize], default=None, help="resize policy")
 
 
+def add_training_data_args(p: argparse.ArgumentParser) -> None:
+    """Dataset flags of the training commands (the seeded 80/20 split is made inside)."""
+    p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
+    p.add_argument("--root", default=None, help="local folder of the dataset")
+    p.add_argument("--size", default=None, help="working size HxW (default: the dataset's)")
+    p.add_argument("--resize", default=None, help="resize policy")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images (before the split)")
+
+
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per line instead of a table")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default: 0)")

@@ -21,11 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help="train FS-IQA heads (FTN + scorer) on a frozen backbone",
                        description="Train FS-IQA heads on the seeded 80/20 split and report held-out SRCC/PLCC.")
     c.add_model_args(p)
-    p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
-    p.add_argument("--root", default=None, help="local folder of the dataset")
-    p.add_argument("--size", default=None, help="working size HxW (default: the dataset's)")
-    p.add_argument("--resize", default=None, help="resize policy")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images (before the split)")
+    c.add_training_data_args(p)
     p.add_argument("--sigma", type=float, nargs="+", default=[0.25], help="one or more sigma_f values")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--lr", type=float, default=3e-3)

@@ -24,11 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "the SRCC/PLCC of the defended (median-smoothed) score.",
     )
     c.add_model_args(p)
-    p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
-    p.add_argument("--root", default=None, help="local folder of the dataset")
-    p.add_argument("--size", default=None, help="working size HxW (default: the dataset's)")
-    p.add_argument("--resize", default=None, help="resize policy")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images (before the split)")
+    c.add_training_data_args(p)
     p.add_argument("--sigma", type=float, default=0.25, help="input-noise sigma (default: 0.25)")
     p.add_argument("--loss", choices=LOSSES, default="dms", help="dms (pixel MSE) or dms-iqa (composite)")
     p.add_argument("--w-pix", type=float, default=None, help="weight of the pixel MSE (dms-iqa; default 1)")
