@@ -14,8 +14,8 @@ For an image x with a certificate (S, S^l, S^u, eps_x):
 3. **Estimate at the attacked point.**  ``audit_n`` fresh draws of the defense
    at x'.  For median defenses: the median and its distribution-free
    order-statistic confidence interval (:func:`analysis.audit.attacked_point_summary`);
-   for mean defenses (bounded outputs): the mean and a Hoeffding interval on the
-   score range.  A violation is counted only when that whole interval lies
+   for Cert-Reg the trimmed mean with its DKW interval; for RS-Reg (bounded
+   outputs) the mean with a Hoeffding interval on the output range.  A violation is counted only when that whole interval lies
    outside the bounds, so sampling error at x' is not mistaken for a violation.
 """
 
@@ -25,7 +25,6 @@ import math
 import time
 from typing import Any
 
-import numpy as np
 import torch
 
 from analysis.audit import DEFAULT_MEDIAN_CONFIDENCE, attacked_point_summary
@@ -33,6 +32,7 @@ from attacks.eot import Aggregate, NoiseMode, eot_objective
 from attacks.feature_space import feature_space_attack
 from attacks.gradient import PGD
 from attacks.objective import Target
+from certify.cert_reg import TrimmedMeanSmoothedIQA, trimmed_mean, trimmed_mean_bounds
 from certify.defense import CertifiedDefense
 from certify.result import CertifiedScore, Guarantee
 from robustbench_iqa.runner.config import VerifyConfig
@@ -43,15 +43,26 @@ def estimate_at(
     defense: CertifiedDefense, x: torch.Tensor, ref: torch.Tensor | None, *, n: int,
     guarantee: Guarantee, gen: torch.Generator, confidence: float = DEFAULT_MEDIAN_CONFIDENCE,
 ) -> dict[str, float]:
-    """The defended statistic at ``x`` from ``n`` fresh draws, with its confidence interval."""
+    """The defended statistic at ``x`` from ``n`` fresh draws, with a ``confidence`` interval.
+
+    Median defenses: sample median, distribution-free order-statistic interval.
+    Cert-Reg (trimmed mean): the trimmed mean, DKW interval (its own bound at radius 0).
+    RS-Reg (mean of outputs clipped to [a, b]): the mean, Hoeffding interval.
+    """
     with torch.no_grad():
-        v = defense.noisy_scores(x, ref, n=n, generator=gen).reshape(-1).double().cpu().numpy()
+        v = defense.noisy_scores(x, ref, n=n, generator=gen).reshape(1, -1).double().cpu()
+    if isinstance(defense, TrimmedMeanSmoothedIQA):
+        lo, hi = trimmed_mean_bounds(v.sort(dim=1).values, trim=defense.trim, eps=0.0, sigma=defense.sigma,
+                                     alpha=confidence, output_range=defense.output_range)
+        point = float(trimmed_mean(v, defense.trim)[0])
+        return {"attacked_median": point, "median_ci_low": float(lo[0]), "median_ci_high": float(hi[0]),
+                "n_audit": n}
     if guarantee is Guarantee.MEAN_BOUNDS:
-        a, b = defense.score_range
+        a, b = getattr(defense, "output_range", defense.score_range)
         half = (b - a) * math.sqrt(math.log(2.0 / (1.0 - confidence)) / (2.0 * n))  # Hoeffding
-        m = float(np.clip(v, a, b).mean())
+        m = float(v.clamp(a, b).mean())
         return {"attacked_median": m, "median_ci_low": m - half, "median_ci_high": m + half, "n_audit": n}
-    row = attacked_point_summary(v[None], confidence).iloc[0]
+    row = attacked_point_summary(v.numpy(), confidence).iloc[0]
     return {k: float(row[k]) for k in ("attacked_median", "median_ci_low", "median_ci_high", "n_audit")}
 
 
@@ -91,8 +102,7 @@ def audit_image(
     for target in (Target.INCREASE, Target.DECREASE):
         gen = generator(cfg, "audit-attack", model_name, defense_name, img.name, target.value)
         obj = eot_objective(defense, n=cfg.eot, aggregate=Aggregate.SOFT_MEDIAN, noise=NoiseMode.FRESH,
-                            generator=gen, target=target, eval_n=cfg.eot,
-                            eval_seed=int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+                            generator=gen, target=target, eval_n=cfg.eot, eval_seed=cfg.seed)
         adv = attack.run(obj, img.x, img.ref, eps=budget, generator=gen).adv
         est_gen = generator(cfg, "audit-estimate", model_name, defense_name, img.name, target.value)
         est = estimate_at(defense, adv, img.ref, n=cfg.audit_n, guarantee=cert.guarantee, gen=est_gen)
