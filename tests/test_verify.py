@@ -78,6 +78,7 @@ def test_verify_passes_on_the_embedded_default(tmp_path: Path, capsys: pytest.Ca
         assert (audit["attack_l2"] <= audit["eps_x"] * (1 + 1e-5)).all()
         assert store.config["weights_sha256"]["default-nr"] != store.config["weights_sha256"]["default-fr"]
         assert store.config["versions"]["torch"] == torch.__version__
+        assert store.config["data"]["size"] == [96, 128] and store.config["data"]["resize"] == "resize"
     html = (out / "report" / "report.html").read_text()
     for study in ("audit", "stability", "beyond", "guarantee", "correlation"):
         assert study in html

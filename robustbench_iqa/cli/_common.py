@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from robustbench_iqa.data.base import IQADataset
-from robustbench_iqa.data.images import Resize, load_image
+from robustbench_iqa.data.images import Resize, load_image, parse_size
 from robustbench_iqa.data.registry import create_dataset
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
@@ -57,18 +57,6 @@ def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per line instead of a table")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise InputError(f"--size must look like HxW (e.g. 384x512), got {text!r}") from None
-    if h < 8 or w < 8:
-        raise InputError(f"--size is too small: {text}")
-    return h, w
 
 
 def check_limit(limit: int | None) -> None:

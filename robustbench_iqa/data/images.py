@@ -75,3 +75,16 @@ def save_image(x: torch.Tensor, path: str | Path) -> None:
     arr = (x.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"384x512"`` -> (384, 512); None stays None (the dataset's own size)."""
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"size must look like HxW (e.g. 384x512), got {text!r}") from None
+    if h < 8 or w < 8:
+        raise InputError(f"size is too small: {text}")
+    return h, w

@@ -20,6 +20,10 @@ class VerifyConfig:
     models: tuple[str, ...] = ("default-nr", "default-fr")
     dataset: str = "default"
     root: str | None = None
+    size: str | None = None
+    """Working size ``"HxW"`` (e.g. ``"384x512"``, as in the FS-IQA study); default: the dataset's."""
+    resize: str | None = None
+    """``resize``, ``center-crop`` or ``none``; default: the dataset's.  Both are recorded in the run."""
     split: str = "test"
     defenses: tuple[str, ...] = ("fs-iqa",)
     sigma: float | tuple[float, ...] = 0.25

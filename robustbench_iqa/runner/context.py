@@ -20,6 +20,7 @@ from certify.defense import CertifiedDefense, create_defense
 from certify.fs_iqa import shipped_checkpoint
 from certify.result import Guarantee
 from robustbench_iqa.data import IQADataset, create_dataset
+from robustbench_iqa.data.images import parse_size
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models import IQAModel, create_model
 from robustbench_iqa.models.embedded import shipped_weights
@@ -50,9 +51,21 @@ class Image:
     target: float
 
 
+def open_dataset(cfg: VerifyConfig) -> IQADataset:
+    """The configured dataset at its working size and resize policy."""
+    return create_dataset(cfg.dataset, root=cfg.root, size=parse_size(cfg.size), resize=cfg.resize)
+
+
+def dataset_settings(cfg: VerifyConfig) -> dict[str, Any]:
+    """What the run records of its data: name, size of the whole set, working size and policy."""
+    ds = open_dataset(cfg)
+    return {"name": ds.name, "samples": len(ds), "size": list(ds.size) if ds.size else None,
+            "resize": str(ds.resize.value), "higher_better": ds.higher_better}
+
+
 def load_images(cfg: VerifyConfig, model: IQAModel) -> list[Image]:
     """The first ``cfg.limit`` images of the configured split (seeded 80/20 split, seed 0)."""
-    ds: IQADataset = create_dataset(cfg.dataset, root=cfg.root)
+    ds = open_dataset(cfg)
     if model.full_reference and not ds.has_references:
         raise InputError(f"model {model.name!r} is full-reference but dataset {ds.name!r} has no references")
     if cfg.split != "all":

@@ -22,6 +22,7 @@ from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.context import (
     build_defense,
     build_model,
+    dataset_settings,
     heads_identity,
     load_images,
     weights_identity,
@@ -52,7 +53,7 @@ class VerifyOutcome:
 def verify_run_config(cfg: VerifyConfig) -> dict[str, Any]:
     """The run configuration stored with the results: settings, weights hashes, versions."""
     return run_config(
-        kind="verify", **cfg.to_dict(),
+        kind="verify", **cfg.to_dict(), data=dataset_settings(cfg),
         weights_sha256={m: weights_identity(cfg, m) for m in cfg.models},
         heads_sha256={f"{m}@{s:g}": heads_identity(cfg.at_sigma(s), m) for m in cfg.models for s in cfg.sigmas()}
         if "fs-iqa" in cfg.defenses else {},
