@@ -263,6 +263,16 @@ class ResultsStore:
         )
         return cur.fetchone() is not None
 
+    def iter_rows_for(self, key: RowKey) -> Iterator[dict[str, Any]]:
+        """The row of ``key`` (zero or one), as :meth:`iter_rows` gives it."""
+        cur = self._conn.execute(
+            "SELECT study, model, defense, sigma, image, extra, payload FROM rows WHERE study=? AND model=? "
+            "AND defense=? AND sigma=? AND image=? AND extra=?", key.astuple())
+        for r in cur:
+            payload = json.loads(r[6])
+            k = dict(zip(KEY_FIELDS, r[:6]))
+            yield {**k, **{a: b for a, b in payload.items() if a not in k}}
+
     def done_keys(self, study: str | None = None) -> set[RowKey]:
         """All keys present (of one study, or of all)."""
         return {RowKey(*r[:6]) for r in self._select(study)}

@@ -4,6 +4,7 @@ EOT on randomized defenses, the feature-space audit attack and the ``attack`` CL
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -338,14 +339,42 @@ def _defaults_available() -> bool:
 
 @pytest.mark.skipif(not _defaults_available(), reason="embedded default model/dataset not built yet")
 def test_cli_attack_end_to_end_on_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    from certify.fs_iqa import shipped_checkpoint
     from robustbench_iqa.cli import main
 
     args = ["attack", "--model", "default-nr", "--dataset", "default", "--attack", "ifgsm", "--norm", "l2",
-            "--eps", "0.1", "--steps", "3", "--limit", "2", "--json", "--no-progress"]
-    if shipped_checkpoint("default-nr", 0.25) is not None:
-        args += ["--defense", "fs-iqa", "--sigma", "0.25", "--eot", "4", "--n", "101"]
+            "--eps", "0.1", "--steps", "3", "--limit", "2", "--json", "--no-progress",
+            "--defense", "fs-iqa", "--sigma", "0.25", "--eot", "4", "--n", "101"]
     assert main(args) == 0
     lines = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
     assert len(lines) == 3 and lines[-1]["summary"] is True
     assert all(r["l2"] <= 0.1 + TOL for r in lines[:2])
+
+
+def test_cli_attack_out_resumes_to_the_same_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    from robustbench_iqa.cli import main
+    from robustbench_iqa.store import RESULTS_FILE, ResultsStore
+
+    args = ["attack", "--model", "default-fr", "--dataset", "default", "--norm", "l2", "--eps", "0.1",
+            "--steps", "3", "--limit", "3", "--json", "--no-progress", "--defense", "fs-iqa", "--eot", "4",
+            "--n", "101"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*args, "--out", str(a)]) == 0
+    summary_a = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main([*args, "--out", str(b)]) == 0
+    capsys.readouterr()
+    con = sqlite3.connect(b / RESULTS_FILE)  # as if killed after the first image
+    with con:
+        con.execute("DELETE FROM rows WHERE id > (SELECT MIN(id) FROM rows)")
+    con.close()
+    assert main([*args, "--out", str(b), "--resume"]) == 0
+    lines = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 3  # two new rows, then the summary over all three
+    assert lines[-1] == summary_a
+
+    def rows(run: Path) -> list[str]:
+        with ResultsStore.open(run) as st:
+            return sorted(json.dumps(r, sort_keys=True) for r in st.iter_rows("attack"))
+
+    assert rows(a) == rows(b) and len(rows(a)) == 3

@@ -23,7 +23,9 @@ from attacks.scores import summarize
 from attacks.threat import ThreatModel, check_eps
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import build_defense
+from robustbench_iqa.cli._store import add_store_args, image_generator, open_store
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.store import ResultsStore, RowKey
 from robustbench_iqa.validation import check_n, check_sigma
 
 COLUMNS = ["image", "clean_score", "adv_score", "gain", "l2", "linf", "iterations"]
@@ -55,6 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--checkpoint", default=None, help="trained FS-IQA heads, or denoiser for dms/dms-iqa")
     d.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
     c.add_output_args(p)
+    add_store_args(p)
     p.set_defaults(func=run)
 
 
@@ -73,42 +76,88 @@ def _check_args(args: argparse.Namespace) -> None:
         check_n(args.n)
 
 
-def build_objective(args: argparse.Namespace, model: Any) -> tuple[Objective, bool, tuple[float, float]]:
-    """The objective, the attacked score's ``lower_better`` and its ``score_range``."""
+def build_objective(
+    args: argparse.Namespace, model: Any, defense: Any = None, generator: torch.Generator | None = None,
+) -> tuple[Objective, bool, tuple[float, float]]:
+    """The objective, the attacked score's ``lower_better`` and its ``score_range``.
+
+    With ``--defense``, ``defense`` is the built defense (built here if None) and
+    ``generator`` drives the EOT noise (default: one seeded by ``--seed``).
+    """
     if args.defense == "none":
         obj = Objective.from_model(model, target=args.target, target_score=args.target_score)
         return obj, bool(model.lower_better), tuple(model.score_range)  # type: ignore[return-value]
-    defense = build_defense(args, model)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    defense = build_defense(args, model) if defense is None else defense
+    gen = torch.Generator(device="cpu").manual_seed(args.seed) if generator is None else generator
     obj = eot_objective(defense, n=args.eot, aggregate=args.eot_aggregate, noise=args.eot_noise,
                         generator=gen, target=args.target, target_score=args.target_score,
                         eval_n=args.n, eval_seed=args.seed)
     return obj, bool(defense.lower_better), tuple(defense.score_range)  # type: ignore[return-value]
 
 
+def _store_settings(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("attack", "norm", "eps", "steps", "step_size", "target", "target_score", "defense")
+    out = {k: getattr(args, k) for k in keys}
+    if args.defense != "none":
+        out.update({k: getattr(args, k) for k in ("sigma", "eot", "eot_aggregate", "eot_noise", "n", "checkpoint")})
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     attack = create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm)
+    store = open_store(args, "attack", _store_settings(args))
+    try:
+        rows = _attack_all(args, attack, store)
+    finally:
+        if store is not None:
+            store.close()
+    return _report(args, rows)
+
+
+def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | None) -> list[dict[str, Any]]:
+    """Attack every input; with a store, image by image with per-image seeds, skipping done rows."""
     model = c.build_model(args)
-    objective, lower_better, score_range = build_objective(args, model)
+    defense = None if args.defense == "none" else build_defense(args, model)
+    objective, lower_better, score_range = build_objective(args, model, defense)
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     sign = -1.0 if lower_better else 1.0
+    sigma = 0.0 if args.defense == "none" else args.sigma
+    extra = f"{args.attack},{args.norm}={args.eps:g},{args.target}"
     rows: list[dict[str, Any]] = []
     with tqdm(total=total, desc=f"{args.attack} {args.model} ({args.defense})", unit="img",
               disable=not c.progress_enabled(args)) as bar:
-        for chunk in c.batches(items, args.batch_size):
+        for chunk in c.batches(items, args.batch_size if store is None else 1):
+            key = RowKey("attack", model.name, args.defense, sigma, chunk[0].name, extra)
+            if store is not None and store.done(key):
+                done = next(store.iter_rows_for(key))
+                rows.append({k: v for k, v in done.items() if k not in ("study", "model", "sigma", "extra")})
+                bar.update(1)
+                continue
+            if store is not None:  # per-image noise, so a resumed run equals an uninterrupted one
+                gen = image_generator(args, chunk[0].name, "attack")
+                objective, _, _ = build_objective(args, model, defense, image_generator(args, chunk[0].name, "eot"))
             x, ref = c.stack(chunk, args.device)
             result = attack.run(objective, x, ref, generator=gen)
             for it, rec in zip(chunk, result.records):
                 row = {"image": it.name, **rec.to_dict(), "gain": sign * (rec.adv_score - rec.clean_score),
-                       "attack": args.attack, "norm": args.norm, "eps": args.eps, "defense": args.defense}
+                       "attack": args.attack, "norm": args.norm, "eps": args.eps, "defense": args.defense,
+                       "lower_better": lower_better, "score_range": list(score_range)}
                 rows.append(row)
                 if args.json:
                     c.emit([row], as_json=True, columns=COLUMNS)
+            if store is not None:
+                store.put(key, rows[-1])
             bar.update(len(chunk))
+    return rows
+
+
+def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
+    lower_better = bool(rows[0]["lower_better"]) if rows else False
+    score_range = tuple(rows[0]["score_range"]) if rows else (0.0, 1.0)
     summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],
-                        score_range=score_range, lower_better=lower_better, confidence=args.confidence)
+                        score_range=score_range, lower_better=lower_better, confidence=args.confidence)  # type: ignore[arg-type]
     out = {"summary": True, "model": args.model, "attack": args.attack, "norm": args.norm, "eps": args.eps,
            "defense": args.defense, **summary.to_dict()}
     if args.json:
