@@ -61,3 +61,43 @@ def test_defense_runs_on_embedded_model(name: str, model_name: str, images: dict
             assert r.eps_x == pytest.approx(EPS)
     # The defended score stays within the model's range of scores, up to the smoothing.
     assert pred.min() > -1.0 and pred.max() < 2.0
+
+
+@pytest.mark.parametrize("model_name", ["default-nr", "default-fr"])
+def test_fs_iqa_abstains_on_embedded_model_when_tau_exceeds_the_norm(
+    model_name: str, images: dict[str, torch.Tensor]
+) -> None:
+    model = create_model(model_name)
+    fs = create_defense("fs-iqa", model, sigma=SIGMA)
+    ref = images["ref"] if model.full_reference else None
+    ok = fs.certify(images["x"], ref, n=200, alpha=0.99, tau=1e-3, generator=torch.Generator().manual_seed(0))
+    norms = [r.spectral_norm for r in ok]
+    tau = 2 * max(norms)  # type: ignore[type-var]
+    res = fs.certify(images["x"], ref, n=200, alpha=0.99, tau=tau, generator=torch.Generator().manual_seed(0))
+    assert all(r.abstained and r.reason is not None and r.reason.value == "jacobian_norm_below_tau" for r in res)
+    assert all(r.lower is None and r.eps_x is None for r in res)
+    assert [r.score for r in res] == [r.score for r in ok]  # abstaining does not change S
+
+
+@pytest.mark.parametrize("model_name", ["default-nr", "default-fr"])
+def test_shipped_fs_iqa_heads_reproduce_their_heldout_correlation(model_name: str) -> None:
+    import json
+    from importlib import resources
+
+    from scipy import stats
+
+    recorded = json.loads((resources.files("robustbench_iqa") / "weights" / "fs-iqa-heads.json").read_text())
+    model = create_model(model_name)
+    fs = create_defense("fs-iqa", model, sigma=SIGMA)
+    _, test = create_dataset("default").split(seed=0)
+    scores, labels = [], []
+    gen = torch.Generator().manual_seed(0)
+    for start in range(0, len(test), 32):
+        idx = range(start, min(start + 32, len(test)))
+        xs, refs = zip(*(test.load(i) for i in idx), strict=True)
+        ref = torch.stack(refs) if model.full_reference else None  # type: ignore[arg-type]
+        scores += fs.predict(torch.stack(xs), ref, n=200, generator=gen).tolist()
+        labels += [test.samples[i].score for i in idx]
+    srcc = abs(stats.spearmanr(scores, labels).statistic)
+    want = recorded["heldout"][model_name][f"{SIGMA:g}"]["srcc"]
+    assert srcc == pytest.approx(want, abs=0.03), (srcc, want)
