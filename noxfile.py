@@ -38,9 +38,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def verify(session: nox.Session) -> None:
-    """The research-CI gate on the embedded default (configured in [tool.robustbench_iqa.verify])."""
+    """The research-CI gate on the embedded default (configured in [tool.robustbench_iqa.verify]).
+
+    Without arguments it starts over (``--fresh``) in runs/verify; ``nox -s verify -- --resume``
+    continues a killed run.
+    """
     _install(session)
-    session.run("robustbench-iqa", "verify", *session.posargs)
+    session.run("robustbench-iqa", "verify", *(session.posargs or ["--fresh"]))
 
 
 @nox.session(python=PYTHON)
