@@ -42,7 +42,6 @@ def _config_file(tmp_path: Path, **extra: Any) -> Path:
     return p
 
 
-@register_defense("test-narrowed-fs-iqa")
 def _narrowed(model: Any, *, sigma: float, **options: Any) -> Any:
     """FS-IQA whose certificate is deliberately broken: bounds shrunk to score +- 1e-6."""
     fs = create_defense("fs-iqa", model, sigma=sigma, **options)
@@ -91,9 +90,19 @@ def test_verify_passes_on_the_embedded_default(tmp_path: Path, capsys: pytest.Ca
         assert store.count("audit") == 6 and store.count("stability") == 12
 
 
-def test_verify_fails_on_a_planted_violation(tmp_path: Path) -> None:
+@pytest.fixture
+def narrowed_defense() -> Any:
+    """Registers the broken defense for one test only."""
+    from certify import defense as registry
+
+    register_defense("test-narrowed-fs-iqa")(_narrowed)
+    yield "test-narrowed-fs-iqa"
+    registry._DEFENSES.pop("test-narrowed-fs-iqa", None)
+
+
+def test_verify_fails_on_a_planted_violation(tmp_path: Path, narrowed_defense: str) -> None:
     cfg = VerifyConfig(**{**{k: tuple(v) if isinstance(v, list) else v for k, v in SMALL.items()},
-                          "models": ("default-nr",), "defenses": ("test-narrowed-fs-iqa",),
+                          "models": ("default-nr",), "defenses": (narrowed_defense,),
                           "stability_n": (2000,)})
     outcome = run_verify(cfg, tmp_path / "run", report=False, progress=False)
     assert not outcome.passed
