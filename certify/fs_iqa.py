@@ -378,6 +378,10 @@ def create_fs_iqa(
             f"`robustbench-iqa train --model {model.name} --sigma {sigma:g} --out CKPT` and pass --checkpoint CKPT"
         )
     ftn, scorer, info = load_fs_checkpoint(path)
+    if info["model"] and info["model"] != model.name:
+        raise InputError(
+            f"checkpoint {path} holds FS-IQA heads trained on model {info['model']!r}, not on {model.name!r}"
+        )
     if abs(info["sigma"] - sigma) > 1e-9:
         raise InputError(
             f"checkpoint {path} was trained at sigma={info['sigma']:g}, not at the requested sigma={sigma:g}"

@@ -128,7 +128,11 @@ def test_certify_out_writes_the_store_and_resumes_to_the_same_rows(tmp_path: Pat
     assert "--resume" in capsys.readouterr().err
     assert main([*args, "--out", str(b), "--resume"]) == 0
     out = capsys.readouterr()
-    assert len(_json_rows(out.out)) == 2 and "2 image(s) already" in out.err
+    resumed = _json_rows(out.out)
+    assert len(resumed) == 4 and "2 image(s) were already" in out.err  # 2 from the store, 2 new
+    by_image = {r["image"]: r for r in printed}
+    for r in resumed:
+        assert r["lower"] == pytest.approx(by_image[r["image"]]["lower"], abs=0)
 
     def rows(run: Path) -> list[tuple[str, str, float | None, float | None]]:
         with ResultsStore.open(run) as st:

@@ -32,7 +32,11 @@ SMALL = {
 def _toml(table: dict[str, Any]) -> str:
     lines = ["[tool.robustbench_iqa.verify]"]
     for k, v in table.items():
-        lines.append(f"{k} = {json.dumps(v)}")
+        if isinstance(v, dict):  # a TOML inline table
+            v_text = "{ " + ", ".join(f"{json.dumps(a)} = {json.dumps(b)}" for a, b in v.items()) + " }"
+        else:
+            v_text = json.dumps(v)
+        lines.append(f"{k} = {v_text}")
     return "\n".join(lines) + "\n"
 
 
@@ -191,9 +195,88 @@ def test_verify_over_several_sigmas_keeps_them_apart(tmp_path: Path) -> None:
     assert {c.sigma for c in outcome.checks if c.name == "certificate audit"} == {0.1, 0.25}
     with ResultsStore.open(tmp_path / "run") as store:
         g = store.frame("guarantee")
-        heads = store.config["heads_sha256"]
+        heads = store.config["checkpoints_sha256"]
     assert sorted(g["sigma"].unique()) == [0.1, 0.25]
     # Each row's radius is its own sigma over its spectral norm (IVE; heads differ per sigma).
     ratio = g["eps_x"] * g["spectral_norm"] / g["sigma"]
     assert (ratio - 1.0).abs().max() < 1e-9
-    assert heads["default-fr@0.1"] != heads["default-fr@0.25"]
+    assert heads["default-fr:fs-iqa@0.1"] != heads["default-fr:fs-iqa@0.25"] and None not in heads.values()
+
+
+def test_config_type_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for table, message in [({"alpha": "0.9"}, "`alpha` must be a number"), ({"n": 2.5}, "`n` must be an integer"),
+                           ({"checkpoints": "x.safetensors"}, "`checkpoints` must be a table"),
+                           ({"device": "gpu"}, "unknown device"), ({"resize": "bogus"}, "resize must be one of"),
+                           ({"models": ["nope"]}, "unknown model"),
+                           ({"checkpoints": {"default-nr@0.1": "x"}}, "matches no configured model")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(_toml({**SMALL, **table}))
+        out = tmp_path / "never"
+        assert main(["verify", "--config", str(bad), "--out", str(out), "--no-progress"]) == 2, table
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (table, err)
+        assert not (out / RESULTS_FILE).exists()  # nothing was written before the inputs were checked
+    other = tmp_path / "other.toml"
+    other.write_text("[tool.something]\nx = 1\n")
+    assert main(["verify", "--config", str(other)]) == 2
+    assert "no [tool.robustbench_iqa.verify] table" in capsys.readouterr().err
+    # A bare name where a list is expected is a one-item list.
+    assert load_config(_config_file(tmp_path, models="default-nr")).models == ("default-nr",)
+
+
+def test_fresh_removes_only_the_run(tmp_path: Path) -> None:
+    cfg = VerifyConfig(models=("default-fr",), limit=1, n=500, audit_n=500, alpha=0.99, attack_steps=1, eot=2,
+                       stability_repeats=2, stability_limit=1, stability_n=(500,), beyond_limit=1,
+                       beyond_norms=(0.25,))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    run_verify(cfg, out, report=False, progress=False)
+    run_verify(cfg, out, fresh=True, report=False, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+    with ResultsStore.open(out) as store:
+        assert store.count("guarantee") == 1
+
+
+def test_heads_of_another_model_are_refused() -> None:
+    from certify.fs_iqa import shipped_checkpoint
+    from robustbench_iqa import InputError, create_model
+
+    with pytest.raises(InputError, match="trained on model 'default-fr'"):
+        create_defense("fs-iqa", create_model("default-nr"), sigma=0.25,
+                       checkpoint=shipped_checkpoint("default-fr", 0.25))
+
+
+def test_non_finite_results_fail_the_gate_instead_of_aborting_it(tmp_path: Path) -> None:
+    from robustbench_iqa.runner.checks import all_checks
+    from robustbench_iqa.store import RowKey
+
+    cfg = VerifyConfig(models=("m",), stability_n=(10,), n=10)
+    with ResultsStore.open(tmp_path / "r", {"kind": "test"}) as store:
+        nan = float("nan")
+        store.put(RowKey("audit", "m", "fs-iqa", 0.25, "a"),
+                  {"lower": 0.0, "upper": 1.0, "abstained": False, "attacked_median": nan,
+                   "median_ci_low": nan, "median_ci_high": nan})
+        store.put(RowKey("audit", "m", "fs-iqa", 0.25, "b"),
+                  {"lower": 0.0, "upper": 1.0, "abstained": False, "attacked_median": 0.5,
+                   "median_ci_low": 0.4, "median_ci_high": 0.6})
+        for r in range(2):
+            store.put(RowKey("stability", "m", "fs-iqa", 0.25, "a", f"n=10,seed={r}"),
+                      {"n": 10, "seed": r, "score": [0.5, nan][r]})
+        checks = {c.name: c for c in all_checks(store, cfg)}
+    assert not checks["finite (audit)"].passed and not checks["finite (stability)"].passed
+    assert checks["certificate audit"].passed  # judged on the finite row alone
+    assert "1/1" not in checks["certificate audit"].detail and "0/1 violations" in checks["certificate audit"].detail
+
+
+def test_an_internal_error_exits_3_with_its_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import robustbench_iqa.cli.list as list_cmd
+
+    def boom(args: Any) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(list_cmd, "run", boom)
+    assert main(["list"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "a bug" in err and "internal error" in err

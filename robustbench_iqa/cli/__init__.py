@@ -4,7 +4,9 @@ Each subcommand lives in its own module of this package and exposes
 ``register(subparsers) -> None``, which adds its parser and sets
 ``func=run`` (a callable ``run(args) -> int``).  Modules are discovered, so a
 new subcommand is a new file.  Exit codes: 0 success, 1 a check failed
-(``verify``), 2 bad input (:class:`~robustbench_iqa.errors.InputError`).
+(``verify``), 2 bad input (:class:`~robustbench_iqa.errors.InputError`, one
+line on stderr), 3 an internal error (a bug: the traceback is printed), 130
+interrupted.  A CI therefore never mistakes a crash for a failed check.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
 
 from robustbench_iqa.errors import InputError
@@ -55,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a bug, not bad input: show where, with its own exit code
+        traceback.print_exc()
+        print("internal error (exit code 3): please report it with the traceback above", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,9 +30,11 @@ def open_store(args: argparse.Namespace, kind: str, settings: Mapping[str, Any])
     weights = args.weights
     if weights is not None and weights not in ("pretrained", "pretrained-base"):
         weights = file_sha256(weights)
+    checkpoint = getattr(args, "checkpoint", None)
     config = run_config(kind=kind, model=args.model, weights=weights, dataset=args.dataset, root=args.root,
                         split=args.split, limit=args.limit, images=list(args.image), refs=list(args.ref),
-                        size=args.size, resize=args.resize, seed=args.seed, **settings)
+                        size=args.size, resize=args.resize, seed=args.seed, device=args.device,
+                        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, **settings)
     return ResultsStore.open(args.out, config, resume=args.resume)
 
 

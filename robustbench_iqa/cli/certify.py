@@ -65,6 +65,11 @@ def _certify_all(args: argparse.Namespace, opts: dict[str, object], store: objec
             key = RowKey("guarantee", model.name, args.defense, args.sigma, chunk[0].name)
             if st is not None and st.done(key):
                 skipped += 1
+                done = next(st.iter_rows_for(key))
+                row = {"image": key.image, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__}}
+                rows.append(row)
+                if args.json:
+                    c.emit([row], as_json=True, columns=COLUMNS)
                 bar.update(1)
                 continue
             x, ref = c.stack(chunk, args.device)
@@ -90,7 +95,7 @@ def _certify_all(args: argparse.Namespace, opts: dict[str, object], store: objec
                 ])
             bar.update(len(chunk))
     if skipped:
-        print(f"resumed: {skipped} image(s) already in {args.out} were skipped", file=sys.stderr)
+        print(f"resumed: {skipped} image(s) were already in {args.out} (shown from the store)", file=sys.stderr)
     if not args.json:
         c.emit(rows, as_json=False, columns=COLUMNS)
     return 0

@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"check": chk.name, "model": chk.model, "defense": chk.defense,
                               "sigma": chk.sigma, "passed": chk.passed, "detail": chk.detail}))
         for row in outcome.summary:
-            print(json.dumps({"summary": row}, default=str, allow_nan=True))
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
+            print(json.dumps({"summary": clean}, default=str, allow_nan=False))
     else:
         cols = list(dict.fromkeys(k for r in outcome.summary for k in r))
         print(c.format_table([{k: _fmt(r.get(k, "-")) for k in cols} for r in outcome.summary], cols))

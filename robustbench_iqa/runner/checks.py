@@ -79,9 +79,22 @@ def abstain_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
     return out
 
 
+def _finite_rows(df: pd.DataFrame, cols: tuple[str, ...]) -> pd.DataFrame:
+    """Rows whose ``cols`` are finite, or that abstained (non-finite ones fail the finite check)."""
+    if df.empty:
+        return df
+    ok = np.ones(len(df), dtype=bool)
+    for c in cols:
+        if c in df:
+            ok &= np.isfinite(pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=float))
+    if "abstained" in df:
+        ok |= df["abstained"].astype(bool).to_numpy()
+    return df[ok]
+
+
 def audit_checks(store: ResultsStore, cfg: VerifyConfig, *, confidence: float = 0.95) -> list[Check]:
     out = []
-    for m, d, sg, g in _groups(store.frame("audit")):
+    for m, d, sg, g in _groups(_finite_rows(store.frame("audit"), FINITE_COLUMNS["audit"])):
         c = audit.classify(g)
         certified = int((c["status"] != "abstained").sum())
         viol = int((c["status"] == "violation").sum())
@@ -97,7 +110,7 @@ def stability_n(cfg: VerifyConfig) -> int:
 
 
 def stability_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
-    df = store.frame("stability")
+    df = _finite_rows(store.frame("stability"), FINITE_COLUMNS["stability"])
     if df.empty:
         return []
     table = stability.summarize(stability.per_image(df))
@@ -128,7 +141,8 @@ def _quality_gain(rows: pd.DataFrame, norm: float) -> float:
 
 def summary_rows(store: ResultsStore, cfg: VerifyConfig, checks: list[Check]) -> list[dict[str, Any]]:
     """One row per (model, defense, sigma): headline numbers of every study and the gate's verdict."""
-    gq, au, st, be, co = (store.frame(s) for s in ("guarantee", "audit", "stability", "beyond", "correlation"))
+    gq, au, st, be, co = (_finite_rows(store.frame(s), FINITE_COLUMNS[s])
+                          for s in ("guarantee", "audit", "stability", "beyond", "correlation"))
 
     def pick(df: pd.DataFrame, m: str, d: str, sg: float) -> pd.DataFrame:
         if df.empty:

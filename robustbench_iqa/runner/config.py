@@ -14,6 +14,70 @@ from typing import Any
 
 from robustbench_iqa.errors import InputError
 
+_KINDS: dict[str, str] = {
+    "models": "strs", "defenses": "strs", "dataset": "str", "root": "str?", "size": "str?", "resize": "str?",
+    "split": "str", "sigma": "float|floats", "n": "int", "audit_n": "int", "alpha": "float", "tau": "float",
+    "eps": "float?", "limit": "int", "attack_steps": "int", "eot": "int", "stability_repeats": "int",
+    "stability_limit": "int", "stability_n": "ints", "beyond_norms": "floats", "beyond_limit": "int",
+    "max_abstain_rate": "float", "max_stability_deviation": "float", "seed": "int", "device": "str",
+    "checkpoints": "dict", "weights": "dict",
+}
+"""The type of every key, checked (and lists turned into tuples) when a config is built."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _coerce(name: str, v: Any) -> Any:
+    """``v`` as the type of key ``name`` (a one-item list may be given as a bare value), or InputError."""
+    kind = _KINDS[name]
+    bad = InputError(f"verify: `{name}` must be {_DESCRIBE[kind]}, got {v!r}")
+    if kind.endswith("?"):
+        if v is None:
+            return None
+        kind = kind[:-1]
+    if kind == "float|floats":
+        if isinstance(v, (list, tuple)):
+            kind = "floats"
+        else:
+            kind = "float"
+    if kind == "str":
+        if not isinstance(v, str) or not v:
+            raise bad
+        return v
+    if kind == "int":
+        if not _is_int(v):
+            raise bad
+        return int(v)
+    if kind == "float":
+        if not _is_number(v):
+            raise bad
+        return float(v)
+    if kind in ("strs", "ints", "floats"):
+        items = list(v) if isinstance(v, (list, tuple)) else [v]
+        check = {"strs": lambda x: isinstance(x, str) and bool(x), "ints": _is_int, "floats": _is_number}[kind]
+        if not all(check(x) for x in items):
+            raise bad
+        conv = {"strs": str, "ints": int, "floats": float}[kind]
+        return tuple(conv(x) for x in items)
+    if kind == "dict":
+        if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+            raise bad
+        return dict(v)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+_DESCRIBE = {
+    "str": "a non-empty string", "str?": "a string", "int": "an integer", "float": "a number",
+    "float?": "a number", "float|floats": "a number or a list of numbers", "strs": "a list of names",
+    "ints": "a list of integers", "floats": "a list of numbers", "dict": "a table of name = \"path\" entries",
+}
+
 
 @dataclass(frozen=True)
 class VerifyConfig:
@@ -55,7 +119,28 @@ class VerifyConfig:
     weights: dict[str, str] = field(default_factory=dict)
     """Optional ``{model: path}`` of local model weights."""
 
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+
     def validate(self) -> VerifyConfig:
+        """Range checks of every key (types are checked on construction); returns self."""
+        from robustbench_iqa.data.images import Resize, parse_size
+
+        if not self.defenses:
+            raise InputError("verify: `defenses` is empty")
+        if self.split not in ("train", "test", "all"):
+            raise InputError(f"verify: split must be train, test or all, got {self.split!r}")
+        parse_size(self.size)
+        if self.resize is not None and self.resize not in [r.value for r in Resize]:
+            raise InputError(f"verify: resize must be one of {[r.value for r in Resize]}, got {self.resize!r}")
+        if not (self.tau >= 0):
+            raise InputError(f"verify: tau must be >= 0, got {self.tau}")
+        if self.eps is not None and not (self.eps > 0):
+            raise InputError(f"verify: eps must be > 0, got {self.eps}")
+        if not (0 <= self.max_stability_deviation):
+            raise InputError(f"verify: max_stability_deviation must be >= 0, got {self.max_stability_deviation}")
+        _check_device(self.device)
         if not self.models:
             raise InputError("verify: `models` is empty")
         if not (0 < self.alpha < 1):
@@ -98,6 +183,17 @@ class VerifyConfig:
         return dataclasses.asdict(self)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise InputError(f"verify: unknown device {device!r} (use cpu, cuda, cuda:0, ...)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"verify: device {device!r} requested but CUDA is not available here")
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> VerifyConfig:
     """Read the verify table of ``path`` (default: ./pyproject.toml if it exists)."""
     table: dict[str, Any] = {}
@@ -109,12 +205,13 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> VerifyConfi
             data = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise InputError(f"cannot parse {p}: {exc}") from None
-        table = data.get("tool", {}).get("robustbench_iqa", {}).get("verify", {})
+        section = data.get("tool", {}).get("robustbench_iqa", {})
+        if path is not None and "verify" not in section:
+            raise InputError(f"{p} has no [tool.robustbench_iqa.verify] table")
+        table = section.get("verify", {})
     known = {f.name: f for f in dataclasses.fields(VerifyConfig)}
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise InputError(f"unknown keys in [tool.robustbench_iqa.verify] of {p}: {', '.join(unknown)}")
-    values: dict[str, Any] = {}
-    for k, v in {**table, **{k: v for k, v in overrides.items() if v is not None}}.items():
-        values[k] = tuple(v) if isinstance(v, list) else v
+    values = {**table, **{k: v for k, v in overrides.items() if v is not None}}
     return VerifyConfig(**values).validate()

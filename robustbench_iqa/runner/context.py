@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from certify.defense import CertifiedDefense, create_defense
+from certify.denoised import shipped_denoiser
 from certify.fs_iqa import shipped_checkpoint
 from certify.result import Guarantee
 from robustbench_iqa.data import IQADataset, create_dataset
@@ -105,7 +106,30 @@ def build_defense(cfg: VerifyConfig, model: IQAModel, name: str) -> CertifiedDef
     path = checkpoint_for(cfg, model.name, name)
     if path is not None:
         options["checkpoint" if name == "fs-iqa" else "denoiser"] = path
-    return create_defense(name, model, sigma=cfg.sigma_value, **options)
+    try:
+        return create_defense(name, model, sigma=cfg.sigma_value, **options)
+    except InputError as exc:
+        if path is not None or name not in ("fs-iqa", "dms", "dms-iqa"):
+            raise
+        key = f"{model.name}@{cfg.sigma_value:g}" if name == "fs-iqa" else f"{model.name}:{name}@{cfg.sigma_value:g}"
+        raise InputError(f"{exc}; in the verify config: checkpoints = {{ \"{key}\" = \"PATH\" }}") from None
+
+
+def check_checkpoint_keys(cfg: VerifyConfig) -> None:
+    """Every key of ``checkpoints`` and ``weights`` must name a configured model (and defense, sigma)."""
+    sig = {f"{s:g}" for s in cfg.sigmas()}
+    for key in cfg.checkpoints:
+        head, _, s = key.partition("@")
+        model, _, defense = head.partition(":")
+        ok = model in cfg.models and (not s or s in sig) and (defense in cfg.defenses if defense else
+                                                              "fs-iqa" in cfg.defenses)
+        if not ok:
+            raise InputError(f"verify: checkpoints key {key!r} matches no configured model"
+                             f"{'' if not defense else ':defense'}{'' if not s else '@sigma'} "
+                             f"(models {list(cfg.models)}, defenses {list(cfg.defenses)}, sigma {sorted(sig)})")
+    for key in cfg.weights:
+        if key not in cfg.models:
+            raise InputError(f"verify: weights key {key!r} is not one of the models {list(cfg.models)}")
 
 
 def certify_options(cfg: VerifyConfig, defense_name: str) -> dict[str, Any]:
@@ -133,10 +157,15 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
     return "default (pretrained or random init; see the model adapter)"
 
 
-def heads_identity(cfg: VerifyConfig, name: str) -> str | None:
-    """SHA-256 of the FS-IQA heads used for model ``name`` at this sigma (configured or shipped)."""
-    path = checkpoint_for(cfg, name, "fs-iqa")
-    p = Path(path) if path is not None else shipped_checkpoint(name, cfg.sigma_value)
+def checkpoint_identity(cfg: VerifyConfig, model: str, defense: str) -> str | None:
+    """SHA-256 of the trained part of ``defense`` on ``model`` at this sigma (FS-IQA heads or a
+    denoiser, configured or shipped), so that a resumed run cannot mix two of them; None if none."""
+    path = checkpoint_for(cfg, model, defense)
+    p: Path | None = Path(path) if path is not None else None
+    if p is None and defense == "fs-iqa":
+        p = shipped_checkpoint(model, cfg.sigma_value)
+    elif p is None and defense in ("dms", "dms-iqa"):
+        p = shipped_denoiser(defense, model, cfg.sigma_value)
     return file_sha256(p) if p is not None and p.is_file() else None
 
 

@@ -38,7 +38,7 @@ def certify_and_audit(
 ) -> None:
     """``guarantee``, ``correlation`` and ``audit`` rows of every image (one transaction each)."""
     m, s = model.name, float(cfg.sigma_value)
-    todo = [im for im in images if not store.done(RowKey("audit", m, defense_name, s, im.name))]
+    todo = [im for im in images if not store.done(RowKey("guarantee", m, defense_name, s, im.name))]
     if todo:  # warm-up (lazy initialization, allocator) so that the first image's timings are not inflated
         with torch.no_grad():
             model(todo[0].x, todo[0].ref)

@@ -9,6 +9,7 @@ report (:func:`analysis.report.build_report`), and returns a
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -22,8 +23,9 @@ from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.context import (
     build_defense,
     build_model,
+    check_checkpoint_keys,
+    checkpoint_identity,
     dataset_settings,
-    heads_identity,
     load_images,
     weights_identity,
 )
@@ -55,19 +57,47 @@ def verify_run_config(cfg: VerifyConfig) -> dict[str, Any]:
     return run_config(
         kind="verify", **cfg.to_dict(), data=dataset_settings(cfg),
         weights_sha256={m: weights_identity(cfg, m) for m in cfg.models},
-        heads_sha256={f"{m}@{s:g}": heads_identity(cfg.at_sigma(s), m) for m in cfg.models for s in cfg.sigmas()}
-        if "fs-iqa" in cfg.defenses else {},
+        checkpoints_sha256={f"{m}:{d}@{s:g}": checkpoint_identity(cfg.at_sigma(s), m, d)
+                            for m in cfg.models for d in cfg.defenses for s in cfg.sigmas()},
     )
+
+
+def preflight(cfg: VerifyConfig) -> None:
+    """Build every model and defense once before anything is written, so that a bad name or a
+    missing checkpoint fails at once (exit 2) instead of midway through a run."""
+    check_checkpoint_keys(cfg)
+    for name in cfg.models:
+        model = build_model(cfg, name)
+        if not load_images(dataclasses.replace(cfg, limit=1), model):
+            raise InputError(f"verify: dataset {cfg.dataset!r} ({cfg.split}) has no images")
+        for sigma in cfg.sigmas():
+            for dname in cfg.defenses:
+                build_defense(cfg.at_sigma(sigma), model, dname)
+
+
+def _remove_run(out: Path) -> None:
+    """Delete what a run writes in ``out`` (the store and its report), nothing else."""
+    for name in (RESULTS_FILE, RESULTS_FILE + "-wal", RESULTS_FILE + "-shm"):
+        (out / name).unlink(missing_ok=True)
+    if (out / "report").is_dir():
+        shutil.rmtree(out / "report")
 
 
 def open_run(out_dir: str | Path, cfg: VerifyConfig, *, resume: bool, fresh: bool) -> ResultsStore:
     out = Path(out_dir)
-    if fresh and (out / RESULTS_FILE).exists():
-        shutil.rmtree(out)
+    if (out / RESULTS_FILE).exists() and not fresh:
+        with ResultsStore.open(out) as old:
+            empty = old.count() == 0
+        fresh = empty  # a run that never wrote a row holds nothing to keep
+    if fresh:
+        _remove_run(out)
     if not resume and (out / RESULTS_FILE).exists():
         raise InputError(f"{out} already holds a run: pass --resume to continue it, --fresh to start "
                          f"over, or --out to write elsewhere")
-    return ResultsStore.open(out, verify_run_config(cfg), resume=resume)
+    try:
+        return ResultsStore.open(out, verify_run_config(cfg), resume=resume)
+    except InputError as exc:
+        raise InputError(f"{exc} (or --fresh to start over)") from None
 
 
 def run_verify(
@@ -78,6 +108,7 @@ def run_verify(
     cfg = cfg.validate()
     t0 = time.perf_counter()
     notes: list[str] = []
+    preflight(cfg)
     with open_run(out_dir, cfg, resume=resume, fresh=fresh) as store:
         for name in cfg.models:
             model = build_model(cfg, name)
