@@ -99,7 +99,7 @@ class VerifyConfig:
     tau: float = 1e-3
     eps: float | None = None
     """Input radius certified by input-space defenses (default sigma / 2)."""
-    limit: int = 12
+    limit: int = 50
     attack_steps: int = 10
     eot: int = 8
     stability_repeats: int = 10
@@ -107,7 +107,7 @@ class VerifyConfig:
     """Images of the stability study (each predicted ``stability_repeats`` times per n)."""
     stability_n: tuple[int, ...] = (100, 500, 2000)
     beyond_norms: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)
-    beyond_limit: int = 8
+    beyond_limit: int = 16
     max_abstain_rate: float = 0.2
     max_stability_deviation: float = 0.01
     seed: int = 0
