@@ -16,7 +16,11 @@ Confidence band of the mean per (model, defense, norm), at level ``confidence``:
   drawn from ``numpy.random.default_rng(seed)``.
 
 Per-image input frame: ``model, defense, norm, image, clean, adv`` and
-optionally ``sigma`` (``defense`` is ``"none"`` for the undefended model).
+optionally ``sigma`` (``defense`` is ``"none"`` for the undefended model) and
+``lower_better``: rows of a lower-is-better score (a distance, e.g. an FR
+metric) have their change negated, so that every curve reads "relative change
+of the apparent quality" and an undefended distance and its defense (which may
+be trained to output a quality) are drawn on one scale.
 """
 
 from __future__ import annotations
@@ -89,7 +93,10 @@ def beyond_table(
 ) -> pd.DataFrame:
     """Per (model, defense, sigma, norm): ``mean, ci_low, ci_high, images`` of the relative change."""
     require_columns(df, ["model", "defense", "norm", "clean", "adv"], "beyond-the-certificate study")
-    data = df.assign(rel_change=relative_change(df["clean"].to_numpy(), df["adv"].to_numpy()))
+    rel = relative_change(df["clean"].to_numpy(), df["adv"].to_numpy())
+    if "lower_better" in df:
+        rel = np.where(df["lower_better"].fillna(False).astype(bool).to_numpy(), -rel, rel)
+    data = df.assign(rel_change=rel)
     keys = present(data, by)
     rows = []
     for key, g in data.groupby(keys, sort=True):

@@ -79,7 +79,7 @@ def beyond_figure(table: pd.DataFrame) -> Figure:
             for lab, g in d.groupby("label"):
                 ax.fill_between(g["norm"], g["lo_pct"], g["hi_pct"], color=palette[lab], alpha=0.2, lw=0)
             ax.axhline(0, color="0.3", lw=0.8)
-            ax.set(title=str(model), xlabel="attack L2 norm", ylabel="relative score change (%)")
+            ax.set(title=str(model), xlabel="attack L2 norm", ylabel="relative quality change (%)")
             ax.legend(title=None, fontsize="small")
     return fig
 

@@ -116,7 +116,7 @@ def _beyond(rows: pd.DataFrame, config: Mapping[str, Any], opt: ReportOptions) -
         tables={"curves": table},
         figures={"beyond": figures.beyond_figure(table)},
         notes=[f"bands: {opt.confidence:g} {'Student-t' if opt.interval == 't' else 'bootstrap'} "
-               "interval of the mean relative change (adv - clean)/|clean|"],
+               "interval of the mean relative quality change (adv - clean)/|clean|, negated for lower-is-better scores"],
     )
 
 

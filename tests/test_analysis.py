@@ -324,3 +324,13 @@ def test_lower_better_rows_are_correlated_as_negated_scores() -> None:
     assert g["srcc"].iloc[0] > 0.8
     g2 = per_group(df.drop(columns="lower_better"))
     assert g2["srcc"].iloc[0] == pytest.approx(-g["srcc"].iloc[0], abs=1e-12)
+
+
+def test_beyond_orients_lower_better_rows_as_quality() -> None:
+    df = pd.DataFrame({"model": "m", "defense": ["none", "none", "fs", "fs"], "norm": 0.1,
+                       "image": ["a", "b", "a", "b"], "clean": [0.5, 0.4, 0.5, 0.4], "adv": [0.4, 0.3, 0.6, 0.5],
+                       "lower_better": [True, True, False, False]})
+    t = beyond.beyond_table(df).set_index("defense")
+    # A distance lowered by 20% and 25% is a quality raised by those amounts, like the defended score.
+    assert t.loc["none", "mean"] == pytest.approx((0.2 + 0.25) / 2)
+    assert t.loc["fs", "mean"] == pytest.approx((0.2 + 0.25) / 2)

@@ -130,13 +130,11 @@ def all_checks(store: ResultsStore, cfg: VerifyConfig) -> list[Check]:
 
 
 def _quality_gain(rows: pd.DataFrame, norm: float) -> float:
-    """Mean relative score change at ``norm``, signed so that > 0 means the attack raised quality."""
+    """Mean relative change of the apparent quality at ``norm`` (> 0: the attack raised it)."""
     r = rows[rows["norm"].astype(float) == norm]
     if r.empty:
         return math.nan
-    t = beyond.beyond_table(r)
-    sign = -1.0 if "lower_better" in r and bool(r["lower_better"].iloc[0]) else 1.0
-    return sign * float(t["mean"].iloc[0])
+    return float(beyond.beyond_table(r)["mean"].iloc[0])
 
 
 def summary_rows(store: ResultsStore, cfg: VerifyConfig, checks: list[Check]) -> list[dict[str, Any]]:
