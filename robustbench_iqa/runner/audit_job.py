@@ -36,7 +36,7 @@ from certify.cert_reg import TrimmedMeanSmoothedIQA, trimmed_mean, trimmed_mean_
 from certify.defense import CertifiedDefense
 from certify.result import CertifiedScore, Guarantee
 from robustbench_iqa.runner.config import VerifyConfig
-from robustbench_iqa.runner.context import Image, auditable, certify_options, generator
+from robustbench_iqa.runner.context import Image, certify_options, generator
 
 
 def estimate_at(
@@ -138,6 +138,3 @@ def _feature_audit(
         at_adv = float((fmap(attacked) - fmap(img.x)).flatten().norm())
     return {"feature_change": max(float(fa.feature_change[0]), at_adv), "feature_radius": float(defense.sigma)}
 
-
-def is_auditable(cert: CertifiedScore) -> bool:
-    return auditable(cert.guarantee)
