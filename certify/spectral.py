@@ -69,6 +69,9 @@ class SpectralNormEstimate:
     converged: torch.Tensor
     method: SpectralMethod
     output: torch.Tensor
+    output_vector: torch.Tensor | None = None
+    """(B, m) unit top eigenvector of J J^T (the top left singular vector of J), from the
+    iterative methods; :func:`top_input_direction` turns it into the input direction."""
 
 
 FeatureMap = Callable[[torch.Tensor], torch.Tensor]
@@ -139,7 +142,7 @@ def _operator(fn: FeatureMap, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[
 def _power(
     matvec: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor, *, rtol: float, max_iter: int,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     bsz = out.shape[0]
     u = _random_unit(tuple(out.shape), like=out, generator=generator)
     lam = torch.zeros(bsz, dtype=out.dtype, device=out.device)
@@ -161,13 +164,13 @@ def _power(
             break
     zero = lam <= 0
     rel = torch.where(zero, torch.zeros_like(rel), rel)  # J = 0: exactly zero, nothing to converge
-    return lam.sqrt(), iters, rel, rel < rtol
+    return lam.sqrt(), iters, rel, rel < rtol, u
 
 
 def _lanczos(
     matvec: Callable[[torch.Tensor], torch.Tensor], out: torch.Tensor, *, rtol: float, max_iter: int,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     bsz, m = out.shape
     dt, dev = torch.float64, out.device
     max_iter = min(max_iter, m)
@@ -177,6 +180,7 @@ def _lanczos(
     alphas = torch.zeros(bsz, max_iter, dtype=dt, device=dev)
     betas = torch.zeros(bsz, max_iter, dtype=dt, device=dev)
     sig = torch.zeros(bsz, dtype=dt, device=dev)
+    vec = q.clone()  # Ritz vector of the largest Ritz value
     rel = torch.full((bsz,), float("inf"), dtype=dt, device=dev)
     iters = torch.zeros(bsz, dtype=torch.long, device=dev)
     active = torch.ones(bsz, dtype=torch.bool, device=dev)
@@ -202,6 +206,8 @@ def _lanczos(
         s_hi = (theta + resid).sqrt()
         new_rel = torch.where(s_now > 0, (s_hi - s_now) / s_now.clamp_min(1e-300), torch.zeros_like(s_now))
         sig = torch.where(active, s_now, sig)
+        ritz = torch.einsum("bkm,bk->bm", basis[:, : k + 1], evecs[:, :, -1])
+        vec = torch.where(active[:, None], ritz, vec)
         rel = torch.where(active, new_rel, rel)
         iters = iters + active.long()
         invariant = b <= 1e-12 * theta.clamp_min(1e-300).sqrt()  # Krylov space exhausted: exact
@@ -210,7 +216,8 @@ def _lanczos(
         if not bool(active.any()):
             break
         basis[:, k + 1] = torch.where(b[:, None] > 0, w / b.clamp_min(1e-300)[:, None], basis[:, k + 1])
-    return sig.to(out.dtype), iters, rel.to(out.dtype), rel < rtol
+    vec = vec / vec.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    return sig.to(out.dtype), iters, rel.to(out.dtype), rel < rtol, vec.to(out.dtype)
 
 
 def _exact(fn: FeatureMap, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +273,25 @@ def jacobian_spectral_norm(
         )
     out, matvec = _operator(fn, x)
     solver = _power if method is SpectralMethod.POWER else _lanczos
-    val, iters, rel, conv = solver(matvec, out, rtol=rtol, max_iter=max_iter, generator=generator)
+    val, iters, rel, conv, vec = solver(matvec, out, rtol=rtol, max_iter=max_iter, generator=generator)
     return SpectralNormEstimate(
-        value=val, iterations=iters, rel_change=rel, converged=conv, method=method, output=out
+        value=val, iterations=iters, rel_change=rel, converged=conv, method=method, output=out,
+        output_vector=vec,
     )
+
+
+def top_input_direction(fn: FeatureMap, x: torch.Tensor, output_vector: torch.Tensor) -> torch.Tensor:
+    """Unit input directions v = J^T u / ||J^T u|| (B, ...) for the top left singular vectors u.
+
+    For the top singular triple (sigma, u, v) of J = J_fn(x), J^T u = sigma v, so this is
+    the direction in which B changes fastest to first order: ||J v|| = ||J||_2.  One
+    vector-Jacobian product (one backward pass).
+    """
+    x = x.detach()
+    with torch.enable_grad():
+        xg = x.clone().requires_grad_(True)
+        out = fn(xg)
+        (g,) = torch.autograd.grad(out, xg, output_vector.to(out.dtype), allow_unused=True,
+                                   materialize_grads=True)
+    norm = g.reshape(g.shape[0], -1).norm(dim=1).clamp_min(1e-30)
+    return (g / norm.reshape(-1, *([1] * (g.dim() - 1)))).detach()

@@ -107,3 +107,25 @@ def test_bad_arguments() -> None:
         jacobian_spectral_norm(fn, x, method="svd-please")
     with pytest.raises(InputError, match="shape"):
         jacobian_spectral_norm(lambda z: z.sum(), x, method="power")
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_top_input_direction_is_the_top_right_singular_vector(method: str) -> None:
+    from certify.spectral import top_input_direction
+
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(6, 2 * 3 * 3, generator=gen, dtype=torch.float64)
+
+    def fn(z: torch.Tensor) -> torch.Tensor:  # a linear map B(x) = W vec(x): J = W everywhere
+        return z.reshape(z.shape[0], -1) @ w.T
+
+    x = torch.rand(2, 2, 3, 3, generator=gen, dtype=torch.float64)
+    est = jacobian_spectral_norm(fn, x, method=method, rtol=1e-8, max_iter=50, generator=gen)
+    assert est.output_vector is not None
+    v = top_input_direction(fn, x, est.output_vector).reshape(2, -1)
+    _, svals, vh = torch.linalg.svd(w)
+    for i in range(2):
+        # What the attack needs: the direction achieves the top stretch ||W v|| = sigma_max.
+        assert float((w @ v[i]).norm()) == pytest.approx(float(svals[0]), rel=1e-6 if method == "lanczos" else 1e-3)
+        if method == "lanczos":  # and it is the top right singular vector, up to sign
+            assert abs(float(v[i] @ vh[0])) == pytest.approx(1.0, abs=1e-6)

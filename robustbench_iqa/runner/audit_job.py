@@ -9,8 +9,10 @@ For an image x with a certificate (S, S^l, S^u, eps_x):
    comes closest to leaving ``[S^l, S^u]`` is kept.
 2. **Feature attack (FS-IQA only).**  The premise of the Input Variation
    Estimator is ``||B(x') - B(x)||_2 <= sigma_f`` inside the ball; the largest
-   feature change found by :func:`attacks.feature_space.feature_space_attack` and
-   at the attacked points above is recorded next to ``sigma_f``.
+   feature change found by :func:`attacks.feature_space.feature_space_attack`
+   (started along +-the top right singular vector of J_B(x), the first-order
+   worst case, and from a random direction) and at the attacked points above is
+   recorded next to ``sigma_f``.
 3. **Estimate at the attacked point.**  ``audit_n`` fresh draws of the defense
    at x'.  For median defenses: the median and its distribution-free
    order-statistic confidence interval (:func:`analysis.audit.attacked_point_summary`);
@@ -35,6 +37,7 @@ from attacks.objective import Target
 from certify.cert_reg import TrimmedMeanSmoothedIQA, trimmed_mean, trimmed_mean_bounds
 from certify.defense import CertifiedDefense
 from certify.result import CertifiedScore, Guarantee
+from certify.spectral import jacobian_spectral_norm, top_input_direction
 from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.context import Image, certify_options, generator
 
@@ -133,7 +136,12 @@ def _feature_audit(
         return defense.normalized_features(z, ref)  # type: ignore[attr-defined]
 
     gen = generator(cfg, "audit-feature", model_name, defense_name, img.name)
-    fa = feature_space_attack(fmap, img.x, budget, steps=cfg.attack_steps, restarts=1, generator=gen)
+    # Start along +-v, the top right singular vector of J_B(x) (the first-order worst case),
+    # and from one random direction.
+    est = jacobian_spectral_norm(fmap, img.x, generator=gen)
+    start = top_input_direction(fmap, img.x, est.output_vector) if est.output_vector is not None else None
+    fa = feature_space_attack(fmap, img.x, budget, steps=cfg.attack_steps, restarts=1, direction=start,
+                              generator=gen)
     with torch.no_grad():
         at_adv = float((fmap(attacked) - fmap(img.x)).flatten().norm())
     return {"feature_change": max(float(fa.feature_change[0]), at_adv), "feature_radius": float(defense.sigma)}
