@@ -162,6 +162,9 @@ def summary_rows(store: ResultsStore, cfg: VerifyConfig, checks: list[Check]) ->
             row["violations"] = f"{int((c['status'] == 'violation').sum())}/{int((c['status'] != 'abstained').sum())}"
             row["inconclusive"] = int((c["status"] == "inconclusive").sum())
             row["premise_failed"] = int(c["premise_failed"].sum())
+            if "feature_change" in a:  # how far past sigma_f the IVE premise was pushed, at worst
+                ratio = a["feature_change"].astype(float) / a["feature_radius"].astype(float)
+                row["max_feature_ratio"] = float(ratio.max())
         s = pick(st, m, d, sg)
         if len(s):
             t = stability.summarize(stability.per_image(s))
