@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="research-CI gate: certify, audit, stability, beyond-certificate; non-zero exit on failure",
         description="Run the gate configured in [tool.robustbench_iqa.verify] of pyproject.toml "
                     "(defaults: the embedded NR and FR models on the embedded dataset, offline). "
-                    "Exit code 0 when every check passes, 1 when one fails, 2 on bad input.",
+                    "Exit code 0 when every check passes, 1 when one fails, 2 on bad input, 3 on an internal error.",
     )
     p.add_argument("--config", default=None,
                    help="a pyproject.toml with a [tool.robustbench_iqa.verify] table (default: ./pyproject.toml "
