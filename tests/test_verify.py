@@ -280,3 +280,21 @@ def test_an_internal_error_exits_3_with_its_traceback(monkeypatch: pytest.Monkey
     assert main(["list"]) == 3
     err = capsys.readouterr().err
     assert "Traceback" in err and "a bug" in err and "internal error" in err
+
+
+def test_accuracy_over_seeds_is_averaged_across_models_and_seeds(tmp_path: Path) -> None:
+    from analysis import correlation
+
+    cfg = VerifyConfig(models=("default-nr", "default-fr"), limit=5, n=500, audit_n=500, alpha=0.99,
+                       attack_steps=1, eot=2, stability_repeats=2, stability_limit=1, stability_n=(500,),
+                       beyond_limit=1, beyond_norms=(0.25,), accuracy_seeds=(0, 1, 2))
+    run_verify(cfg, tmp_path / "run", report=False, progress=False)
+    with ResultsStore.open(tmp_path / "run") as store:
+        rows = store.frame("correlation")
+    defended = rows[rows["defense"] == "fs-iqa"]
+    assert sorted(defended["seed"].astype(int).unique()) == [0, 1, 2] and len(defended) == 2 * 5 * 3
+    # Different seeds draw different noise: the same image gets (slightly) different scores.
+    per_image = defended.groupby(["model", "image"])["score"].nunique()
+    assert (per_image == 3).all()
+    summary = correlation.summarize(correlation.per_group(rows)).set_index("defense")
+    assert int(summary.loc["fs-iqa", "groups"]) == 2 * 3  # models x seeds

@@ -20,7 +20,7 @@ _KINDS: dict[str, str] = {
     "eps": "float?", "limit": "int", "attack_steps": "int", "eot": "int", "stability_repeats": "int",
     "stability_limit": "int", "stability_n": "ints", "beyond_norms": "floats", "beyond_limit": "int",
     "max_abstain_rate": "float", "max_stability_deviation": "float", "seed": "int", "device": "str",
-    "checkpoints": "dict", "weights": "dict",
+    "checkpoints": "dict", "weights": "dict", "accuracy_seeds": "ints",
 }
 """The type of every key, checked (and lists turned into tuples) when a config is built."""
 
@@ -111,6 +111,9 @@ class VerifyConfig:
     max_abstain_rate: float = 0.2
     max_stability_deviation: float = 0.01
     seed: int = 0
+    accuracy_seeds: tuple[int, ...] = ()
+    """Further seeds of the accuracy study: the defended prediction of every image is repeated
+    with each, so SRCC/PLCC are reported as mean +- SE across models *and* seeds."""
     device: str = "cpu"
     checkpoints: dict[str, str] = field(default_factory=dict)
     """Optional trained heads and denoisers: ``{"model": path}`` or ``{"model@0.25": path}``

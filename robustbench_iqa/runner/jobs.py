@@ -8,12 +8,14 @@ Row payloads follow the columns documented in :mod:`analysis.studies`.
 - :func:`certify_and_audit`: per image, the certificate (``guarantee`` rows),
   the undefended and defended scores with timings (``correlation`` rows) and
   the audit of the certificate under attack (``audit`` rows);
+- :func:`accuracy_seeds`: the defended predictions again under further seeds;
 - :func:`stability`: repeated predictions with different seeds, per n;
 - :func:`beyond`: I-FGSM (L2) at norms beyond the certificate, undefended and defended.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -59,7 +61,8 @@ def certify_and_audit(
                       "lower_better": bool(model.lower_better)}))
         rows.append((RowKey("correlation", m, defense_name, s, img.name),
                      {"score": pred, "target": img.target, "seconds_predict": t_predict,
-                      "seconds_certify": t_certify, "lower_better": bool(defense.lower_better)}))
+                      "seconds_certify": t_certify, "lower_better": bool(defense.lower_better),
+                      "seed": cfg.seed}))
         rows.append((RowKey("guarantee", m, defense_name, s, img.name),
                      {"eps_x": cert.eps_x, "lower": cert.lower, "upper": cert.upper, "score": cert.score,
                       "abstained": cert.abstained, "spectral_norm": cert.spectral_norm,
@@ -67,6 +70,27 @@ def certify_and_audit(
         if auditable(cert.guarantee):
             rows.append((RowKey("audit", m, defense_name, s, img.name),
                          audit_image(cfg, defense_name, defense, img, m, cert)))
+        store.put_many(rows)
+
+
+def accuracy_seeds(
+    store: ResultsStore, cfg: VerifyConfig, model: IQAModel, defense_name: str,
+    defense: CertifiedDefense, images: list[Image], *, progress: bool = True,
+) -> None:
+    """``correlation`` rows of the defended prediction under each of ``cfg.accuracy_seeds``."""
+    m, s = model.name, float(cfg.sigma_value)
+    seeds = [k for k in cfg.accuracy_seeds if k != cfg.seed]
+    for k in tqdm(seeds, desc=f"accuracy seeds {m} ({defense_name})", unit="seed", disable=not progress):
+        rows: list[tuple[RowKey, Mapping[str, Any]]] = []
+        for img in images:
+            key = RowKey("correlation", m, defense_name, s, img.name, f"seed={k}")
+            if store.done(key):
+                continue
+            gen = generator(dataclasses.replace(cfg, seed=k), "predict", m, defense_name, img.name)
+            with torch.no_grad():
+                pred = float(defense.predict(img.x, img.ref, n=cfg.n, generator=gen).reshape(-1)[0])
+            rows.append((key, {"score": pred, "target": img.target, "lower_better": bool(defense.lower_better),
+                               "seed": k}))
         store.put_many(rows)
 
 

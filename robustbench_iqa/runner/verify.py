@@ -119,7 +119,7 @@ def run_verify(
                 sub = cfg.at_sigma(sigma)
                 for dname in cfg.defenses:
                     defense = build_defense(sub, model, dname)
-                    for job in (jobs.certify_and_audit, jobs.stability, jobs.beyond):
+                    for job in (jobs.certify_and_audit, jobs.accuracy_seeds, jobs.stability, jobs.beyond):
                         job(store, sub, model, dname, defense, images, progress=progress)
         checks = all_checks(store, cfg)
         summary = summary_rows(store, cfg, checks)
