@@ -63,7 +63,7 @@ from certify.checkpoint_io import read_checkpoint
 from certify.defense import register_defense
 from certify.heads import FTN, Scorer, split_first_linear
 from certify.result import AbstainReason, CertifiedScore, Guarantee
-from certify.spectral import SpectralMethod, jacobian_spectral_norm
+from certify.spectral import SpectralMethod, SpectralNormEstimate, jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
@@ -267,21 +267,45 @@ class FeatureSmoothedIQA(nn.Module):
         n, alpha = check_n(n), check_alpha(alpha)
         if not (tau >= 0):
             raise InputError(f"tau must be >= 0, got {tau!r}")
-        idx = require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
+        require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
+        est = self.spectral_estimate(x, ref, method=method, rtol=rtol, max_iter=max_iter, generator=generator)
+        return self.certify_from_estimate(est, n=n, alpha=alpha, tau=tau, generator=generator)
+
+    def spectral_estimate(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *,
+        method: SpectralMethod | str = SpectralMethod.LANCZOS, rtol: float = 1e-3, max_iter: int = 100,
+        generator: torch.Generator | None = None,
+    ) -> SpectralNormEstimate:
+        """The IVE's ||J_B(x)||_2 per image, B = FTN o b (with B(x) and the top singular vector)."""
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
 
         def feature_map(z: torch.Tensor) -> torch.Tensor:
             return self.normalized_features(z, ref)
 
-        est = jacobian_spectral_norm(
+        return jacobian_spectral_norm(
             feature_map, x, method=method, rtol=rtol, max_iter=max_iter, generator=generator
         )
+
+    def certify_from_estimate(
+        self, est: SpectralNormEstimate, *, n: int = 2000, alpha: float = 0.999, tau: float = 1e-3,
+        generator: torch.Generator | None = None,
+    ) -> list[CertifiedScore]:
+        """Algorithm 1 after the IVE: the noisy scores from B(x) = ``est.output``, the bounds and eps_x.
+
+        :meth:`certify` is :meth:`spectral_estimate` followed by this; callers that need the
+        estimate too (the audit starts its feature attack along its singular vector) call both.
+        """
+        n, alpha = check_n(n), check_alpha(alpha)
+        if not (tau >= 0):
+            raise InputError(f"tau must be >= 0, got {tau!r}")
+        idx = require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
         with torch.no_grad():
             # The spectral estimate already ran the forward pass: reuse B(x).
             v = self.scores_from_features(est.output, n=n, generator=generator).sort(dim=1).values
             med = median_of_sorted(v)
             lo, hi = sorted_percentile_bounds(v, idx)
         results = []
-        for i in range(x.shape[0]):
+        for i in range(est.output.shape[0]):
             norm = float(est.value[i])
             reason: AbstainReason | None = None
             if norm < tau:

@@ -47,19 +47,23 @@ def _config_file(tmp_path: Path, **extra: Any) -> Path:
 
 
 def _narrowed(model: Any, *, sigma: float, **options: Any) -> Any:
-    """FS-IQA whose certificate is deliberately broken: bounds shrunk to score +- 1e-6."""
+    """FS-IQA whose certificate is deliberately broken: bounds shrunk to score +- 1e-6.
+
+    FS-IQA's ``certify`` is ``spectral_estimate`` then ``certify_from_estimate`` (which the
+    runner calls directly), so breaking the latter breaks every path to a certificate.
+    """
     fs = create_defense("fs-iqa", model, sigma=sigma, **options)
-    certify = fs.certify
+    certify_from_estimate = fs.certify_from_estimate
 
     def broken(*args: Any, **kwargs: Any) -> list[CertifiedScore]:
         out = []
-        for r in certify(*args, **kwargs):
+        for r in certify_from_estimate(*args, **kwargs):
             if not r.abstained:
                 r = CertifiedScore(**{**r.__dict__, "lower": r.score - 1e-6, "upper": r.score + 1e-6})
             out.append(r)
         return out
 
-    fs.certify = broken  # type: ignore[method-assign]
+    fs.certify_from_estimate = broken  # type: ignore[method-assign]
     return fs
 
 

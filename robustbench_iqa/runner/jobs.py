@@ -55,7 +55,7 @@ def certify_and_audit(
             pred = float(defense.predict(img.x, img.ref, n=cfg.n, generator=generator(
                 cfg, "predict", m, defense_name, img.name)).reshape(-1)[0])
             t_predict = time.perf_counter() - t0
-        cert, t_certify = certify_image(cfg, defense_name, defense, img, m)
+        cert, t_certify, est = certify_image(cfg, defense_name, defense, img, m)
         rows.append((RowKey("correlation", m, "none", 0.0, img.name),
                      {"score": clean, "target": img.target, "seconds_predict": t_model,
                       "lower_better": bool(model.lower_better)}))
@@ -69,7 +69,7 @@ def certify_and_audit(
                       "reason": cert.reason.value if cert.reason else None}))
         if auditable(cert.guarantee):
             rows.append((RowKey("audit", m, defense_name, s, img.name),
-                         audit_image(cfg, defense_name, defense, img, m, cert)))
+                         audit_image(cfg, defense_name, defense, img, m, cert, est)))
         store.put_many(rows)
 
 
