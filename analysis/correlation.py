@@ -34,9 +34,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from robustbench_iqa.analysis._common import (
+    as_float_array,
+    fmt_pm,
+    mean_sem,
+    present,
+    require_columns,
+)
 from scipy import optimize, stats
 
-from analysis._common import as_float_array, fmt_pm, mean_sem, present, require_columns
 from robustbench_iqa.errors import InputError
 
 PAPER_SIGMAS = (0.1, 0.25, 0.5)

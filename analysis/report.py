@@ -1,7 +1,7 @@
 """Reports: tables (CSV, Markdown), figures (PNG, SVG) and one self-contained HTML page.
 
 :func:`build_report` reads only from a run's results store.  For every study
-of :data:`analysis.studies.STUDIES` present in the store it writes
+of :data:`robustbench_iqa.analysis.studies.STUDIES` present in the store it writes
 
 * ``<study>_<table>.csv`` and ``<study>_<table>.md`` for every table,
 * ``<study>_<figure>.png`` and ``.svg`` for every figure,
@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from robustbench_iqa.analysis.figures import save_figure
+from robustbench_iqa.analysis.studies import STUDIES, ReportOptions, StudyOutput
 from tqdm.auto import tqdm
 
-from analysis.figures import save_figure
-from analysis.studies import STUDIES, ReportOptions, StudyOutput
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.store import ResultsStore
 

@@ -6,15 +6,15 @@ rows into tables and figures.  The row payload each study needs (beyond the
 key columns ``study, model, defense, sigma, image, extra``), as documented in
 the matching analysis module:
 
-- ``correlation`` (:mod:`analysis.correlation`): ``score, target`` and optionally
+- ``correlation`` (:mod:`robustbench_iqa.analysis.correlation`): ``score, target`` and optionally
   ``seed, seconds_predict, seconds_certify``;
-- ``audit`` (:mod:`analysis.audit`): ``lower, upper, abstained, median_ci_low,
+- ``audit`` (:mod:`robustbench_iqa.analysis.audit`): ``lower, upper, abstained, median_ci_low,
   median_ci_high`` and optionally ``attacked_median, feature_change,
   feature_radius, alpha`` (else the run config's ``alpha``);
-- ``stability`` (:mod:`analysis.stability`): ``n, score`` and optionally ``seed``;
-- ``beyond`` (:mod:`analysis.beyond`): ``norm, clean, adv`` (``defense="none"``
+- ``stability`` (:mod:`robustbench_iqa.analysis.stability`): ``n, score`` and optionally ``seed``;
+- ``beyond`` (:mod:`robustbench_iqa.analysis.beyond`): ``norm, clean, adv`` (``defense="none"``
   for the undefended model);
-- ``guarantee`` (:mod:`analysis.guarantee`): ``eps_x, lower, upper`` and
+- ``guarantee`` (:mod:`robustbench_iqa.analysis.guarantee`): ``eps_x, lower, upper`` and
   optionally ``abstained``.
 """
 
@@ -26,8 +26,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
-
-from analysis import audit, beyond, correlation, figures, guarantee, stability
+from robustbench_iqa.analysis import audit, beyond, correlation, figures, guarantee, stability
 
 
 @dataclass(frozen=True)

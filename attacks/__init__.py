@@ -1,21 +1,21 @@
 """Attacks on IQA scores and on certified defenses.
 
-- :mod:`attacks.base`: the projected-gradient loop (written once) and the records;
-- :mod:`attacks.gradient`: FGSM, I-FGSM, MI-FGSM, PGD; :mod:`attacks.perceptual`: texture-masked attack;
-- :mod:`attacks.eot`: EOT objectives for randomized defenses;
-- :mod:`attacks.feature_space`: audit of FS-IQA's Input Variation Estimator premise;
-- :mod:`attacks.torchattacks_adapter`: IQA models as classifiers for torchattacks;
-- :mod:`attacks.scores`: absolute/relative gain and robustness score with t-intervals.
+- :mod:`robustbench_iqa.attacks.base`: the projected-gradient loop (written once) and the records;
+- :mod:`robustbench_iqa.attacks.gradient`: FGSM, I-FGSM, MI-FGSM, PGD; :mod:`robustbench_iqa.attacks.perceptual`: texture-masked attack;
+- :mod:`robustbench_iqa.attacks.eot`: EOT objectives for randomized defenses;
+- :mod:`robustbench_iqa.attacks.feature_space`: audit of FS-IQA's Input Variation Estimator premise;
+- :mod:`robustbench_iqa.attacks.torchattacks_adapter`: IQA models as classifiers for torchattacks;
+- :mod:`robustbench_iqa.attacks.scores`: absolute/relative gain and robustness score with t-intervals.
 """
 
-from attacks.base import AttackRecord, AttackResult, GradientAttack
-from attacks.eot import Aggregate, EOTScore, NoiseMode, eot_objective, soft_median
-from attacks.feature_space import FeatureAttackResult, feature_space_attack
-from attacks.gradient import FGSM, IFGSM, MIFGSM, PGD
-from attacks.objective import Objective, Target
-from attacks.perceptual import TextureMaskedAttack, texture_mask
-from attacks.registry import create_attack, list_attacks
-from attacks.scores import (
+from robustbench_iqa.attacks.base import AttackRecord, AttackResult, GradientAttack
+from robustbench_iqa.attacks.eot import Aggregate, EOTScore, NoiseMode, eot_objective, soft_median
+from robustbench_iqa.attacks.feature_space import FeatureAttackResult, feature_space_attack
+from robustbench_iqa.attacks.gradient import FGSM, IFGSM, MIFGSM, PGD
+from robustbench_iqa.attacks.objective import Objective, Target
+from robustbench_iqa.attacks.perceptual import TextureMaskedAttack, texture_mask
+from robustbench_iqa.attacks.registry import create_attack, list_attacks
+from robustbench_iqa.attacks.scores import (
     MeanCI,
     RobustnessSummary,
     absolute_gain,
@@ -24,8 +24,8 @@ from attacks.scores import (
     robustness_score,
     summarize,
 )
-from attacks.threat import ThreatModel
-from attacks.torchattacks_adapter import IQAClassifier
+from robustbench_iqa.attacks.threat import ThreatModel
+from robustbench_iqa.attacks.torchattacks_adapter import IQAClassifier
 
 __all__ = [
     "FGSM",

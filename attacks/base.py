@@ -6,7 +6,7 @@ Every gradient attack of the suite is
     x_{t+1} = clip_[0,1]( Proj_{B(x, eps)}( step(x_t, grad_x g(S(x_t)), t) ) ),  t < T
 
 where S is the attacked score and g the objective's gain (see
-:mod:`attacks.objective`).  Subclasses supply ``start``, ``step`` and
+:mod:`robustbench_iqa.attacks.objective`).  Subclasses supply ``start``, ``step`` and
 (optionally) ``project``.  For FR models only the distorted image is attacked;
 the reference is passed unchanged to every call of the score function.
 
@@ -23,10 +23,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from robustbench_iqa.attacks.objective import Objective, Target
+from robustbench_iqa.attacks.threat import (
+    ThreatModel,
+    as_threat_model,
+    check_eps,
+    norms,
+    per_image_eps,
+    project,
+)
 from tqdm.auto import tqdm
 
-from attacks.objective import Objective, Target
-from attacks.threat import ThreatModel, as_threat_model, check_eps, norms, per_image_eps, project
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.validation import check_finite_scores, check_images
 

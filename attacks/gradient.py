@@ -1,7 +1,7 @@
 """FGSM, I-FGSM, MI-FGSM and PGD as small subclasses of :class:`GradientAttack`.
 
 All steps use the steepest-ascent direction of the threat model
-(:func:`attacks.threat.normalized_direction`): sign(g) for Linf, g/||g||_2 for L2.
+(:func:`robustbench_iqa.attacks.threat.normalized_direction`): sign(g) for Linf, g/||g||_2 for L2.
 
 * FGSM (Goodfellow et al. 2015): one step of size eps from x.
 * I-FGSM / BIM (Kurakin et al. 2017): T projected steps of size alpha from x,
@@ -15,9 +15,9 @@ All steps use the steepest-ascent direction of the threat model
 from __future__ import annotations
 
 import torch
+from robustbench_iqa.attacks.base import GradientAttack
+from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, random_in_ball
 
-from attacks.base import GradientAttack
-from attacks.threat import ThreatModel, normalized_direction, random_in_ball
 from robustbench_iqa.errors import InputError
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from robustbench_iqa.attacks.gradient import IFGSM, _bcast
+from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, project
 
-from attacks.gradient import IFGSM, _bcast
-from attacks.threat import ThreatModel, normalized_direction, project
 from robustbench_iqa.errors import InputError
 
 _LUMA = (0.299, 0.587, 0.114)

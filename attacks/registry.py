@@ -5,9 +5,10 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from attacks.base import GradientAttack
-from attacks.gradient import FGSM, IFGSM, MIFGSM, PGD
-from attacks.perceptual import TextureMaskedAttack
+from robustbench_iqa.attacks.base import GradientAttack
+from robustbench_iqa.attacks.gradient import FGSM, IFGSM, MIFGSM, PGD
+from robustbench_iqa.attacks.perceptual import TextureMaskedAttack
+
 from robustbench_iqa.errors import InputError
 
 _ATTACKS: dict[str, type[GradientAttack]] = {

@@ -10,7 +10,7 @@ score s(x) into two logits
 which is strictly increasing in sign * s.  So raising the loss raises s (sign = +1),
 or lowers it (sign = -1), and the input gradient of the loss has the same sign
 pattern as sign * grad s: Linf sign-gradient attacks (FGSM, BIM, PGD) take exactly
-the steps of :mod:`attacks.gradient`.  ``sign`` follows the metric's
+the steps of :mod:`robustbench_iqa.attacks.gradient`.  ``sign`` follows the metric's
 ``lower_better`` so that ``Target.INCREASE`` raises *quality* for every metric.
 ``k`` (``scale``) only changes the loss's curvature (and the scale of L2 gradients
 that are normalized anyway).
@@ -31,9 +31,9 @@ subsets and need a single reference or batch size 1).
 from __future__ import annotations
 
 import torch
+from robustbench_iqa.attacks.objective import ScoreFn, Target, as_target
 from torch import nn
 
-from attacks.objective import ScoreFn, Target, as_target
 from robustbench_iqa.errors import InputError
 
 

@@ -1,18 +1,27 @@
 """Certified defenses for IQA models and their mathematics.
 
 - :class:`FeatureSmoothedIQA` (FS-IQA, feature-space median smoothing) and its training;
-- the MS_Cert percentile bounds (:mod:`certify.bounds`);
-- the Input Variation Estimator's spectral norm (:mod:`certify.spectral`);
+- the MS_Cert percentile bounds (:mod:`robustbench_iqa.certify.bounds`);
+- the Input Variation Estimator's spectral norm (:mod:`robustbench_iqa.certify.spectral`);
 - input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`).
 """
 
-from certify.bounds import order_statistic_indices, percentile_bounds
-from certify.defense import CertifiedDefense, create_defense, list_defenses, register_defense
-from certify.fs_iqa import FeatureSmoothedIQA, load_fs_checkpoint, save_fs_checkpoint
-from certify.heads import FTN, Scorer
-from certify.result import AbstainReason, CertifiedScore, Guarantee
-from certify.spectral import SpectralNormEstimate, jacobian_spectral_norm
-from certify.training import train_fs_iqa
+from robustbench_iqa.certify.bounds import order_statistic_indices, percentile_bounds
+from robustbench_iqa.certify.defense import (
+    CertifiedDefense,
+    create_defense,
+    list_defenses,
+    register_defense,
+)
+from robustbench_iqa.certify.fs_iqa import (
+    FeatureSmoothedIQA,
+    load_fs_checkpoint,
+    save_fs_checkpoint,
+)
+from robustbench_iqa.certify.heads import FTN, Scorer
+from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
+from robustbench_iqa.certify.spectral import SpectralNormEstimate, jacobian_spectral_norm
+from robustbench_iqa.certify.training import train_fs_iqa
 
 __all__ = [
     "FTN",

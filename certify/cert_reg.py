@@ -2,7 +2,7 @@
 et al., NeurIPS 2024, "Certified Adversarial Robustness via Randomized alpha-Smoothing
 for Regression Models").
 
-Base function h(z) = clip(f(clip(z, 0, 1)), a, b) as in :mod:`certify.rs_reg`.
+Base function h(z) = clip(f(clip(z, 0, 1)), a, b) as in :mod:`robustbench_iqa.certify.rs_reg`.
 The defended score is the beta-trimmed mean of the n noisy scores: sort them
 and average all but the lowest and highest floor(beta * n) (``trim`` = beta,
 the paper's alpha; ``alpha`` in this suite is the confidence level).  It
@@ -37,12 +37,12 @@ import math
 from typing import Any
 
 import torch
+from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.input_smoothing import reject_denoiser
+from robustbench_iqa.certify.result import CertifiedScore, Guarantee
+from robustbench_iqa.certify.rs_reg import BoundedSmoothedIQA
 from scipy.stats import norm
 
-from certify.defense import register_defense
-from certify.input_smoothing import reject_denoiser
-from certify.result import CertifiedScore, Guarantee
-from certify.rs_reg import BoundedSmoothedIQA
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 

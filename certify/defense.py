@@ -4,7 +4,7 @@ A defense wraps an IQA model (like ``Smooth`` in Cohen et al.'s reference code):
 the constructor takes the modules and ``sigma``; sample counts, confidence and
 generators go to each call.  FS-IQA smooths in feature space; MS, DMS, DMS-IQA,
 RS-Reg and Cert-Reg smooth in input space.  All return
-:class:`~certify.result.CertifiedScore` from ``certify`` so that every analysis
+:class:`~robustbench_iqa.certify.result.CertifiedScore` from ``certify`` so that every analysis
 treats them alike.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from robustbench_iqa.certify.result import CertifiedScore
 
-from certify.result import CertifiedScore
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel, Mode
 
@@ -73,9 +73,9 @@ def _load_builtin() -> None:
 
     for mod in ("fs_iqa", "input_smoothing", "denoised", "rs_reg", "cert_reg"):
         try:
-            importlib.import_module(f"certify.{mod}")
+            importlib.import_module(f"robustbench_iqa.certify.{mod}")
         except ModuleNotFoundError as exc:
-            if exc.name != f"certify.{mod}":
+            if exc.name != f"robustbench_iqa.certify.{mod}":
                 raise
 
 

@@ -1,13 +1,13 @@
 """Denoised median smoothing: DMS (Chiang et al. 2020) and DMS-IQA (Shumitskaya et al. 2025).
 
 Both put a denoiser D between the Gaussian noise and the IQA model f and
-median-smooth the result (:class:`certify.input_smoothing.MedianSmoothedIQA`):
+median-smooth the result (:class:`robustbench_iqa.certify.input_smoothing.MedianSmoothedIQA`):
 
     S(x) = median_e f(clip(D(clip(x + e)))),  e ~ N(0, sigma^2 I).
 
 The certificate is MS's (Chiang et al. 2020, Thm. 1) for the base function
 f o clip o D o clip; it holds for any D.  They differ only in how D was
-trained (:mod:`certify.denoiser_training`):
+trained (:mod:`robustbench_iqa.certify.denoiser_training`):
 
 - ``dms``: Gaussian denoising at the defense's sigma (pixel MSE), as in
   Chiang et al.'s denoised smoothing (after Salman et al. 2020).
@@ -16,7 +16,7 @@ trained (:mod:`certify.denoiser_training`):
   plus a differentiable rank loss, to keep the defended metric's SRCC/PLCC.
 
 The factories take ``denoiser=PATH`` (a checkpoint of
-:func:`certify.denoiser.save_denoiser`) or a module, and otherwise look for
+:func:`robustbench_iqa.certify.denoiser.save_denoiser`) or a module, and otherwise look for
 shipped weights ``robustbench_iqa/weights/denoiser-{loss}-{model}-sigma{sigma}.safetensors``.
 """
 
@@ -26,11 +26,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.denoiser import load_denoiser
+from robustbench_iqa.certify.input_smoothing import MedianSmoothedIQA
 from torch import nn
 
-from certify.defense import register_defense
-from certify.denoiser import load_denoiser
-from certify.input_smoothing import MedianSmoothedIQA
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.validation import check_sigma

@@ -15,7 +15,7 @@ Statement (as the paper makes it): for every ||dx||_2 <= eps_x, the smoothed
 score at x + dx lies in [S^l, S^u] with confidence alpha over the sampling,
 *provided* the feature change ||B(x+dx) - B(x)||_2 stays <= sigma_f.  That
 premise rests on the first-order approximation of Theorem 1; the suite audits
-it with a feature-space attack (``analysis.audit``).
+it with a feature-space attack (``robustbench_iqa.analysis.audit``).
 
 The backbone runs once per image; the N draws only pass through the small
 scorer, in chunks so memory does not grow with N.
@@ -55,15 +55,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from robustbench_iqa.certify.bounds import (
+    median_of_sorted,
+    require_indices,
+    sorted_percentile_bounds,
+)
+from robustbench_iqa.certify.checkpoint_io import read_checkpoint
+from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.heads import FTN, Scorer, split_first_linear
+from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
+from robustbench_iqa.certify.spectral import (
+    SpectralMethod,
+    SpectralNormEstimate,
+    jacobian_spectral_norm,
+)
 from safetensors.torch import save_file
 from torch import nn
 
-from certify.bounds import median_of_sorted, require_indices, sorted_percentile_bounds
-from certify.checkpoint_io import read_checkpoint
-from certify.defense import register_defense
-from certify.heads import FTN, Scorer, split_first_linear
-from certify.result import AbstainReason, CertifiedScore, Guarantee
-from certify.spectral import SpectralMethod, SpectralNormEstimate, jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
@@ -89,8 +97,8 @@ class FeatureSmoothedIQA(nn.Module):
 
     Args:
         backbone: frozen module ``(x, ref=None) -> (B, D)`` (e.g. :class:`Backbone`).
-        ftn: :class:`~certify.heads.FTN`, features to [0, 1]^512.
-        scorer: :class:`~certify.heads.Scorer`.
+        ftn: :class:`~robustbench_iqa.certify.heads.FTN`, features to [0, 1]^512.
+        scorer: :class:`~robustbench_iqa.certify.heads.Scorer`.
         sigma: feature-noise standard deviation sigma_f.
         mode: NR (``x``) or FR (``x, ref``; only ``x`` is perturbed).
         lower_better, score_range: metadata of the defended score (FS-IQA is

@@ -19,7 +19,7 @@ class FTN(nn.Module):
     """f_norm = FTN(f_init) in [0, 1]^out_dim.
 
     The input is standardized with the training-set feature mean and standard
-    deviation (buffers, set by :func:`certify.training.train_fs_iqa`), then
+    deviation (buffers, set by :func:`robustbench_iqa.certify.training.train_fs_iqa`), then
     passed through ``Linear -> GELU`` blocks for each ``hidden`` width and a
     final ``Linear -> Sigmoid``.
     """

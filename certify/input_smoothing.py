@@ -22,7 +22,7 @@ Object Detection with Median Smoothing", Thm. 1): the defended score is the
 median of v; for every ||x' - x||_2 <= eps, the median of h(x' + e) lies
 between the Phi(-eps/sigma)- and Phi(eps/sigma)-percentiles of h(x + e),
 which are bounded by order statistics of v with joint confidence alpha
-(:mod:`certify.bounds`).
+(:mod:`robustbench_iqa.certify.bounds`).
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
-
-from certify.bounds import (
+from robustbench_iqa.certify.bounds import (
     _check_eps,
     median_of_sorted,
     order_statistic_indices,
     sorted_percentile_bounds,
 )
-from certify.defense import register_defense
-from certify.result import AbstainReason, CertifiedScore, Guarantee
+from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
+from torch import nn
+
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
@@ -194,7 +194,7 @@ class MedianSmoothedIQA(InputSmoothedIQA):
     raising when n is too small for the requested eps and alpha: unlike FS-IQA,
     the radius is a per-call argument, and a study sweeping eps should get an
     explicit abstention at the radii the sample count cannot support
-    (:func:`certify.bounds.min_samples` gives the n needed).
+    (:func:`robustbench_iqa.certify.bounds.min_samples` gives the n needed).
     """
 
     defense_name = "ms"

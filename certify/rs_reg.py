@@ -31,7 +31,7 @@ al. 2019, Neyman-Pearson).  For a requested probability P (``p_valid``) at
 radius eps we need p_A = Phi(Phi^-1(P) + eps/sigma); V = [lower, upper] is the
 central interval between the tau- and (1-tau)-quantiles, tau = (1 - p_A)/2,
 widened to order statistics with joint confidence alpha (binomial, as in
-:mod:`certify.bounds`).  Statement: with probability >= alpha over the draws,
+:mod:`robustbench_iqa.certify.bounds`).  Statement: with probability >= alpha over the draws,
 for every x' in the ball, P_e(h(x'+e) in [lower, upper]) >= p_valid.
 """
 
@@ -43,12 +43,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from robustbench_iqa.certify.bounds import _indices
+from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.input_smoothing import InputSmoothedIQA, reject_denoiser
+from robustbench_iqa.certify.result import CertifiedScore, Guarantee
 from scipy.stats import norm
 
-from certify.bounds import _indices
-from certify.defense import register_defense
-from certify.input_smoothing import InputSmoothedIQA, reject_denoiser
-from certify.result import CertifiedScore, Guarantee
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 

@@ -3,7 +3,7 @@
 The public API in a few names::
 
     from robustbench_iqa import create_model, create_dataset
-    from certify import FeatureSmoothedIQA
+    from robustbench_iqa.certify import FeatureSmoothedIQA
 """
 
 from robustbench_iqa.data import IQADataset, create_dataset, list_datasets

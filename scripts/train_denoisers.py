@@ -4,10 +4,10 @@ For each model (``default-nr``, ``default-fr``) and loss (``dms``: Gaussian
 denoising, pixel MSE on random patches; ``dms-iqa``: pixel MSE + score MSE +
 rank loss through the frozen model, whole images) trains a small DnCNN at
 ``sigma`` on the 80/20 split (seed 0) of the embedded ``default`` dataset with
-:func:`certify.denoiser_training.train_denoiser`, and writes
+:func:`robustbench_iqa.certify.denoiser_training.train_denoiser`, and writes
 
 - ``<out>/denoiser-{loss}-{model}-sigma{sigma:g}.safetensors`` (the names
-  :func:`certify.denoised.shipped_denoiser` looks for), and
+  :func:`robustbench_iqa.certify.denoised.shipped_denoiser` looks for), and
 - ``<out>/denoisers-training.json`` (settings + each denoiser's held-out report:
   PSNR of noisy and denoised vs clean, SRCC/PLCC of the defended and undefended
   model, seconds).
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from robustbench_iqa.certify.denoised import shipped_denoiser
+from robustbench_iqa.certify.denoiser import save_denoiser
+from robustbench_iqa.certify.denoiser_training import LOSSES, train_denoiser
 
-from certify.denoised import shipped_denoiser
-from certify.denoiser import save_denoiser
-from certify.denoiser_training import LOSSES, train_denoiser
 from robustbench_iqa.data.embedded import VERSION
 from robustbench_iqa.data.registry import create_dataset
 from robustbench_iqa.models.registry import create_model
@@ -44,7 +44,7 @@ MODELS = ("default-nr", "default-fr")
 
 
 def file_name(loss: str, model: str, sigma: float) -> str:
-    """The checkpoint name that :func:`certify.denoised.shipped_denoiser` expects."""
+    """The checkpoint name that :func:`robustbench_iqa.certify.denoised.shipped_denoiser` expects."""
     return f"denoiser-{loss}-{model}-sigma{float(sigma):g}.safetensors"
 
 

@@ -9,10 +9,10 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from robustbench_iqa.analysis import audit, beyond, correlation, guarantee, stability
+from robustbench_iqa.analysis._common import mean_sem
 from scipy import stats
 
-from analysis import audit, beyond, correlation, guarantee, stability
-from analysis._common import mean_sem
 from robustbench_iqa.errors import InputError
 
 # --------------------------------------------------------------------------- correlation
@@ -291,7 +291,7 @@ def test_quantile_bins_and_guarantee_table() -> None:
 def test_figures_write_png_and_svg_without_global_side_effects(tmp_path: pytest.TempPathFactory) -> None:
     from xml.etree import ElementTree
 
-    from analysis import figures
+    from robustbench_iqa.analysis import figures
 
     before = dict(matplotlib.rcParams)
     backend = matplotlib.get_backend()
@@ -310,9 +310,8 @@ def test_figures_write_png_and_svg_without_global_side_effects(tmp_path: pytest.
 
 
 def test_lower_better_rows_are_correlated_as_negated_scores() -> None:
+    from robustbench_iqa.analysis.correlation import per_group
     from scipy import stats as st
-
-    from analysis.correlation import per_group
 
     rng = np.random.default_rng(3)
     y = rng.uniform(1, 5, 40)

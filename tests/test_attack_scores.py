@@ -6,9 +6,15 @@ import math
 
 import numpy as np
 import pytest
+from robustbench_iqa.attacks.scores import (
+    absolute_gain,
+    mean_ci,
+    relative_gain,
+    robustness_score,
+    summarize,
+)
 from statsmodels.stats.weightstats import DescrStatsW
 
-from attacks.scores import absolute_gain, mean_ci, relative_gain, robustness_score, summarize
 from robustbench_iqa.errors import InputError
 
 

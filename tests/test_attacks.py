@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from attacks import (
+from robustbench_iqa.attacks import (
     FGSM,
     IFGSM,
     MIFGSM,
@@ -23,7 +22,8 @@ from attacks import (
     soft_median,
     texture_mask,
 )
-from attacks.threat import norms, project, random_in_ball
+from robustbench_iqa.attacks.threat import norms, project, random_in_ball
+
 from robustbench_iqa.errors import InputError
 from tests.toy_models import ToyFR, ToyNR, random_images
 
@@ -213,8 +213,9 @@ def test_eot_moves_the_smoothed_score(aggregate: str, noise: str) -> None:
 
 
 def test_eot_on_fs_iqa_moves_defended_score() -> None:
-    fs_iqa = pytest.importorskip("certify.fs_iqa")
-    from certify.heads import FTN, Scorer
+    fs_iqa = pytest.importorskip("robustbench_iqa.certify.fs_iqa")
+    from robustbench_iqa.certify.heads import FTN, Scorer
+
     from robustbench_iqa.models.base import Backbone
 
     torch.manual_seed(0)  # only the test seeds the untrained heads' init

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from robustbench_iqa.certify import create_defense, list_defenses
+from robustbench_iqa.certify.result import Guarantee
 
-from certify import create_defense, list_defenses
-from certify.result import Guarantee
 from robustbench_iqa import create_dataset, create_model
 
 DEFENSES = ["fs-iqa", "ms", "dms", "dms-iqa", "rs-reg", "cert-reg"]

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
-from certify.defense import create_defense
-from certify.denoiser import DnCNN, load_denoiser, save_denoiser
-from certify.denoiser_training import (
+from robustbench_iqa.certify.defense import create_defense
+from robustbench_iqa.certify.denoiser import DnCNN, load_denoiser, save_denoiser
+from robustbench_iqa.certify.denoiser_training import (
     _random_crop,
     check_weights,
     pixel_loss,
@@ -21,6 +20,7 @@ from certify.denoiser_training import (
     targets_on_model_scale,
     train_denoiser,
 )
+
 from robustbench_iqa.cli import main
 from robustbench_iqa.data.base import IQADataset, IQASample
 from robustbench_iqa.data.images import save_image

@@ -18,25 +18,25 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import binom, norm, trim_mean
-
-from certify.bounds import order_statistic_indices
-from certify.cert_reg import (
+from robustbench_iqa.certify.bounds import order_statistic_indices
+from robustbench_iqa.certify.cert_reg import (
     TrimmedMeanSmoothedIQA,
     dkw_halfwidth,
     trimmed_mean,
     trimmed_mean_bounds,
 )
-from certify.defense import create_defense
-from certify.denoiser import DnCNN
-from certify.input_smoothing import MedianSmoothedIQA
-from certify.result import AbstainReason, Guarantee
-from certify.rs_reg import (
+from robustbench_iqa.certify.defense import create_defense
+from robustbench_iqa.certify.denoiser import DnCNN
+from robustbench_iqa.certify.input_smoothing import MedianSmoothedIQA
+from robustbench_iqa.certify.result import AbstainReason, Guarantee
+from robustbench_iqa.certify.rs_reg import (
     MeanSmoothedIQA,
     bounded_mean_certificate,
     hoeffding_halfwidth,
     valid_interval_indices,
 )
+from scipy.stats import binom, norm, trim_mean
+
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel, Mode
 from tests.toy_models import ToyFR, ToyNR, random_images

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from robustbench_iqa.certify.spectral import jacobian_spectral_norm
 
-from certify.spectral import jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
 from tests.toy_models import ToyFR, ToyNR, random_images
 
@@ -111,7 +111,7 @@ def test_bad_arguments() -> None:
 
 @pytest.mark.parametrize("method", ["lanczos", "power"])
 def test_top_input_direction_is_the_top_right_singular_vector(method: str) -> None:
-    from certify.spectral import top_input_direction
+    from robustbench_iqa.certify.spectral import top_input_direction
 
     gen = torch.Generator().manual_seed(5)
     w = torch.randn(6, 2 * 3 * 3, generator=gen, dtype=torch.float64)

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import torch
+from robustbench_iqa.certify.defense import create_defense, register_defense
+from robustbench_iqa.certify.result import CertifiedScore
 
-from certify.defense import create_defense, register_defense
-from certify.result import CertifiedScore
 from robustbench_iqa.cli import main
 from robustbench_iqa.runner import VerifyConfig, load_config, run_verify
 from robustbench_iqa.runner.context import derived_seed
@@ -101,7 +101,7 @@ def test_verify_passes_on_the_embedded_default(tmp_path: Path, capsys: pytest.Ca
 @pytest.fixture
 def narrowed_defense() -> Any:
     """Registers the broken defense for one test only."""
-    from certify import defense as registry
+    from robustbench_iqa.certify import defense as registry
 
     register_defense("test-narrowed-fs-iqa")(_narrowed)
     yield "test-narrowed-fs-iqa"
@@ -243,7 +243,8 @@ def test_fresh_removes_only_the_run(tmp_path: Path) -> None:
 
 
 def test_heads_of_another_model_are_refused() -> None:
-    from certify.fs_iqa import shipped_checkpoint
+    from robustbench_iqa.certify.fs_iqa import shipped_checkpoint
+
     from robustbench_iqa import InputError, create_model
 
     with pytest.raises(InputError, match="trained on model 'default-fr'"):
@@ -287,7 +288,7 @@ def test_an_internal_error_exits_3_with_its_traceback(monkeypatch: pytest.Monkey
 
 
 def test_accuracy_over_seeds_is_averaged_across_models_and_seeds(tmp_path: Path) -> None:
-    from analysis import correlation
+    from robustbench_iqa.analysis import correlation
 
     cfg = VerifyConfig(models=("default-nr", "default-fr"), limit=5, n=500, audit_n=500, alpha=0.99,
                        attack_steps=1, eot=2, stability_repeats=2, stability_limit=1, stability_n=(500,),

@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.spectral import jacobian_spectral_norm
 from robustbench_iqa.bench.memory import cpu_peak_mb, cuda_peak_mb
 from robustbench_iqa.bench.subjects import Subject, SubjectSpec, build_subject
+from robustbench_iqa.certify.spectral import jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
 
 
@@ -66,7 +66,7 @@ class CaseSpec:
 
 def denoiser_module(depth: int, width: int, *, seed: int, device: torch.device) -> nn.Module:
     """An untrained DnCNN (Zhang et al. 2017) of the given depth and width."""
-    from certify.denoiser import DnCNN
+    from robustbench_iqa.certify.denoiser import DnCNN
 
     den = DnCNN(depth=depth, width=width)
     den.reset_parameters(torch.Generator().manual_seed(seed))
@@ -76,9 +76,9 @@ def denoiser_module(depth: int, width: int, *, seed: int, device: torch.device) 
 def input_defense(subject: Subject, case: CaseSpec) -> Any:
     """``create_defense("ms"|"dms", ...)`` for the subject, or :class:`DefenseUnavailable`."""
     try:
-        from certify.defense import create_defense
+        from robustbench_iqa.certify.defense import create_defense
     except ImportError as exc:
-        raise DefenseUnavailable(f"certify.defense cannot be imported: {exc}") from None
+        raise DefenseUnavailable(f"robustbench_iqa.certify.defense cannot be imported: {exc}") from None
     name = "dms" if case.kind is CaseKind.DMS_PREDICT else "ms"
     opts: dict[str, Any] = {"batch_size": case.batch_size}
     if name == "dms":

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from certify.bounds import min_samples
 from robustbench_iqa.bench.cases import (
     CaseKind,
     CaseSpec,
@@ -38,6 +37,7 @@ from robustbench_iqa.bench.cases import (
 from robustbench_iqa.bench.memory import cuda_peak_mb, in_subprocess
 from robustbench_iqa.bench.subjects import ModelUnavailable, Subject, SubjectSpec, build_subject
 from robustbench_iqa.bench.timing import CLOCKS, Target, Timing, ratio, time_call
+from robustbench_iqa.certify.bounds import min_samples
 from robustbench_iqa.errors import InputError
 
 DEFAULT_MODELS: tuple[str, ...] = ("default-nr", "default-fr", "dbcnn", "lpips")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from certify.fs_iqa import FeatureSmoothedIQA
-from certify.heads import FTN, Scorer
+from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
+from robustbench_iqa.certify.heads import FTN, Scorer
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel
 from robustbench_iqa.models.registry import create_model, list_models

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from certify.defense import CertifiedDefense, create_defense
+from robustbench_iqa.certify.defense import CertifiedDefense, create_defense
 from robustbench_iqa.models.base import IQAModel
 
 

@@ -2,8 +2,8 @@
 
 One row per image (image, clean_score, adv_score, l2, linf, iterations, gain),
 then a summary with the absolute gain, relative gain and robustness score
-(:mod:`attacks.scores`), each with a t-interval.  With ``--defense`` the
-defense is attacked through EOT over its noise (:mod:`attacks.eot`) and the
+(:mod:`robustbench_iqa.attacks.scores`), each with a t-interval.  With ``--defense`` the
+defense is attacked through EOT over its noise (:mod:`robustbench_iqa.attacks.eot`) and the
 recorded scores are the defense's predictions with ``--n`` draws.
 """
 
@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from attacks.eot import Aggregate, NoiseMode, eot_objective
-from attacks.objective import Objective, Target
-from attacks.registry import create_attack, list_attacks
-from attacks.scores import summarize
-from attacks.threat import ThreatModel, check_eps
+from robustbench_iqa.attacks.eot import Aggregate, NoiseMode, eot_objective
+from robustbench_iqa.attacks.objective import Objective, Target
+from robustbench_iqa.attacks.registry import create_attack, list_attacks
+from robustbench_iqa.attacks.scores import summarize
+from robustbench_iqa.attacks.threat import ThreatModel, check_eps
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import build_defense
 from robustbench_iqa.cli._store import add_store_args, image_generator, open_store

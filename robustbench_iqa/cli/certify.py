@@ -9,7 +9,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from certify.bounds import require_indices
+from robustbench_iqa.certify.bounds import require_indices
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import add_defense_args, build_defense, certify_options
 from robustbench_iqa.cli._store import add_store_args, image_generator, open_store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from certify.defense import list_defenses
+from robustbench_iqa.certify.defense import list_defenses
 from robustbench_iqa.data.registry import describe_dataset, list_datasets
 from robustbench_iqa.models.registry import describe_model, list_models
 

@@ -9,8 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from certify.fs_iqa import save_fs_checkpoint
-from certify.training import evaluate_heads, extract_features, fit_fs_heads
+from robustbench_iqa.certify.fs_iqa import save_fs_checkpoint
+from robustbench_iqa.certify.training import evaluate_heads, extract_features, fit_fs_heads
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from certify.denoiser_training import LOSSES, train_denoiser
+from robustbench_iqa.certify.denoiser_training import LOSSES, train_denoiser
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.errors import InputError
 

@@ -3,19 +3,19 @@
 For an image x with a certificate (S, S^l, S^u, eps_x):
 
 1. **Score attack inside the ball.**  PGD-L2 with expectation over the
-   defense's noise (:mod:`attacks.eot`, soft median of ``eot`` draws for median
+   defense's noise (:mod:`robustbench_iqa.attacks.eot`, soft median of ``eot`` draws for median
    defenses, their mean for mean defenses, fresh noise per step) within ``||x' - x||_2 <= eps_x``, once raising and once lowering
    the apparent quality.  Of the two attacked points, the one whose estimate
    comes closest to leaving ``[S^l, S^u]`` is kept.
 2. **Feature attack (FS-IQA only).**  The premise of the Input Variation
    Estimator is ``||B(x') - B(x)||_2 <= sigma_f`` inside the ball; the largest
-   feature change found by :func:`attacks.feature_space.feature_space_attack`
+   feature change found by :func:`robustbench_iqa.attacks.feature_space.feature_space_attack`
    (started along +-the top right singular vector of J_B(x), the first-order
    worst case, and from a random direction) and at the attacked points above is
    recorded next to ``sigma_f``.
 3. **Estimate at the attacked point.**  ``audit_n`` fresh draws of the defense
    at x'.  For median defenses: the median and its distribution-free
-   order-statistic confidence interval (:func:`analysis.audit.attacked_point_summary`);
+   order-statistic confidence interval (:func:`robustbench_iqa.analysis.audit.attacked_point_summary`);
    for Cert-Reg the trimmed mean with its DKW interval; for RS-Reg (bounded
    outputs) the mean with a Hoeffding interval on the output range.  A violation is counted only when that whole interval lies
    outside the bounds, so sampling error at x' is not mistaken for a violation.
@@ -29,16 +29,20 @@ from typing import Any
 
 import torch
 
-from analysis.audit import DEFAULT_MEDIAN_CONFIDENCE, attacked_point_summary
-from attacks.eot import Aggregate, NoiseMode, eot_objective
-from attacks.feature_space import feature_space_attack
-from attacks.gradient import PGD
-from attacks.objective import Target
-from certify.cert_reg import TrimmedMeanSmoothedIQA, trimmed_mean, trimmed_mean_bounds
-from certify.defense import CertifiedDefense
-from certify.fs_iqa import FeatureSmoothedIQA
-from certify.result import CertifiedScore, Guarantee
-from certify.spectral import SpectralNormEstimate, top_input_direction
+from robustbench_iqa.analysis.audit import DEFAULT_MEDIAN_CONFIDENCE, attacked_point_summary
+from robustbench_iqa.attacks.eot import Aggregate, NoiseMode, eot_objective
+from robustbench_iqa.attacks.feature_space import feature_space_attack
+from robustbench_iqa.attacks.gradient import PGD
+from robustbench_iqa.attacks.objective import Target
+from robustbench_iqa.certify.cert_reg import (
+    TrimmedMeanSmoothedIQA,
+    trimmed_mean,
+    trimmed_mean_bounds,
+)
+from robustbench_iqa.certify.defense import CertifiedDefense
+from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
+from robustbench_iqa.certify.result import CertifiedScore, Guarantee
+from robustbench_iqa.certify.spectral import SpectralNormEstimate, top_input_direction
 from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.context import Image, certify_options, generator
 

@@ -3,7 +3,7 @@
 A check fails when
 
 - **violations**: the Clopper-Pearson lower bound of the audited violation rate
-  exceeds the certificate's nominal error ``1 - alpha`` (:func:`analysis.audit.verdict`);
+  exceeds the certificate's nominal error ``1 - alpha`` (:func:`robustbench_iqa.analysis.audit.verdict`);
 - **abstentions**: the abstention rate exceeds ``max_abstain_rate``;
 - **stability**: the mean relative standard deviation of repeated predictions at
   the run's ``n`` (or the largest n studied) exceeds ``max_stability_deviation``
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import audit, beyond, stability
+from robustbench_iqa.analysis import audit, beyond, stability
 from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.store import ResultsStore
 

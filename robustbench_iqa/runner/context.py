@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from certify.defense import CertifiedDefense, create_defense
-from certify.denoised import shipped_denoiser
-from certify.fs_iqa import shipped_checkpoint
-from certify.result import Guarantee
+from robustbench_iqa.certify.defense import CertifiedDefense, create_defense
+from robustbench_iqa.certify.denoised import shipped_denoiser
+from robustbench_iqa.certify.fs_iqa import shipped_checkpoint
+from robustbench_iqa.certify.result import Guarantee
 from robustbench_iqa.data import IQADataset, create_dataset
 from robustbench_iqa.data.images import parse_size
 from robustbench_iqa.errors import InputError

@@ -3,7 +3,7 @@
 Rows are written as soon as they exist, one image (or one attack batch) per
 transaction, and keys already in the store are skipped, so a killed run resumes
 where it stopped without losing or duplicating a row (:mod:`robustbench_iqa.store`).
-Row payloads follow the columns documented in :mod:`analysis.studies`.
+Row payloads follow the columns documented in :mod:`robustbench_iqa.analysis.studies`.
 
 - :func:`certify_and_audit`: per image, the certificate (``guarantee`` rows),
   the undefended and defended scores with timings (``correlation`` rows) and
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from attacks.eot import Aggregate, NoiseMode, eot_objective
-from attacks.gradient import IFGSM
-from attacks.objective import Objective, Target
-from certify.defense import CertifiedDefense
+from robustbench_iqa.attacks.eot import Aggregate, NoiseMode, eot_objective
+from robustbench_iqa.attacks.gradient import IFGSM
+from robustbench_iqa.attacks.objective import Objective, Target
+from robustbench_iqa.certify.defense import CertifiedDefense
 from robustbench_iqa.models import IQAModel
 from robustbench_iqa.runner.audit_job import audit_image, certify_image
 from robustbench_iqa.runner.config import VerifyConfig

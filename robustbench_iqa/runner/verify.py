@@ -3,7 +3,7 @@
 :func:`run_verify` runs every (model, defense) of a :class:`VerifyConfig` into
 the results store of ``out_dir`` (resumable), evaluates the checks of
 :mod:`robustbench_iqa.runner.checks` from the store alone, optionally writes the
-report (:func:`analysis.report.build_report`), and returns a
+report (:func:`robustbench_iqa.analysis.report.build_report`), and returns a
 :class:`VerifyOutcome` whose ``passed`` decides the exit code.
 """
 
@@ -130,7 +130,7 @@ def run_verify(
                     notes.append(f"{m} ({d}): no audit (its guarantee is not a bound on the smoothed output)")
     path = None
     if report:
-        from analysis.report import build_report  # matplotlib is loaded only here
+        from robustbench_iqa.analysis.report import build_report  # matplotlib is loaded only here
 
         res = build_report(out_dir, progress=progress)
         path = res.html
