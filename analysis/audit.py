@@ -43,10 +43,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from robustbench_iqa.analysis._common import as_float_array, present, require_columns
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
+from robustbench_iqa.analysis._common import as_float_array, present, require_columns
 from robustbench_iqa.errors import InputError
 
 DEFAULT_MEDIAN_CONFIDENCE = 0.9999

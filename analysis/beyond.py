@@ -30,9 +30,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from robustbench_iqa.analysis._common import present, require_columns
 from scipy import stats
 
+from robustbench_iqa.analysis._common import present, require_columns
 from robustbench_iqa.errors import InputError
 
 PAPER_NORMS = (0.02, 0.05, 0.1, 0.15, 0.20, 0.25)

@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import optimize, stats
+
 from robustbench_iqa.analysis._common import (
     as_float_array,
     fmt_pm,
@@ -41,8 +43,6 @@ from robustbench_iqa.analysis._common import (
     present,
     require_columns,
 )
-from scipy import optimize, stats
-
 from robustbench_iqa.errors import InputError
 
 PAPER_SIGMAS = (0.1, 0.25, 0.5)

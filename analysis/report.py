@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from robustbench_iqa.analysis.figures import save_figure
-from robustbench_iqa.analysis.studies import STUDIES, ReportOptions, StudyOutput
 from tqdm.auto import tqdm
 
+from robustbench_iqa.analysis.figures import save_figure
+from robustbench_iqa.analysis.studies import STUDIES, ReportOptions, StudyOutput
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.store import ResultsStore
 

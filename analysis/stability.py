@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from robustbench_iqa.analysis._common import present, require_columns
 
+from robustbench_iqa.analysis._common import present, require_columns
 from robustbench_iqa.errors import InputError
 
 REPORTED = "rel_std"

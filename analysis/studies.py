@@ -26,6 +26,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+
 from robustbench_iqa.analysis import audit, beyond, correlation, figures, guarantee, stability
 
 

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
+
 from robustbench_iqa.attacks.objective import Objective, Target
 from robustbench_iqa.attacks.threat import (
     ThreatModel,
@@ -32,9 +34,8 @@ from robustbench_iqa.attacks.threat import (
     per_image_eps,
     project,
 )
-from tqdm.auto import tqdm
-
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.registry import checked_keywords
 from robustbench_iqa.validation import check_finite_scores, check_images
 
 
@@ -132,6 +133,7 @@ class GradientAttack(ABC):
         return project(x, x0, eps, self.norm)
 
     # -------------------------------------------------------------- the loop
+    @checked_keywords
     def run(
         self, objective: Objective, x: torch.Tensor, ref: torch.Tensor | None = None, *,
         eps: float | torch.Tensor | None = None, generator: torch.Generator | None = None,

@@ -25,9 +25,9 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 
 import torch
+
 from robustbench_iqa.attacks.objective import Objective, Target, as_target
 from robustbench_iqa.certify.defense import CertifiedDefense
-
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.validation import check_n
 

@@ -22,10 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from robustbench_iqa.attacks.base import check_steps
-from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, per_image_eps, project
 from tqdm.auto import tqdm
 
+from robustbench_iqa.attacks.base import check_steps
+from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, per_image_eps, project
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.validation import check_images
 

@@ -15,9 +15,10 @@ All steps use the steepest-ascent direction of the threat model
 from __future__ import annotations
 
 import torch
-from robustbench_iqa.attacks.base import GradientAttack
-from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, random_in_ball
 
+from robustbench_iqa.attacks.base import GradientAttack
+from robustbench_iqa.attacks.registry import register_attack
+from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, random_in_ball
 from robustbench_iqa.errors import InputError
 
 
@@ -25,6 +26,8 @@ def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
 
+@register_attack("ifgsm", reference="Kurakin et al. 2017 (BIM)",
+                 description="iterative FGSM: projected gradient ascent from x, no random start")
 class IFGSM(GradientAttack):
     """Iterative FGSM (BIM): projected gradient ascent without random start.
 
@@ -39,6 +42,7 @@ class IFGSM(GradientAttack):
         return x + _bcast(alpha, x) * normalized_direction(grad, self.norm)
 
 
+@register_attack("fgsm", reference="Goodfellow et al. 2015", description="one gradient-sign step of size eps")
 class FGSM(IFGSM):
     """Fast gradient sign method: a single step of size eps (``FGSM(*, eps, norm="linf")``)."""
 
@@ -51,6 +55,7 @@ class FGSM(IFGSM):
         return self.eps
 
 
+@register_attack("mifgsm", reference="Dong et al. 2018", description="momentum iterative FGSM")
 class MIFGSM(IFGSM):
     """Momentum I-FGSM: ``MIFGSM(*, eps, steps=10, step_size=None, decay=1.0, norm="linf")``."""
 
@@ -73,6 +78,7 @@ class MIFGSM(IFGSM):
         return x + _bcast(alpha, x) * normalized_direction(state["momentum"], self.norm)
 
 
+@register_attack("pgd", reference="Madry et al. 2018", description="projected gradient ascent from a random start")
 class PGD(IFGSM):
     """PGD with a uniformly random start: ``PGD(*, eps, steps=10, step_size=None, norm="linf")``.
 

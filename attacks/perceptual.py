@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from robustbench_iqa.attacks.gradient import IFGSM, _bcast
-from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, project
 
+from robustbench_iqa.attacks.gradient import IFGSM, _bcast
+from robustbench_iqa.attacks.registry import register_attack
+from robustbench_iqa.attacks.threat import ThreatModel, normalized_direction, project
 from robustbench_iqa.errors import InputError
 
 _LUMA = (0.299, 0.587, 0.114)
@@ -41,6 +42,8 @@ def texture_mask(x: torch.Tensor, *, window: int = 5, power: float = 1.0) -> tor
     return (std / _bcast(peak, std)).pow(power)
 
 
+@register_attack("texture", reference="texture masking as in Korhonen & You 2022",
+                 description="I-FGSM whose steps are masked by local texture (less visible)")
 class TextureMaskedAttack(IFGSM):
     """Texture-masked I-FGSM: ``TextureMaskedAttack(*, eps, steps=10, step_size=None, norm="linf", window=5, power=1.0)``."""
 

@@ -1,38 +1,41 @@
-"""The attacks by name, in one place (``list_attacks`` / ``create_attack``)."""
+"""The attacks by name, in one place: :func:`list_attacks`, :func:`create_attack`, :func:`attack_info`.
+
+Each attack class registers itself next to its definition with :func:`register_attack`,
+declaring what it needs (``threat``: the norms it supports; ``gradient``: whether it
+needs gradients of the score, i.e. white-box; ``reference``: the paper), so a new
+attack is one new module in this package.  Settings are the class's keyword-only
+arguments: a setting it does not take raises (``stpe_size=0.3`` is a typo, not an
+FGSM), and ``None`` means "the class default".
+"""
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from robustbench_iqa.attacks.base import GradientAttack
-from robustbench_iqa.attacks.gradient import FGSM, IFGSM, MIFGSM, PGD
-from robustbench_iqa.attacks.perceptual import TextureMaskedAttack
+from robustbench_iqa.registry import Registry
 
-from robustbench_iqa.errors import InputError
+ATTACKS: Registry[Any] = Registry("attack", package="robustbench_iqa.attacks")
 
-_ATTACKS: dict[str, type[GradientAttack]] = {
-    "fgsm": FGSM,
-    "ifgsm": IFGSM,
-    "mifgsm": MIFGSM,
-    "pgd": PGD,
-    "texture": TextureMaskedAttack,
-}
+C = TypeVar("C", bound=Callable[..., Any])
 
 
-def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+def register_attack(name: str, *, threat: tuple[str, ...] = ("linf", "l2"), gradient: bool = True,
+                    reference: str = "", description: str = "") -> Callable[[C], C]:
+    """Class decorator registering an attack under ``name`` with its metadata."""
+    return ATTACKS.register(name, description=description, threat=tuple(threat), gradient=bool(gradient),
+                            reference=reference)
 
 
-def create_attack(name: str, **settings: Any) -> GradientAttack:
-    """Build attack ``name``; settings it does not take (e.g. ``steps`` for FGSM) are ignored.
+def list_attacks(*, gradient: bool | None = None) -> list[str]:
+    return ATTACKS.names() if gradient is None else ATTACKS.names(gradient=gradient)
 
-    ``None`` values are dropped so that class defaults apply.
-    """
-    key = name.lower()
-    if key not in _ATTACKS:
-        raise InputError(f"unknown attack {name!r}; known attacks: {', '.join(list_attacks())}")
-    cls = _ATTACKS[key]
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in settings.items() if k in accepted and v is not None}
-    return cls(**kwargs)
+
+def attack_info(name: str) -> dict[str, Any]:
+    """Registered metadata of ``name`` (threat models, whether it needs gradients, reference)."""
+    return {"name": name, "description": ATTACKS.describe(name), **ATTACKS.metadata(name.lower())}
+
+
+def create_attack(name: str, **settings: Any) -> Any:
+    """Build attack ``name`` with ``settings`` (its keyword-only arguments; ``None`` = default)."""
+    return ATTACKS.create(name.lower(), **{k: v for k, v in settings.items() if v is not None})

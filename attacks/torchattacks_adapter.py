@@ -31,9 +31,9 @@ subsets and need a single reference or batch size 1).
 from __future__ import annotations
 
 import torch
-from robustbench_iqa.attacks.objective import ScoreFn, Target, as_target
 from torch import nn
 
+from robustbench_iqa.attacks.objective import ScoreFn, Target, as_target
 from robustbench_iqa.errors import InputError
 
 

@@ -34,15 +34,13 @@ trimmed-mean smoothed regressor; its constants may differ from the paper's.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
-from robustbench_iqa.certify.defense import register_defense
-from robustbench_iqa.certify.input_smoothing import reject_denoiser
-from robustbench_iqa.certify.result import CertifiedScore, Guarantee
-from robustbench_iqa.certify.rs_reg import BoundedSmoothedIQA
 from scipy.stats import norm
 
+from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.result import CertifiedScore, Guarantee
+from robustbench_iqa.certify.rs_reg import BoundedSmoothedIQA
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 
@@ -133,11 +131,11 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
         ]
 
 
-@register_defense("cert-reg")
+@register_defense("cert-reg", space="input", statistic="trimmed-mean",
+                  description="Cert-Reg: alpha-trimmed mean of bounded scores under input noise")
 def create_cert_reg(model: IQAModel, *, sigma: float, trim: float = 0.1,
-                    output_range: tuple[float, float] | None = None, batch_size: int = 64, clip: bool = True,
-                    **options: Any) -> TrimmedMeanSmoothedIQA:
+                    output_range: tuple[float, float] | None = None, batch_size: int = 64,
+                    clip: bool = True) -> TrimmedMeanSmoothedIQA:
     """Cert-Reg around ``model`` (no training needed)."""
-    reject_denoiser("cert-reg", options)
     return TrimmedMeanSmoothedIQA(model, sigma=sigma, trim=trim, output_range=output_range,
                                   batch_size=batch_size, clip=clip)

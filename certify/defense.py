@@ -11,13 +11,13 @@ treats them alike.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
-from robustbench_iqa.certify.result import CertifiedScore
 
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.certify.result import CertifiedScore
 from robustbench_iqa.models.base import IQAModel, Mode
+from robustbench_iqa.registry import Registry
 
 
 @runtime_checkable
@@ -52,41 +52,32 @@ class CertifiedDefense(Protocol):
     ) -> list[CertifiedScore]: ...
 
 
-DefenseFactory = Callable[..., CertifiedDefense]
-"""``factory(model: IQAModel, *, sigma: float, **options) -> CertifiedDefense``."""
+DEFENSES: Registry[CertifiedDefense] = Registry("defense", package="robustbench_iqa.certify")
+"""Every registered defense; factories are ``factory(model, *, sigma, ...) -> CertifiedDefense``."""
 
-_DEFENSES: dict[str, DefenseFactory] = {}
-
-
-def register_defense(name: str) -> Callable[[DefenseFactory], DefenseFactory]:
-    def deco(factory: DefenseFactory) -> DefenseFactory:
-        if name in _DEFENSES:
-            raise ValueError(f"defense {name!r} is registered twice")
-        _DEFENSES[name] = factory
-        return factory
-
-    return deco
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _load_builtin() -> None:
-    import importlib
+def register_defense(name: str, *, space: str, statistic: str, trained: bool = False,
+                     description: str = "") -> Callable[[F], F]:
+    """Decorator registering a defense factory under ``name``.
 
-    for mod in ("fs_iqa", "input_smoothing", "denoised", "rs_reg", "cert_reg"):
-        try:
-            importlib.import_module(f"robustbench_iqa.certify.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"robustbench_iqa.certify.{mod}":
-                raise
+    ``space``: where the noise is drawn (``"feature"`` or ``"input"``); ``statistic``: the
+    defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``); ``trained``: whether it
+    needs a trained artifact (FS-IQA heads, a denoiser).
+    """
+    return DEFENSES.register(name, description=description, space=space, statistic=statistic,
+                             trained=bool(trained))
 
 
-def list_defenses() -> list[str]:
-    _load_builtin()
-    return sorted(_DEFENSES)
+def list_defenses(**where: Any) -> list[str]:
+    """Registered defense names (``where`` filters on metadata, e.g. ``statistic="median"``)."""
+    return DEFENSES.names(**where)
 
 
 def create_defense(name: str, model: IQAModel, *, sigma: float, **options: Any) -> CertifiedDefense:
-    """Wrap ``model`` in defense ``name`` (``fs-iqa``, ``ms``, ``dms``, ``dms-iqa``, ``rs-reg``, ``cert-reg``)."""
-    _load_builtin()
-    if name not in _DEFENSES:
-        raise InputError(f"unknown defense {name!r}; known defenses: {', '.join(list_defenses())}")
-    return _DEFENSES[name](model, sigma=sigma, **options)
+    """Wrap ``model`` in defense ``name`` (``fs-iqa``, ``ms``, ``dms``, ``dms-iqa``, ``rs-reg``, ``cert-reg``).
+
+    ``options`` are the defense's own keyword-only settings; one it does not take raises.
+    """
+    return DEFENSES.create(name, model, sigma=sigma, **options)

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
+
+from torch import nn
 
 from robustbench_iqa.certify.defense import register_defense
 from robustbench_iqa.certify.denoiser import load_denoiser
 from robustbench_iqa.certify.input_smoothing import MedianSmoothedIQA
-from torch import nn
-
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.validation import check_sigma
@@ -80,15 +79,17 @@ def _create(loss: str, model: IQAModel, sigma: float, denoiser: str | Path | nn.
     return DenoisedSmoothedIQA(model, sigma=sigma, denoiser=den, loss=loss, batch_size=batch_size, clip=clip)
 
 
-@register_defense("dms")
+@register_defense("dms", space="input", statistic="median", trained=True,
+                  description="DMS: median smoothing with a Gaussian denoiser (Chiang et al. 2020)")
 def create_dms(model: IQAModel, *, sigma: float, denoiser: str | Path | nn.Module | None = None,
-               batch_size: int = 64, clip: bool = True, **_: Any) -> DenoisedSmoothedIQA:
+               batch_size: int = 64, clip: bool = True) -> DenoisedSmoothedIQA:
     """DMS around ``model`` with a Gaussian denoiser trained at ``sigma``."""
     return _create("dms", model, sigma, denoiser, batch_size, clip)
 
 
-@register_defense("dms-iqa")
+@register_defense("dms-iqa", space="input", statistic="median", trained=True,
+                  description="DMS-IQA: median smoothing with a denoiser trained by an IQA loss (Shumitskaya et al. 2025)")
 def create_dms_iqa(model: IQAModel, *, sigma: float, denoiser: str | Path | nn.Module | None = None,
-                   batch_size: int = 64, clip: bool = True, **_: Any) -> DenoisedSmoothedIQA:
+                   batch_size: int = 64, clip: bool = True) -> DenoisedSmoothedIQA:
     """DMS-IQA around ``model`` with a denoiser trained by the composite IQA loss at ``sigma``."""
     return _create("dms-iqa", model, sigma, denoiser, batch_size, clip)

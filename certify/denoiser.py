@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from robustbench_iqa.certify.checkpoint_io import read_checkpoint
 from safetensors.torch import save_file
 from torch import nn
 
+from robustbench_iqa.certify.checkpoint_io import read_checkpoint
 from robustbench_iqa.errors import InputError
 
 CHECKPOINT_FORMAT = "robustbench_iqa.denoiser/1"

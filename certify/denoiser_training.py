@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from robustbench_iqa.certify.denoiser import DnCNN, save_denoiser
-from robustbench_iqa.certify.input_smoothing import MedianSmoothedIQA
 from scipy.stats import pearsonr, spearmanr
 from tqdm.auto import tqdm
 
+from robustbench_iqa.certify.denoiser import DnCNN, save_denoiser
+from robustbench_iqa.certify.input_smoothing import MedianSmoothedIQA
 from robustbench_iqa.data.base import IQADataset
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel

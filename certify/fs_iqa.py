@@ -55,6 +55,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from torch import nn
+
 from robustbench_iqa.certify.bounds import (
     median_of_sorted,
     require_indices,
@@ -69,11 +72,9 @@ from robustbench_iqa.certify.spectral import (
     SpectralNormEstimate,
     jacobian_spectral_norm,
 )
-from safetensors.torch import save_file
-from torch import nn
-
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
+from robustbench_iqa.registry import checked_keywords
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
 
 CHECKPOINT_FORMAT = "robustbench_iqa.fs-iqa/1"
@@ -237,6 +238,7 @@ class FeatureSmoothedIQA(nn.Module):
         return self.scores_from_features(self.normalized_features(x, ref), n=check_n(n), generator=generator)
 
     # ------------------------------------------------------------ the modes
+    @checked_keywords
     @torch.no_grad()
     def predict(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int = 2000,
@@ -251,6 +253,7 @@ class FeatureSmoothedIQA(nn.Module):
         v = self.scores_from_features(f, n=check_n(n), generator=generator)
         return median_of_sorted(v.sort(dim=1).values)
 
+    @checked_keywords
     def certify(
         self,
         x: torch.Tensor,
@@ -263,7 +266,6 @@ class FeatureSmoothedIQA(nn.Module):
         method: SpectralMethod | str = SpectralMethod.LANCZOS,
         rtol: float = 1e-3,
         max_iter: int = 100,
-        **_: Any,
     ) -> list[CertifiedScore]:
         """Algorithm 1: (S, S^l, S^u, eps_x) per image, or an explicit abstention.
 
@@ -396,10 +398,11 @@ def shipped_checkpoint(model: str, sigma: float) -> Path | None:
     return path if path.is_file() else None
 
 
-@register_defense("fs-iqa")
+@register_defense("fs-iqa", space="feature", statistic="median", trained=True,
+                  description="FS-IQA: median smoothing in feature space with the IVE radius (Shumitskaya et al.)")
 def create_fs_iqa(
     model: IQAModel, *, sigma: float, checkpoint: str | Path | None = None, chunk_size: int = 1000,
-    noise_space: NoiseSpace | str = NoiseSpace.HIDDEN, **_: Any,
+    noise_space: NoiseSpace | str = NoiseSpace.HIDDEN,
 ) -> FeatureSmoothedIQA:
     """FS-IQA around ``model`` with trained heads from ``checkpoint`` (or the shipped ones)."""
     sigma = check_sigma(sigma)

@@ -27,9 +27,9 @@ which are bounded by order statistics of v with joint confidence alpha
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
+from torch import nn
+
 from robustbench_iqa.certify.bounds import (
     _check_eps,
     median_of_sorted,
@@ -38,10 +38,9 @@ from robustbench_iqa.certify.bounds import (
 )
 from robustbench_iqa.certify.defense import register_defense
 from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
-from torch import nn
-
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.registry import checked_keywords
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
 
 MS_STATEMENT = (
@@ -56,12 +55,6 @@ def check_batch_size(batch_size: int) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     return batch_size
-
-
-def reject_denoiser(defense: str, options: dict[str, Any]) -> None:
-    """Defenses without a denoiser refuse one instead of silently ignoring it."""
-    if options.get("denoiser") is not None:
-        raise InputError(f"defense {defense!r} uses no denoiser or checkpoint; use dms or dms-iqa for that")
 
 
 class InputSmoothedIQA(nn.Module):
@@ -146,6 +139,7 @@ class InputSmoothedIQA(nn.Module):
         """The smoothed score from the noisy scores (B, n) -> (B,)."""
         raise NotImplementedError
 
+    @checked_keywords
     @torch.no_grad()
     def predict(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int = 200,
@@ -154,9 +148,10 @@ class InputSmoothedIQA(nn.Module):
         """The defended score without certification, shape (B,)."""
         return self.aggregate(self.noisy_scores(x, ref, n=n, generator=generator))
 
+    @checked_keywords
     def certify(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int = 2000, alpha: float = 0.999,
-        eps: float | None = None, generator: torch.Generator | None = None, **_: Any,
+        eps: float | None = None, generator: torch.Generator | None = None,
     ) -> list[CertifiedScore]:
         """Certified bounds on the smoothed score over the L2 ball of radius ``eps`` (default sigma/2)."""
         n, alpha = check_n(n), check_alpha(alpha)
@@ -219,8 +214,8 @@ class MedianSmoothedIQA(InputSmoothedIQA):
         ]
 
 
-@register_defense("ms")
-def create_ms(model: IQAModel, *, sigma: float, batch_size: int = 64, clip: bool = True, **options: Any) -> MedianSmoothedIQA:
+@register_defense("ms", space="input", statistic="median",
+                  description="MS: median smoothing under input noise (Chiang et al. 2020)")
+def create_ms(model: IQAModel, *, sigma: float, batch_size: int = 64, clip: bool = True) -> MedianSmoothedIQA:
     """MS around ``model`` (no training needed)."""
-    reject_denoiser("ms", options)
     return MedianSmoothedIQA(model, sigma=sigma, batch_size=batch_size, clip=clip)

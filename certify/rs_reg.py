@@ -39,16 +39,15 @@ from __future__ import annotations
 
 import math
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 import torch
-from robustbench_iqa.certify.bounds import _indices
-from robustbench_iqa.certify.defense import register_defense
-from robustbench_iqa.certify.input_smoothing import InputSmoothedIQA, reject_denoiser
-from robustbench_iqa.certify.result import CertifiedScore, Guarantee
 from scipy.stats import norm
 
+from robustbench_iqa.certify.bounds import _indices
+from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.input_smoothing import InputSmoothedIQA
+from robustbench_iqa.certify.result import CertifiedScore, Guarantee
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 
@@ -177,11 +176,11 @@ def valid_interval_indices(n: int, *, p_valid: float, eps: float, sigma: float, 
     return _indices(int(n), tau, 1.0 - tau, (1.0 - alpha) / 2.0)
 
 
-@register_defense("rs-reg")
+@register_defense("rs-reg", space="input", statistic="mean",
+                  description="RS-Reg: mean of bounded scores under input noise")
 def create_rs_reg(model: IQAModel, *, sigma: float, certificate: str = "mean", p_valid: float = 0.5,
-                  output_range: tuple[float, float] | None = None, batch_size: int = 64, clip: bool = True,
-                  **options: Any) -> MeanSmoothedIQA:
+                  output_range: tuple[float, float] | None = None, batch_size: int = 64,
+                  clip: bool = True) -> MeanSmoothedIQA:
     """RS-Reg around ``model`` (no training needed)."""
-    reject_denoiser("rs-reg", options)
     return MeanSmoothedIQA(model, sigma=sigma, certificate=certificate, p_valid=p_valid, output_range=output_range,
                            batch_size=batch_size, clip=clip)

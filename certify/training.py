@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
-from robustbench_iqa.certify.heads import FTN, Scorer
 from scipy.stats import pearsonr, spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
+from robustbench_iqa.certify.heads import FTN, Scorer
 from robustbench_iqa.data.base import IQADataset
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel

@@ -80,3 +80,22 @@ def check_finite_scores(scores: torch.Tensor, *, what: str = "model output") -> 
     if not bool(torch.isfinite(scores).all()):
         raise InputError(f"{what} contains NaN or Inf values")
     return scores
+
+
+def check_device(device: object) -> torch.device:
+    """A torch device that exists here: ``cpu``, ``cuda``, ``cuda:1``, ... (InputError otherwise)."""
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(str(device))
+        except (RuntimeError, ValueError):
+            raise InputError(f"unknown device {device!r} (use cpu, cuda, cuda:0, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {str(device)!r} requested but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type != "cpu":
+        raise InputError(f"device {str(device)!r} is not supported (use cpu or cuda[:N])")
+    return dev

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from robustbench_iqa.certify.denoised import shipped_denoiser
 from robustbench_iqa.certify.denoiser import save_denoiser
 from robustbench_iqa.certify.denoiser_training import LOSSES, train_denoiser
-
 from robustbench_iqa.data.embedded import VERSION
 from robustbench_iqa.data.registry import create_dataset
 from robustbench_iqa.models.registry import create_model

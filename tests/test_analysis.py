@@ -9,10 +9,10 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from robustbench_iqa.analysis import audit, beyond, correlation, guarantee, stability
-from robustbench_iqa.analysis._common import mean_sem
 from scipy import stats
 
+from robustbench_iqa.analysis import audit, beyond, correlation, guarantee, stability
+from robustbench_iqa.analysis._common import mean_sem
 from robustbench_iqa.errors import InputError
 
 # --------------------------------------------------------------------------- correlation
@@ -310,8 +310,9 @@ def test_figures_write_png_and_svg_without_global_side_effects(tmp_path: pytest.
 
 
 def test_lower_better_rows_are_correlated_as_negated_scores() -> None:
-    from robustbench_iqa.analysis.correlation import per_group
     from scipy import stats as st
+
+    from robustbench_iqa.analysis.correlation import per_group
 
     rng = np.random.default_rng(3)
     y = rng.uniform(1, 5, 40)

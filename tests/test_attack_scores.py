@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from statsmodels.stats.weightstats import DescrStatsW
+
 from robustbench_iqa.attacks.scores import (
     absolute_gain,
     mean_ci,
@@ -13,8 +15,6 @@ from robustbench_iqa.attacks.scores import (
     robustness_score,
     summarize,
 )
-from statsmodels.stats.weightstats import DescrStatsW
-
 from robustbench_iqa.errors import InputError
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from robustbench_iqa.attacks import (
     FGSM,
     IFGSM,
@@ -23,7 +24,6 @@ from robustbench_iqa.attacks import (
     texture_mask,
 )
 from robustbench_iqa.attacks.threat import norms, project, random_in_ball
-
 from robustbench_iqa.errors import InputError
 from tests.toy_models import ToyFR, ToyNR, random_images
 
@@ -169,7 +169,23 @@ def test_bad_settings_raise_input_error() -> None:
         create_attack("nope", eps=0.1)
     with pytest.raises(InputError):
         IFGSM(eps=0.1).run(Objective.from_model(ToyNR()), torch.full((1, 3, 8, 8), 2.0))
-    assert isinstance(create_attack("fgsm", eps=0.1, steps=10), FGSM)
+    assert isinstance(create_attack("fgsm", eps=0.1, steps=None), FGSM)  # None: the class default
+
+
+@pytest.mark.parametrize(("name", "settings", "hint"), [
+    ("fgsm", {"eps": 0.1, "stpe_size": 0.3}, None),
+    ("ifgsm", {"eps": 0.1, "stpe_size": 0.3}, "did you mean 'step_size'"),
+    ("fgsm", {"eps": 0.1, "steps": 10}, None),  # FGSM takes one step: a steps setting is refused
+    ("pgd", {"epss": 0.1}, "did you mean 'eps'"),
+])
+def test_unknown_attack_settings_raise(name: str, settings: dict, hint: str | None) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InputError, match=hint or "takes no argument"):
+        create_attack(name, **settings)
+
+
+def test_unknown_attack_name_suggests_the_closest() -> None:
+    with pytest.raises(InputError, match="did you mean 'ifgsm'"):
+        create_attack("ifsgm", eps=0.1)
 
 
 # ------------------------------------------------------------------- EOT
@@ -215,7 +231,6 @@ def test_eot_moves_the_smoothed_score(aggregate: str, noise: str) -> None:
 def test_eot_on_fs_iqa_moves_defended_score() -> None:
     fs_iqa = pytest.importorskip("robustbench_iqa.certify.fs_iqa")
     from robustbench_iqa.certify.heads import FTN, Scorer
-
     from robustbench_iqa.models.base import Backbone
 
     torch.manual_seed(0)  # only the test seeds the untrained heads' init

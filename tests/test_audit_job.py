@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from robustbench_iqa.certify.result import Guarantee
 from scipy import stats
 
+from robustbench_iqa.certify.result import Guarantee
 from robustbench_iqa.runner import VerifyConfig, run_verify
 from robustbench_iqa.runner.audit_job import estimate_at
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.stats import expon, norm
+
 from robustbench_iqa.certify.bounds import (
     min_samples,
     order_statistic_indices,
     percentile_bounds,
     percentile_levels,
 )
-from scipy.stats import expon, norm
-
 from robustbench_iqa.errors import InputError
 
 

@@ -11,8 +11,8 @@ import torch
 from robustbench_iqa.cli import main
 from robustbench_iqa.data.base import IQADataset, IQASample
 from robustbench_iqa.data.images import save_image
-from robustbench_iqa.data.registry import _DATASETS, register_dataset
-from robustbench_iqa.models.registry import _MODELS, register_model
+from robustbench_iqa.data.registry import DATASETS
+from robustbench_iqa.models.registry import MODELS
 from tests.toy_models import ToyFR, ToyNR, random_images
 
 
@@ -28,12 +28,10 @@ def toy_registry(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-u
         save_image(imgs[i], p)
         samples.append(IQASample(f"img{i:02d}", p, float(imgs[i].mean()), root / "ref.png", f"g{i % 10}"))
     ds = IQADataset("cli-toy", tuple(samples), size=(24, 24))
-    if "cli-toy" not in _DATASETS:
-        register_dataset("cli-toy")(lambda **_: ds)
-    if "cli-toy-nr" not in _MODELS:
-        register_model("cli-toy-nr")(lambda **_: _named(ToyNR(), "cli-toy-nr"))
-        register_model("cli-toy-fr")(lambda **_: _named(ToyFR(), "cli-toy-fr"))
-    return root
+    with DATASETS.override("cli-toy", lambda **_: ds), \
+            MODELS.override("cli-toy-nr", lambda **_: _named(ToyNR(), "cli-toy-nr")), \
+            MODELS.override("cli-toy-fr", lambda **_: _named(ToyFR(), "cli-toy-fr")):
+        yield root
 
 
 def _named(m, name):  # type: ignore[no-untyped-def]

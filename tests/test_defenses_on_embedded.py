@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from robustbench_iqa.certify import create_defense, list_defenses
-from robustbench_iqa.certify.result import Guarantee
 
 from robustbench_iqa import create_dataset, create_model
+from robustbench_iqa.certify import create_defense, list_defenses
+from robustbench_iqa.certify.result import Guarantee
 
 DEFENSES = ["fs-iqa", "ms", "dms", "dms-iqa", "rs-reg", "cert-reg"]
 SIGMA, EPS = 0.25, 0.125

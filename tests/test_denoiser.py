@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
 from robustbench_iqa.certify.defense import create_defense
 from robustbench_iqa.certify.denoiser import DnCNN, load_denoiser, save_denoiser
 from robustbench_iqa.certify.denoiser_training import (
@@ -20,13 +21,12 @@ from robustbench_iqa.certify.denoiser_training import (
     targets_on_model_scale,
     train_denoiser,
 )
-
 from robustbench_iqa.cli import main
 from robustbench_iqa.data.base import IQADataset, IQASample
 from robustbench_iqa.data.images import save_image
-from robustbench_iqa.data.registry import _DATASETS, register_dataset
+from robustbench_iqa.data.registry import DATASETS
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.models.registry import _MODELS, register_model
+from robustbench_iqa.models.registry import MODELS
 from tests.toy_models import ToyFR, ToyNR, random_images
 
 SIZE = 24
@@ -182,23 +182,20 @@ def test_train_dms_iqa_records_weights_and_is_deterministic(toy_dataset: IQAData
 
 # --------------------------------------------------------------------- CLI
 def test_cli_train_denoiser(toy_dataset: IQADataset, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if "den-toy" not in _DATASETS:
-        register_dataset("den-toy")(lambda **_: toy_dataset)
-    if "den-toy-nr" not in _MODELS:
-        def factory(**_: object) -> ToyNR:
-            m = ToyNR()
-            m.name = "den-toy-nr"
-            return m
+    def factory(**_: object) -> ToyNR:
+        m = ToyNR()
+        m.name = "den-toy-nr"
+        return m
 
-        register_model("den-toy-nr")(factory)
-    rc = main(["train-denoiser", "--model", "den-toy-nr", "--dataset", "den-toy", "--sigma", "0.25",
-               "--loss", "dms-iqa", "--epochs", "1", "--depth", "3", "--width", "8", "--n-eval", "8",
-               "--w-rank", "0.3", "--out", str(tmp_path), "--no-progress"])
-    assert rc == 0
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    path = tmp_path / "denoiser-dms-iqa-den-toy-nr-sigma0.25.safetensors"
-    assert row["checkpoint"] == str(path) and path.is_file() and row["weights"] == [1.0, 0.1, 0.3]
-    assert math.isfinite(row["psnr_denoised"])
-    rc = main(["train-denoiser", "--model", "den-toy-nr", "--dataset", "den-toy", "--loss", "dms",
-               "--w-score", "1", "--out", str(tmp_path), "--no-progress"])
-    assert rc == 2 and "dms-iqa only" in capsys.readouterr().err
+    with DATASETS.override("den-toy", lambda **_: toy_dataset), MODELS.override("den-toy-nr", factory):
+        rc = main(["train-denoiser", "--model", "den-toy-nr", "--dataset", "den-toy", "--sigma", "0.25",
+                   "--loss", "dms-iqa", "--epochs", "1", "--depth", "3", "--width", "8", "--n-eval", "8",
+                   "--w-rank", "0.3", "--out", str(tmp_path), "--no-progress"])
+        assert rc == 0
+        row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        path = tmp_path / "denoiser-dms-iqa-den-toy-nr-sigma0.25.safetensors"
+        assert row["checkpoint"] == str(path) and path.is_file() and row["weights"] == [1.0, 0.1, 0.3]
+        assert math.isfinite(row["psnr_denoised"])
+        rc = main(["train-denoiser", "--model", "den-toy-nr", "--dataset", "den-toy", "--loss", "dms",
+                   "--w-score", "1", "--out", str(tmp_path), "--no-progress"])
+        assert rc == 2 and "dms-iqa only" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from robustbench_iqa.certify.bounds import percentile_bounds
 from robustbench_iqa.certify.fs_iqa import (
     FeatureSmoothedIQA,
@@ -16,7 +17,6 @@ from robustbench_iqa.certify.heads import FTN, Scorer
 from robustbench_iqa.certify.result import AbstainReason
 from robustbench_iqa.certify.spectral import jacobian_spectral_norm
 from robustbench_iqa.certify.training import evaluate_heads, fit_fs_heads
-
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone
 from tests.toy_models import ToyFR, ToyNR, random_images

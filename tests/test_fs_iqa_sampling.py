@@ -14,11 +14,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA, NoiseSpace
-from robustbench_iqa.certify.heads import FTN, Scorer
 from scipy.stats import ks_2samp
 from torch import nn
 
+from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA, NoiseSpace
+from robustbench_iqa.certify.heads import FTN, Scorer
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone
 from tests.toy_models import ToyNR, random_images

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
 from robustbench_iqa.certify.heads import FTN, Scorer
-
 from robustbench_iqa.errors import InputError, WeightsUnavailableError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from robustbench_iqa.models.dreamsim import _CLIP, _IMAGENET, DreamSim, Extractor

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from robustbench_iqa.analysis.audit import attacked_point_summary
 from robustbench_iqa.analysis.correlation import logistic4
 from robustbench_iqa.analysis.report import build_report, to_markdown
 from robustbench_iqa.analysis.studies import STUDIES
-
 from robustbench_iqa.cli import main
 from robustbench_iqa.store import ResultsStore, RowKey
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from robustbench_iqa.certify.defense import create_defense
 from robustbench_iqa.certify.denoised import DenoisedSmoothedIQA, shipped_denoiser
 from robustbench_iqa.certify.denoiser import DnCNN, load_denoiser
-
 from robustbench_iqa.data.base import IQADataset
 from robustbench_iqa.data.registry import create_dataset
 from robustbench_iqa.models.registry import create_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from robustbench_iqa.certify.spectral import jacobian_spectral_norm
 
+from robustbench_iqa.certify.spectral import jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
 from tests.toy_models import ToyFR, ToyNR, random_images
 

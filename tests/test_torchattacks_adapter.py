@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torchattacks
+
 from robustbench_iqa.attacks import FGSM, IFGSM, IQAClassifier, Objective
 from robustbench_iqa.attacks.threat import norms
-
 from robustbench_iqa.errors import InputError
 from tests.toy_models import ToyFR, ToyNR, random_images
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import torch
-from robustbench_iqa.certify.defense import create_defense, register_defense
-from robustbench_iqa.certify.result import CertifiedScore
 
+from robustbench_iqa.certify.defense import DEFENSES, create_defense
+from robustbench_iqa.certify.result import CertifiedScore
 from robustbench_iqa.cli import main
 from robustbench_iqa.runner import VerifyConfig, load_config, run_verify
 from robustbench_iqa.runner.context import derived_seed
@@ -101,11 +101,8 @@ def test_verify_passes_on_the_embedded_default(tmp_path: Path, capsys: pytest.Ca
 @pytest.fixture
 def narrowed_defense() -> Any:
     """Registers the broken defense for one test only."""
-    from robustbench_iqa.certify import defense as registry
-
-    register_defense("test-narrowed-fs-iqa")(_narrowed)
-    yield "test-narrowed-fs-iqa"
-    registry._DEFENSES.pop("test-narrowed-fs-iqa", None)
+    with DEFENSES.override("test-narrowed-fs-iqa", _narrowed, space="feature", statistic="median"):
+        yield "test-narrowed-fs-iqa"
 
 
 def test_verify_fails_on_a_planted_violation(tmp_path: Path, narrowed_defense: str) -> None:
@@ -243,9 +240,8 @@ def test_fresh_removes_only_the_run(tmp_path: Path) -> None:
 
 
 def test_heads_of_another_model_are_refused() -> None:
-    from robustbench_iqa.certify.fs_iqa import shipped_checkpoint
-
     from robustbench_iqa import InputError, create_model
+    from robustbench_iqa.certify.fs_iqa import shipped_checkpoint
 
     with pytest.raises(InputError, match="trained on model 'default-fr'"):
         create_defense("fs-iqa", create_model("default-nr"), sigma=0.25,

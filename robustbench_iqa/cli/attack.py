@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g.add_argument("--attack", default="ifgsm", choices=list_attacks(), help="attack (default: ifgsm)")
     g.add_argument("--norm", default="linf", choices=[t.value for t in ThreatModel], help="threat model")
     g.add_argument("--eps", type=float, default=4 / 255, help="budget in [0, 1] pixel units (default: 4/255)")
-    g.add_argument("--steps", type=int, default=10, help="gradient steps (default: 10)")
+    g.add_argument("--steps", type=int, default=None, help="gradient steps (default: the attack's, 10 for iterative ones)")
     g.add_argument("--step-size", type=float, default=None, help="step size (default: per attack)")
     g.add_argument("--target", default="increase", choices=[t.value for t in Target],
                    help="raise (increase) or lower (decrease) the apparent quality, or move toward --target-score")
@@ -64,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _check_args(args: argparse.Namespace) -> None:
     c.check_input_args(args)
     check_eps(args.eps)
-    if args.steps < 1:
+    if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -109,7 +109,8 @@ def find_csv(root: Path, *, dataset: str) -> Path:
     return found[0]
 
 
-@register_dataset("csv", "generic: a CSV with columns image, score[, ref, group]; paths relative to it")
+@register_dataset("csv", references=None,
+                  description="generic: a CSV with columns image, score[, ref, group]; paths relative to it")
 def csv_dataset(
     *,
     root: Path | str | None,

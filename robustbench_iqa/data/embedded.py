@@ -187,7 +187,8 @@ def ensure_built(folder: Path | None = None, *, progress: bool = True) -> Path:
     return final
 
 
-@register_dataset("default", "embedded: 36 skimage.data crops x 6 distortions x 5 levels, weak FR labels")
+@register_dataset("default", references=True, needs_root=False,
+                  description="embedded: 36 skimage.data crops x 6 distortions x 5 levels, weak FR labels")
 def embedded_dataset(
     *,
     root: Path | None = None,

@@ -44,7 +44,8 @@ def find_kadid_folder(root: Path) -> Path:
     raise InputError(f"dataset 'kadid10k': {CSV_NAME} not found in {root} or {root / 'kadid10k'}")
 
 
-@register_dataset("kadid10k", "KADID-10k (FR, score 1-5): root with dmos.csv and images/")
+@register_dataset("kadid10k", references=True,
+                  description="KADID-10k (FR, score 1-5): root with dmos.csv and images/")
 def kadid10k(
     *,
     root: Path | str | None,

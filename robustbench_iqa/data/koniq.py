@@ -51,7 +51,8 @@ def find_koniq_files(root: Path) -> tuple[Path, Path]:
     return csv_path, images
 
 
-@register_dataset("koniq10k", "KonIQ-10k (NR, MOS 1-5): root with the scores CSV and 1024x768/ or 512x384/")
+@register_dataset("koniq10k", references=False,
+                  description="KonIQ-10k (NR, MOS 1-5): root with the scores CSV and 1024x768/ or 512x384/")
 def koniq10k(
     *,
     root: Path | str | None,

@@ -1,53 +1,42 @@
-"""One registry of datasets: :func:`list_datasets` and :func:`create_dataset`.
+"""The registry of datasets: :func:`list_datasets` and :func:`create_dataset`.
 
 A factory takes ``root`` (a local folder, or None for datasets the suite builds
-itself), ``size`` and ``resize``, and returns an :class:`IQADataset`.
+itself), ``size`` and ``resize`` (and its own options, keyword-only), and
+returns an :class:`IQADataset`.  Each dataset registers itself next to its
+loader with :func:`register_dataset`; a new dataset is one new module in this
+package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 from robustbench_iqa.data.base import IQADataset
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.registry import Registry
 
-DatasetFactory = Callable[..., IQADataset]
+DATASETS: Registry[IQADataset] = Registry("dataset", package="robustbench_iqa.data")
 
-_DATASETS: dict[str, DatasetFactory] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-
-
-def register_dataset(name: str, description: str = "") -> Callable[[DatasetFactory], DatasetFactory]:
-    def deco(factory: DatasetFactory) -> DatasetFactory:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        _DATASETS[name] = factory
-        _DESCRIPTIONS[name] = description
-        return factory
-
-    return deco
+F = TypeVar("F", bound=Callable[..., IQADataset])
 
 
-def _load_builtin() -> None:
-    import importlib
+def register_dataset(name: str, *, references: bool | None, needs_root: bool = True,
+                     description: str = "") -> Callable[[F], F]:
+    """Decorator registering a dataset factory.
 
-    for mod in ("embedded", "koniq", "kadid", "csv_dataset"):
-        try:
-            importlib.import_module(f"robustbench_iqa.data.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"robustbench_iqa.data.{mod}":
-                raise
+    ``references``: whether its samples have FR references (None: depends on the data, e.g. a CSV).
+    """
+    return DATASETS.register(name, description=description, references=references,
+                             needs_root=bool(needs_root))
 
 
-def list_datasets() -> list[str]:
-    _load_builtin()
-    return sorted(_DATASETS)
+def list_datasets(*, references: bool | None = None) -> list[str]:
+    return DATASETS.names() if references is None else DATASETS.names(references=references)
 
 
 def describe_dataset(name: str) -> str:
-    _load_builtin()
-    return _DESCRIPTIONS.get(name, "")
+    return DATASETS.describe(name)
 
 
 def create_dataset(
@@ -56,14 +45,16 @@ def create_dataset(
     root: str | Path | None = None,
     size: tuple[int, int] | None = None,
     resize: str | None = None,
+    **options: Any,
 ) -> IQADataset:
-    """Build dataset ``name``; ``root`` is its local folder where one is needed."""
-    _load_builtin()
-    if name not in _DATASETS:
-        raise InputError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}")
-    kwargs: dict[str, object] = {"root": Path(root) if root is not None else None}
+    """Build dataset ``name``; ``root`` is its local folder where one is needed.
+
+    ``size``/``resize`` left at None keep the dataset's own defaults; ``options`` are
+    the dataset's own keyword arguments (a keyword it does not take raises).
+    """
+    kwargs: dict[str, Any] = {"root": Path(root) if root is not None else None, **options}
     if size is not None:
         kwargs["size"] = size
     if resize is not None:
         kwargs["resize"] = resize
-    return _DATASETS[name](**kwargs)
+    return DATASETS.create(name, **kwargs)

@@ -160,11 +160,13 @@ def load_weights(model: IQAModel, weights: str | Path | None) -> IQAModel:
     return model
 
 
-@register_model("default-nr", "embedded no-reference CNN (higher = better), trained on weak labels")
+@register_model("default-nr", mode="nr", lower_better=False, score_range=(0.0, 1.0),
+                description="embedded no-reference CNN (higher = better), trained on weak labels")
 def default_nr(*, weights: str | Path | None = None, device: torch.device | str = "cpu") -> IQAModel:
     return load_weights(EmbeddedNR(), weights).to(device).eval()
 
 
-@register_model("default-fr", "embedded full-reference CNN distance (lower = better), trained on weak labels")
+@register_model("default-fr", mode="fr", lower_better=True, score_range=(0.0, 1.0),
+                description="embedded full-reference CNN distance (lower = better), trained on weak labels")
 def default_fr(*, weights: str | Path | None = None, device: torch.device | str = "cpu") -> IQAModel:
     return load_weights(EmbeddedFR(), weights).to(device).eval()

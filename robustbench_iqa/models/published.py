@@ -38,39 +38,45 @@ PUBLISHED_NR: tuple[str, ...] = ("dbcnn", "hyperiqa", "koncept")
 PUBLISHED_FR: tuple[str, ...] = ("lpips", "dists", "dreamsim")
 
 
-@register_model("dbcnn", "DBCNN (pyiqa; NR, higher=better): VGG-16 x SCNN bilinear pool -> linear")
+@register_model("dbcnn", mode="nr", lower_better=False, score_range=(0.0, 1.0),
+                description="DBCNN (pyiqa; NR, higher=better): VGG-16 x SCNN bilinear pool -> linear")
 def _dbcnn(*, weights: Weights = None, device: torch.device | None = None) -> IQAModel:
     return DBCNN(build_pyiqa_net("dbcnn", weights, name="dbcnn"), "dbcnn", "dbcnn")
 
 
-@register_model("hyperiqa", "HyperIQA (pyiqa; NR, higher=better): ResNet-50 + hyper network")
+@register_model("hyperiqa", mode="nr", lower_better=False, score_range=(0.0, 1.0),
+                description="HyperIQA (pyiqa; NR, higher=better): ResNet-50 + hyper network")
 def _hyperiqa(*, weights: Weights = None, device: torch.device | None = None) -> IQAModel:
     return HyperIQA(build_pyiqa_net("hyperiqa", weights, name="hyperiqa"), "hyperiqa", "hyperiqa")
 
 
-@register_model("koncept", "KonCept512 (timm Inception-ResNet-v2 + FC head; NR, higher=better)")
+@register_model("koncept", mode="nr", lower_better=False, score_range=(1.0, 5.0),
+                description="KonCept512 (timm Inception-ResNet-v2 + FC head; NR, higher=better)")
 def _koncept(*, weights: Weights = None, device: torch.device | None = None) -> IQAModel:
     return create_koncept(weights)
 
 
-@register_model("lpips", "LPIPS v0.1, AlexNet (pyiqa; FR distance, lower=better)")
+@register_model("lpips", mode="fr", lower_better=True, score_range=(0.0, 1.0),
+                description="LPIPS v0.1, AlexNet (pyiqa; FR distance, lower=better)")
 def _lpips(*, weights: Weights = None, device: torch.device | None = None) -> IQAModel:
     net = build_pyiqa_net("lpips", weights, name="lpips", trunk_prefixes=("net.",))
     return LPIPS(net, "lpips", "lpips")
 
 
-@register_model("dists", "DISTS (pyiqa; FR distance, lower=better): VGG-16 structure/texture")
+@register_model("dists", mode="fr", lower_better=True, score_range=(0.0, 1.0),
+                description="DISTS (pyiqa; FR distance, lower=better): VGG-16 structure/texture")
 def _dists(*, weights: Weights = None, device: torch.device | None = None) -> IQAModel:
     net = build_pyiqa_net("dists", weights, name="dists", trunk_prefixes=("stage",))
     return DISTS(net, "dists", "dists")
 
 
-@register_model("dreamsim", "DreamSim ensemble (timm DINO + CLIP + OpenCLIP ViTs; FR distance)")
+@register_model("dreamsim", mode="fr", lower_better=True, score_range=(0.0, 2.0),
+                description="DreamSim ensemble (timm DINO + CLIP + OpenCLIP ViTs; FR distance)")
 def _dreamsim(*, weights: Weights = None, device: torch.device | None = None) -> IQAModel:
     return create_dreamsim(weights)
 
 
-@register_prefix("pyiqa")
+@register_prefix("pyiqa", description="any pyiqa metric, pyiqa:<metric>[@<layer>[:input|:output]]")
 def create_pyiqa_model(
     sub: str, *, weights: Weights = None, device: torch.device | None = None
 ) -> IQAModel:

@@ -1,72 +1,77 @@
-"""One registry of IQA models: :func:`list_models` and :func:`create_model`.
+"""The registry of IQA models: :func:`list_models`, :func:`create_model`, :func:`model_info`.
 
-Names are registered once with :func:`register_model`.  A name with a prefix
-(``"pyiqa:<metric>"``) is resolved by a prefix factory registered with
-:func:`register_prefix`.
+Each model registers itself next to its adapter with :func:`register_model`,
+declaring its metadata (FR/NR, ``lower_better``, score range), so the metadata
+can be read without building the model (``list_models(mode="fr")``).  Names of
+the form ``"pyiqa:<metric>"`` are resolved by the prefix factory registered with
+:func:`register_prefix`.  A new model is one new module in this package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.models.base import IQAModel, Mode
+from robustbench_iqa.registry import Registry
 
-ModelFactory = Callable[..., IQAModel]
-"""``factory(*, weights: str | Path | None, device: torch.device) -> IQAModel``."""
+MODELS: Registry[IQAModel] = Registry("model", package="robustbench_iqa.models")
+"""Every registered model; factories are ``factory(*, weights, device, **options) -> IQAModel``."""
 
-_MODELS: dict[str, ModelFactory] = {}
-_PREFIXES: dict[str, Callable[..., IQAModel]] = {}
-_DESCRIPTIONS: dict[str, str] = {}
-
-
-def register_model(name: str, description: str = "") -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator registering ``factory`` under ``name``."""
-
-    def deco(factory: ModelFactory) -> ModelFactory:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = factory
-        _DESCRIPTIONS[name] = description
-        return factory
-
-    return deco
+F = TypeVar("F", bound=Callable[..., IQAModel])
 
 
-def register_prefix(prefix: str) -> Callable[[Callable[..., IQAModel]], Callable[..., IQAModel]]:
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is known of a registered model without building it."""
+
+    name: str
+    mode: Mode
+    lower_better: bool
+    score_range: tuple[float, float]
+    description: str
+
+
+def register_model(name: str, *, mode: Mode | str, lower_better: bool, score_range: tuple[float, float],
+                   description: str = "") -> Callable[[F], F]:
+    """Decorator registering ``factory(*, weights, device, ...)`` under ``name`` with its metadata."""
+    return MODELS.register(name, description=description, mode=Mode(mode).value,
+                           lower_better=bool(lower_better),
+                           score_range=(float(score_range[0]), float(score_range[1])))
+
+
+def register_prefix(prefix: str, *, description: str = "") -> Callable[[F], F]:
     """Decorator registering ``factory(sub_name, *, weights, device)`` for ``"prefix:sub_name"``."""
-
-    def deco(factory: Callable[..., IQAModel]) -> Callable[..., IQAModel]:
-        _PREFIXES[prefix] = factory
-        return factory
-
-    return deco
+    return MODELS.register_prefix(prefix, description=description)
 
 
-def _load_builtin() -> None:
-    # Importing the adapter modules registers their models.
-    import importlib
+def list_models(*, mode: Mode | str | None = None) -> list[str]:
+    """Names accepted by :func:`create_model` (prefix families shown as ``prefix:<name>``).
 
-    for mod in ("embedded", "published"):
-        try:
-            importlib.import_module(f"robustbench_iqa.models.{mod}")
-        except ModuleNotFoundError as exc:  # only the module itself may be absent
-            if exc.name != f"robustbench_iqa.models.{mod}":
-                raise
+    ``mode="nr"`` or ``"fr"`` keeps the registered models of that mode (prefix families,
+    whose mode is known only once built, are then left out).
+    """
+    if mode is not None:
+        return MODELS.names(mode=Mode(mode).value)
+    return MODELS.names() + [f"{p}:<name>" for p in MODELS.prefixes()]
 
 
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model` (prefix families shown as ``prefix:<name>``)."""
-    _load_builtin()
-    return sorted(_MODELS) + [f"{p}:<name>" for p in sorted(_PREFIXES)]
+def model_info(name: str) -> ModelInfo:
+    """The registered metadata of ``name`` (no model is built)."""
+    meta = MODELS.metadata(name)
+    if not meta:
+        raise InputError(f"{name!r} is resolved by a prefix factory; its metadata is known once it is built")
+    return ModelInfo(name, Mode(meta["mode"]), bool(meta["lower_better"]), tuple(meta["score_range"]),
+                     MODELS.describe(name))
 
 
 def describe_model(name: str) -> str:
-    _load_builtin()
-    return _DESCRIPTIONS.get(name, "")
+    return MODELS.describe(name)
 
 
 def create_model(
@@ -74,20 +79,22 @@ def create_model(
     *,
     weights: str | Path | None = None,
     device: torch.device | str | None = None,
+    **options: Any,
 ) -> IQAModel:
     """Build the registered model ``name`` in eval mode on ``device``.
 
     ``weights``: ``None`` for the model's default (shipped weights for the
     embedded defaults; random initialization, without any download, for
-    published architectures), or a local checkpoint path.
+    published architectures), ``"pretrained"``, or a local checkpoint path.
+    ``options``: the model's own settings (e.g. an evaluation protocol); a keyword
+    the model does not take raises :class:`InputError`.
     """
-    _load_builtin()
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    if name in _MODELS:
-        model = _MODELS[name](weights=weights, device=dev)
-    elif ":" in name and name.split(":", 1)[0] in _PREFIXES:
-        prefix, sub = name.split(":", 1)
-        model = _PREFIXES[prefix](sub, weights=weights, device=dev)
-    else:
-        raise InputError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    from robustbench_iqa.validation import check_device
+
+    dev = check_device(device if device is not None else "cpu")
+    model = MODELS.create(name, weights=weights, device=dev, **options)
+    meta = MODELS.metadata(name)
+    if meta and (model.mode.value, bool(model.lower_better)) != (meta["mode"], meta["lower_better"]):
+        raise AssertionError(f"model {name!r} was registered as {meta} but built as "
+                             f"mode={model.mode.value}, lower_better={model.lower_better}")
     return model.to(dev).eval()
