@@ -10,9 +10,12 @@ running models:
 - :mod:`robustbench_iqa.analysis.stability`: relative deviation of repeated predictions vs n;
 - :mod:`robustbench_iqa.analysis.beyond`: relative score change under attacks beyond eps_x;
 - :mod:`robustbench_iqa.analysis.guarantee`: bound width vs eps_x over quantile bins;
-- :mod:`robustbench_iqa.analysis.figures` (seaborn) and :mod:`robustbench_iqa.analysis.report` (CSV, Markdown,
-  PNG, SVG and a self-contained HTML page) — imported on demand, since they load
+- :mod:`robustbench_iqa.analysis.figures` (seaborn): imported on demand, since it loads
   matplotlib.
+
+No module here imports torch (``import robustbench_iqa.analysis`` stays light); each
+study's report section (:mod:`robustbench_iqa.studies`) and the HTML page
+(:mod:`robustbench_iqa.report`) build on these functions.
 """
 
 from robustbench_iqa.analysis.audit import (

@@ -258,3 +258,37 @@ def _group_alpha(g: pd.DataFrame, alpha: float | None) -> float:
     if len(values) != 1:
         raise InputError(f"audit: one group has {len(values)} different alpha values; split it first")
     return _check_confidence(values[0], "alpha")
+
+
+def binomial_upper_pvalue(count: int, total: int, p0: float) -> float:
+    """One-sided exact binomial p-value of H0: rate <= p0 against rate > p0, P(Bin(total, p0) >= count).
+
+    Equals ``scipy.stats.binomtest(count, total, p0, alternative="greater").pvalue``; 1.0 when
+    ``total`` is 0 (no evidence against H0).
+    """
+    if total == 0:
+        return 1.0
+    if not (0 <= count <= total):
+        raise InputError(f"count {count} must lie in [0, total={total}]")
+    if not (0.0 <= p0 <= 1.0):
+        raise InputError(f"p0 must lie in [0, 1], got {p0}")
+    return float(stats.binom.sf(count - 1, total, p0))
+
+
+def holm(pvalues: Sequence[float], *, level: float) -> list[bool]:
+    """Holm's step-down procedure: which hypotheses are rejected at family-wise error ``level``.
+
+    Sort the m p-values ascending; reject p_(1), p_(2), ... while p_(i) <= level / (m - i + 1)
+    (Holm 1979; equals ``statsmodels.stats.multitest.multipletests(method="holm")``).
+    """
+    if not (0.0 < level < 1.0):
+        raise InputError(f"level must lie in (0, 1), got {level}")
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    rejected = [False] * m
+    for rank, i in enumerate(order):
+        if pvalues[i] <= level / (m - rank):
+            rejected[i] = True
+        else:
+            break
+    return rejected

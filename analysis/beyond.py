@@ -95,7 +95,7 @@ def beyond_table(
     require_columns(df, ["model", "defense", "norm", "clean", "adv"], "beyond-the-certificate study")
     rel = relative_change(df["clean"].to_numpy(), df["adv"].to_numpy())
     if "lower_better" in df:
-        rel = np.where(df["lower_better"].fillna(False).astype(bool).to_numpy(), -rel, rel)
+        rel = np.where(df["lower_better"].fillna(0).astype(bool).to_numpy(), -rel, rel)
     data = df.assign(rel_change=rel)
     keys = present(data, by)
     rows = []

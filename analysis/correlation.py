@@ -174,7 +174,7 @@ def per_group(
     """Correlations for every group of ``by`` (keys absent from ``df`` are skipped)."""
     require_columns(df, [prediction, target], "correlation study")
     if "lower_better" in df:
-        flip = df["lower_better"].fillna(False).astype(bool)
+        flip = df["lower_better"].fillna(0).astype(bool)
         df = df.assign(**{prediction: np.where(flip, -df[prediction].astype(float), df[prediction].astype(float))})
     keys = present(df, by)
     rows = []

@@ -150,3 +150,19 @@ def median_of_sorted(sorted_scores: torch.Tensor) -> torch.Tensor:
     if n % 2 == 1:
         return sorted_scores[:, n // 2]
     return 0.5 * (sorted_scores[:, n // 2 - 1] + sorted_scores[:, n // 2])
+
+
+def median_intervals(
+    samples: torch.Tensor, *, confidence: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample median and its distribution-free confidence interval, per row of ``samples`` (B, n).
+
+    [X_(l), X_(n+1-l)] covers the population median with probability >= ``confidence``
+    for any distribution (order statistics of Binomial(n, 1/2); see
+    :func:`robustbench_iqa.analysis.audit.median_ci_indices`).  Returns (median, low, high), each (B,).
+    """
+    from robustbench_iqa.analysis.audit import median_ci_indices
+
+    srt = samples.sort(dim=-1).values
+    lo, hi = median_ci_indices(int(srt.shape[-1]), confidence)
+    return median_of_sorted(srt), srt[:, lo - 1], srt[:, hi - 1]

@@ -38,7 +38,7 @@ import math
 import torch
 from scipy.stats import norm
 
-from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.defense import Estimate, Statistic, register_defense
 from robustbench_iqa.certify.result import CertifiedScore, Guarantee
 from robustbench_iqa.certify.rs_reg import BoundedSmoothedIQA
 from robustbench_iqa.errors import InputError
@@ -100,6 +100,8 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
     """Cert-Reg: alpha-trimmed-mean smoothing with the DKW quantile certificate above."""
 
     defense_name = "cert-reg"
+    statistic = Statistic.TRIMMED_MEAN
+    eot_aggregate = "mean"
 
     def __init__(self, model: IQAModel, *, sigma: float, trim: float = 0.1,
                  output_range: tuple[float, float] | None = None, batch_size: int = 64, clip: bool = True,
@@ -112,6 +114,14 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
 
     def aggregate(self, v: torch.Tensor) -> torch.Tensor:
         return trimmed_mean(v, self.trim)
+
+    def intervals(self, v: torch.Tensor, *, confidence: float) -> list[Estimate]:
+        """Sample trimmed mean with the DKW interval of the population trimmed mean (its own bound at eps = 0)."""
+        n = v.shape[1]
+        lo, hi = trimmed_mean_bounds(v.sort(dim=1).values, trim=self.trim, eps=0.0, sigma=self.sigma,
+                                     alpha=confidence, output_range=self.output_range, grid=self.grid)
+        point = trimmed_mean(v.double().clamp(*self.output_range), self.trim)
+        return [Estimate(float(p), float(a), float(b), n, confidence) for p, a, b in zip(point, lo, hi)]
 
     def certify_scores(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
         n = v.shape[1]

@@ -1,17 +1,39 @@
-"""The interface shared by every certified defense, and their registry.
+"""The interface shared by every defense, and their registry.
 
 A defense wraps an IQA model (like ``Smooth`` in Cohen et al.'s reference code):
 the constructor takes the modules and ``sigma``; sample counts, confidence and
 generators go to each call.  FS-IQA smooths in feature space; MS, DMS, DMS-IQA,
 RS-Reg and Cert-Reg smooth in input space.  All return
-:class:`~robustbench_iqa.certify.result.CertifiedScore` from ``certify`` so that every analysis
-treats them alike.
+:class:`~robustbench_iqa.certify.result.CertifiedScore` from ``certify`` so that
+every analysis treats them alike.
+
+A defense owns its capabilities, so that no code elsewhere dispatches on its name
+or class (STYLE 16):
+
+* ``statistic`` and :meth:`CertifiedDefense.estimate`: the defended statistic at an
+  input from fresh draws with a confidence interval of its own kind (order
+  statistics for a median, DKW for a trimmed mean, Hoeffding for a bounded mean);
+* ``eot_aggregate``: how an adaptive (EOT) attack aggregates the noisy scores to
+  attack that statistic;
+* ``certify_settings``: the typed, keyword-only settings of its ``certify``
+  (FS-IQA: ``tau`` and the spectral method; input-space defenses: the radius
+  ``eps``), so a runner or CLI passes exactly the settings the defense takes;
+* :meth:`CertifiedDefense.audit_premise`: for a certificate that rests on a premise
+  (FS-IQA's first-order Input Variation Estimator), the evidence that the premise
+  held at attacked points; ``{}`` per image for defenses without one;
+* :meth:`CertifiedDefense.identity`: what identifies it in a run record (name,
+  sigma, settings, the SHA-256 of its trained artifact).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 
@@ -20,14 +42,44 @@ from robustbench_iqa.models.base import IQAModel, Mode
 from robustbench_iqa.registry import Registry
 
 
+class Statistic(StrEnum):
+    """The defended score: which statistic of the noisy scores a defense outputs."""
+
+    MEDIAN = "median"
+    MEAN = "mean"
+    TRIMMED_MEAN = "trimmed-mean"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The defended statistic at one input, estimated from ``n`` fresh draws.
+
+    ``[low, high]`` covers the population statistic with probability >= ``confidence``
+    over the draws (the interval's kind belongs to the defense; see :class:`Statistic`).
+    """
+
+    point: float
+    low: float
+    high: float
+    n: int
+    confidence: float
+
+    def margin(self, lower: float, upper: float) -> float:
+        """How far ``[low, high]`` stays inside ``[lower, upper]`` (negative: it pokes out)."""
+        return min(self.low - lower, upper - self.high)
+
+    @property
+    def finite(self) -> bool:
+        return all(math.isfinite(v) for v in (self.point, self.low, self.high))
+
+
 @runtime_checkable
-class CertifiedDefense(Protocol):
-    """What every defense provides.
+class Defense(Protocol):
+    """What every defense provides, certified or not.
 
     ``noisy_scores`` returns the base scores under n noise draws, shape (B, n),
     differentiable with respect to ``x`` (attacks use it for expectation over
-    transformation).  ``predict`` is the defended score without certification;
-    ``certify`` returns one :class:`CertifiedScore` per image.
+    transformation); ``predict`` is the defended score without certification.
     """
 
     name: str
@@ -35,6 +87,7 @@ class CertifiedDefense(Protocol):
     mode: Mode
     lower_better: bool
     score_range: tuple[float, float]
+    eot_aggregate: str
 
     def noisy_scores(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int,
@@ -46,10 +99,65 @@ class CertifiedDefense(Protocol):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor: ...
 
+
+@runtime_checkable
+class CertifiedDefense(Defense, Protocol):
+    """A defense with a certificate; ``certify`` returns one :class:`CertifiedScore` per image."""
+
+    statistic: Statistic
+    certify_settings: ClassVar[type]
+
     def certify(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int, alpha: float,
-        generator: torch.Generator | None = None, **kwargs: Any,
+        generator: torch.Generator | None = None,
     ) -> list[CertifiedScore]: ...
+
+    def estimate(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int, confidence: float,
+        generator: torch.Generator | None = None,
+    ) -> list[Estimate]: ...
+
+    def audit_premise(
+        self, x: torch.Tensor, ref: torch.Tensor | None, certificates: list[CertifiedScore], *,
+        attacked: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+    ) -> list[dict[str, float]]: ...
+
+    def identity(self) -> dict[str, Any]: ...
+
+
+class DefenseMixin:
+    """Defaults shared by the suite's defenses (see the module docstring)."""
+
+    kind: str = ""
+    """The registered name (``"fs-iqa"``, ``"ms"``, ...)."""
+    artifact: Path | None = None
+    """The trained artifact (FS-IQA heads, a denoiser) the defense was built from, if any."""
+    certify_settings: ClassVar[type]
+
+    def audit_premise(
+        self, x: torch.Tensor, ref: torch.Tensor | None, certificates: list[CertifiedScore], *,
+        attacked: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+    ) -> list[dict[str, float]]:
+        """No premise beyond the smoothing theorem: nothing to audit."""
+        return [{} for _ in certificates]
+
+    def identity(self) -> dict[str, Any]:
+        from robustbench_iqa.store import file_sha256
+
+        art = self.artifact
+        return {"defense": self.kind, "sigma": float(getattr(self, "sigma", 0.0)),
+                "artifact_sha256": file_sha256(art) if art is not None and Path(art).is_file() else None}
+
+
+def settings_from(defense: CertifiedDefense, source: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``defense.certify`` found in ``source`` (None values skipped).
+
+    ``source`` is e.g. a verify config or parsed CLI flags: a defense takes only the
+    settings its ``certify_settings`` dataclass declares (FS-IQA ``tau``; input-space
+    defenses ``eps``), so no caller needs to know which defense takes what.
+    """
+    names = [f.name for f in dataclasses.fields(defense.certify_settings)]
+    return {k: source[k] for k in names if k in source and source[k] is not None}
 
 
 DEFENSES: Registry[CertifiedDefense] = Registry("defense", package="robustbench_iqa.certify")
@@ -58,16 +166,17 @@ DEFENSES: Registry[CertifiedDefense] = Registry("defense", package="robustbench_
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def register_defense(name: str, *, space: str, statistic: str, trained: bool = False,
+def register_defense(name: str, *, space: str, statistic: str, trained: bool = False, certified: bool = True,
                      description: str = "") -> Callable[[F], F]:
     """Decorator registering a defense factory under ``name``.
 
     ``space``: where the noise is drawn (``"feature"`` or ``"input"``); ``statistic``: the
     defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``); ``trained``: whether it
-    needs a trained artifact (FS-IQA heads, a denoiser).
+    needs a trained artifact (FS-IQA heads, a denoiser); ``certified``: whether it has a
+    certificate (empirical defenses predict only).
     """
     return DEFENSES.register(name, description=description, space=space, statistic=statistic,
-                             trained=bool(trained))
+                             trained=bool(trained), certified=bool(certified))
 
 
 def list_defenses(**where: Any) -> list[str]:
@@ -80,4 +189,7 @@ def create_defense(name: str, model: IQAModel, *, sigma: float, **options: Any) 
 
     ``options`` are the defense's own keyword-only settings; one it does not take raises.
     """
-    return DEFENSES.create(name, model, sigma=sigma, **options)
+    defense = DEFENSES.create(name, model, sigma=sigma, **options)
+    if isinstance(defense, DefenseMixin):
+        defense.kind = name
+    return defense

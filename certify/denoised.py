@@ -43,7 +43,7 @@ class DenoisedSmoothedIQA(MedianSmoothedIQA):
         if loss not in ("dms", "dms-iqa"):
             raise InputError(f"loss must be 'dms' or 'dms-iqa', got {loss!r}")
         super().__init__(model, sigma=sigma, denoiser=denoiser.eval(), batch_size=batch_size, clip=clip, name=name)
-        self.defense_name = loss
+        self.defense_name = self.kind = loss
         self.name = name or f"{loss}({model.name})"
         for p in self.denoiser.parameters():  # type: ignore[union-attr]
             p.requires_grad_(False)
@@ -76,7 +76,9 @@ def _create(loss: str, model: IQAModel, sigma: float, denoiser: str | Path | nn.
         raise InputError(f"denoiser {path} was trained with loss {info['loss']!r}; defense {loss!r} needs loss {loss!r}")
     if loss == "dms-iqa" and info["model"] != model.name:
         raise InputError(f"denoiser {path} was trained for model {info['model']!r}, not for {model.name!r}")
-    return DenoisedSmoothedIQA(model, sigma=sigma, denoiser=den, loss=loss, batch_size=batch_size, clip=clip)
+    defense = DenoisedSmoothedIQA(model, sigma=sigma, denoiser=den, loss=loss, batch_size=batch_size, clip=clip)
+    defense.artifact = path
+    return defense
 
 
 @register_defense("dms", space="input", statistic="median", trained=True,

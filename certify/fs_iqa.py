@@ -48,7 +48,9 @@ definite, e.g. h > m or W1 rank-deficient.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -59,18 +61,20 @@ from safetensors.torch import save_file
 from torch import nn
 
 from robustbench_iqa.certify.bounds import (
+    median_intervals,
     median_of_sorted,
     require_indices,
     sorted_percentile_bounds,
 )
 from robustbench_iqa.certify.checkpoint_io import read_checkpoint
-from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.defense import DefenseMixin, Estimate, Statistic, register_defense
 from robustbench_iqa.certify.heads import FTN, Scorer, split_first_linear
-from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
+from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee, IVEEvidence
 from robustbench_iqa.certify.spectral import (
     SpectralMethod,
     SpectralNormEstimate,
     jacobian_spectral_norm,
+    top_input_direction,
 )
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
@@ -93,7 +97,17 @@ class NoiseSpace(StrEnum):
     HIDDEN = "hidden"  # W1 e ~ N(0, sigma_f^2 W1 W1^T) after the scorer's first Linear (same law)
 
 
-class FeatureSmoothedIQA(nn.Module):
+@dataclass(frozen=True)
+class FSIQASettings:
+    """``certify`` settings of FS-IQA (Algorithm 1's tau and the IVE's spectral-norm method)."""
+
+    tau: float = 1e-3
+    method: str = "lanczos"
+    rtol: float = 1e-3
+    max_iter: int = 100
+
+
+class FeatureSmoothedIQA(DefenseMixin, nn.Module):
     """An IQA model defended by feature-space median smoothing (FS-IQA).
 
     Args:
@@ -127,6 +141,7 @@ class FeatureSmoothedIQA(nn.Module):
         noise_space: NoiseSpace | str = NoiseSpace.HIDDEN,
     ) -> None:
         super().__init__()
+        self.kind = "fs-iqa"
         self.backbone, self.ftn, self.scorer = backbone, ftn, scorer
         for p in self.backbone.parameters():
             p.requires_grad_(False)
@@ -138,6 +153,10 @@ class FeatureSmoothedIQA(nn.Module):
         self.chunk_size = int(chunk_size)
         self.noise_space = noise_space
         self.eval()
+
+    certify_settings = FSIQASettings
+    statistic = Statistic.MEDIAN
+    eot_aggregate = "soft-median"
 
     @property
     def full_reference(self) -> bool:
@@ -339,9 +358,67 @@ class FeatureSmoothedIQA(nn.Module):
                     defense="fs-iqa",
                     guarantee=Guarantee.PERCENTILE_BOUNDS,
                     statement=STATEMENT,
+                    evidence=IVEEvidence(
+                        est.output[i].detach(),
+                        None if est.output_vector is None else est.output_vector[i].detach(),
+                        str(est.method.value),
+                    ),
                 )
             )
         return results
+
+    # ------------------------------------------------------------ the audit
+    def estimate(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int, confidence: float,
+        generator: torch.Generator | None = None,
+    ) -> list[Estimate]:
+        """The smoothed median at ``x`` from ``n`` fresh draws, with its distribution-free interval."""
+        with torch.no_grad():
+            v = self.noisy_scores(x, ref, n=n, generator=generator).double()
+        if not bool(torch.isfinite(v).all()):
+            return [Estimate(math.nan, math.nan, math.nan, n, confidence) for _ in range(v.shape[0])]
+        med, lo, hi = median_intervals(v, confidence=confidence)
+        return [Estimate(float(m), float(a), float(b), n, confidence) for m, a, b in zip(med, lo, hi)]
+
+    def audit_premise(
+        self, x: torch.Tensor, ref: torch.Tensor | None, certificates: list[CertifiedScore], *,
+        attacked: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+    ) -> list[dict[str, float]]:
+        """The IVE premise ``||B(x') - B(x)||_2 <= sigma_f`` inside each certified ball.
+
+        The largest feature change found by :func:`~robustbench_iqa.attacks.feature_space.feature_space_attack`
+        within ``eps_x`` (started along +-the top right singular vector of J_B(x), the first-order
+        worst case, from the certificate's own IVE evidence, and from one random direction), and at
+        the ``attacked`` points of the score attack; next to the feature radius sigma_f.
+        Abstained images get ``{}``.
+        """
+        from robustbench_iqa.attacks.feature_space import feature_space_attack
+
+        out: list[dict[str, float]] = [{} for _ in certificates]
+        idx = [i for i, c in enumerate(certificates) if not c.abstained and c.eps_x is not None]
+        if not idx:
+            return out
+        xs, adv = x[idx], attacked[idx]
+        rs = None if ref is None else ref[idx]
+
+        def fmap(z: torch.Tensor) -> torch.Tensor:
+            return self.normalized_features(z, rs)
+
+        budget = torch.tensor([float(certificates[i].eps_x) for i in idx], device=x.device,  # type: ignore[arg-type]
+                              dtype=x.dtype)
+        vectors = [getattr(certificates[i].evidence, "output_vector", None) for i in idx]
+        start = None
+        if all(v is not None for v in vectors):
+            start = top_input_direction(fmap, xs, torch.stack(vectors).to(x.device))
+        fa = feature_space_attack(fmap, xs, budget, steps=steps, restarts=1, direction=start, generator=generator)
+        with torch.no_grad():
+            f0 = torch.stack([certificates[i].evidence.features for i in idx]).to(x.device) \
+                if all(certificates[i].evidence is not None for i in idx) else fmap(xs)
+            at_adv = (fmap(adv) - f0).reshape(len(idx), -1).norm(dim=1)
+        for j, i in enumerate(idx):
+            out[i] = {"feature_change": max(float(fa.feature_change[j]), float(at_adv[j])),
+                      "feature_radius": float(self.sigma)}
+        return out
 
 
 # --------------------------------------------------------------- checkpoints
@@ -422,8 +499,10 @@ def create_fs_iqa(
             f"checkpoint {path} was trained at sigma={info['sigma']:g}, not at the requested sigma={sigma:g}"
         )
     dev = model.device
-    return FeatureSmoothedIQA(
+    fs = FeatureSmoothedIQA(
         Backbone(model), ftn.to(dev), scorer.to(dev), sigma=sigma, mode=model.mode,
         lower_better=not info["higher_better"], score_range=info["score_range"],
         name=f"fs-iqa({model.name})", chunk_size=chunk_size, noise_space=noise_space,
     )
+    fs.artifact = path
+    return fs

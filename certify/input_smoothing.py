@@ -27,16 +27,20 @@ which are bounded by order statistics of v with joint confidence alpha
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from robustbench_iqa.certify.bounds import (
     _check_eps,
+    median_intervals,
     median_of_sorted,
     order_statistic_indices,
     sorted_percentile_bounds,
 )
-from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.defense import DefenseMixin, Estimate, Statistic, register_defense
 from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
@@ -57,7 +61,14 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
-class InputSmoothedIQA(nn.Module):
+@dataclass(frozen=True)
+class RadiusSettings:
+    """``certify`` settings of the input-space defenses: the L2 radius ``eps`` (None: sigma / 2)."""
+
+    eps: float | None = None
+
+
+class InputSmoothedIQA(DefenseMixin, nn.Module):
     """Base of the input-space defenses: noisy scores of ``model`` under N(0, sigma^2 I).
 
     Args:
@@ -72,6 +83,9 @@ class InputSmoothedIQA(nn.Module):
     """
 
     defense_name = "input-smoothing"
+    certify_settings = RadiusSettings
+    statistic: Statistic = Statistic.MEDIAN
+    eot_aggregate = "soft-median"
 
     def __init__(
         self,
@@ -95,6 +109,7 @@ class InputSmoothedIQA(nn.Module):
         self.lower_better = bool(model.lower_better)
         self.score_range = (float(model.score_range[0]), float(model.score_range[1]))
         self.name = name or f"{self.defense_name}({model.name})"
+        self.kind = self.defense_name
         self.eval()
 
     @property
@@ -166,6 +181,21 @@ class InputSmoothedIQA(nn.Module):
         """The certificate computed from already drawn noisy scores (B, n)."""
         raise NotImplementedError
 
+    def intervals(self, v: torch.Tensor, *, confidence: float) -> list[Estimate]:
+        """The defended statistic of each row of ``v`` (B, n) with its ``confidence`` interval."""
+        raise NotImplementedError
+
+    def estimate(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int, confidence: float,
+        generator: torch.Generator | None = None,
+    ) -> list[Estimate]:
+        """The defended statistic at ``x`` from ``n`` fresh draws, with its ``confidence`` interval."""
+        with torch.no_grad():
+            v = self.noisy_scores(x, ref, n=check_n(n), generator=generator).double()
+        if not bool(torch.isfinite(v).all()):  # NaN estimates: the gate's finite check fails them
+            return [Estimate(math.nan, math.nan, math.nan, n, confidence) for _ in range(v.shape[0])]
+        return self.intervals(v, confidence=confidence)
+
     def _result(
         self, score: float, bounds: tuple[float, float] | None, *, n: int, alpha: float, eps: float,
         guarantee: Guarantee, statement: str, reason: AbstainReason = AbstainReason.NO_ORDER_STATISTIC,
@@ -196,6 +226,12 @@ class MedianSmoothedIQA(InputSmoothedIQA):
 
     def aggregate(self, v: torch.Tensor) -> torch.Tensor:
         return median_of_sorted(v.sort(dim=1).values)
+
+    def intervals(self, v: torch.Tensor, *, confidence: float) -> list[Estimate]:
+        """Sample median and its distribution-free order-statistic interval."""
+        med, lo, hi = median_intervals(v, confidence=confidence)
+        n = v.shape[1]
+        return [Estimate(float(m), float(a), float(b), n, confidence) for m, a, b in zip(med, lo, hi)]
 
     def certify_scores(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
         n = v.shape[1]

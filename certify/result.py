@@ -7,7 +7,7 @@ number, as in ``Smooth.certify`` of Cohen et al.'s reference implementation.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from enum import Enum, StrEnum
 from typing import Any
 
@@ -54,6 +54,8 @@ class CertifiedScore:
         n, alpha, sigma: the settings used.
         spectral_iterations, spectral_rel_change: how converged the IVE estimate is.
         guarantee, statement: what the bounds mean, in words.
+        evidence: what the defense computed on the way that later steps reuse (FS-IQA:
+            :class:`IVEEvidence`); not part of the record (``to_dict`` leaves it out).
     """
 
     score: float
@@ -71,6 +73,7 @@ class CertifiedScore:
     defense: str = ""
     guarantee: Guarantee = Guarantee.PERCENTILE_BOUNDS
     statement: str = ""
+    evidence: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.abstained and self.reason is None:
@@ -87,10 +90,24 @@ class CertifiedScore:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (enums as strings, non-finite floats as None)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "evidence"}
         for k, v in list(d.items()):
             if isinstance(v, Enum):
                 d[k] = v.value
             elif isinstance(v, float) and not math.isfinite(v):
                 d[k] = None
         return d
+
+
+@dataclass(frozen=True)
+class IVEEvidence:
+    """FS-IQA's Input Variation Estimator at one image, handed on to later steps.
+
+    ``features`` is B(x) (m,) of the forward pass the estimate used; ``output_vector`` the
+    top left singular vector of J_B(x) (m,) from the iterative methods (None for ``exact``),
+    from which the first-order worst-case input direction follows with one backward pass.
+    """
+
+    features: Any
+    output_vector: Any
+    method: str

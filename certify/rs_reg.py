@@ -45,7 +45,7 @@ import torch
 from scipy.stats import norm
 
 from robustbench_iqa.certify.bounds import _indices
-from robustbench_iqa.certify.defense import register_defense
+from robustbench_iqa.certify.defense import Estimate, Statistic, register_defense
 from robustbench_iqa.certify.input_smoothing import InputSmoothedIQA
 from robustbench_iqa.certify.result import CertifiedScore, Guarantee
 from robustbench_iqa.errors import InputError
@@ -107,6 +107,8 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
     """RS-Reg: mean smoothing with the bounded-output certificates above."""
 
     defense_name = "rs-reg"
+    statistic = Statistic.MEAN
+    eot_aggregate = "mean"
 
     def __init__(self, model: IQAModel, *, sigma: float, certificate: RSRegCertificate | str = "mean",
                  p_valid: float = 0.5, output_range: tuple[float, float] | None = None, batch_size: int = 64,
@@ -122,6 +124,14 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
 
     def aggregate(self, v: torch.Tensor) -> torch.Tensor:
         return v.mean(dim=1)
+
+    def intervals(self, v: torch.Tensor, *, confidence: float) -> list[Estimate]:
+        """Sample mean of the outputs clipped to [a, b], with Hoeffding's two-sided interval."""
+        a, b = self.output_range
+        n = v.shape[1]
+        half = hoeffding_halfwidth(n, alpha=confidence, width=b - a)
+        means = v.double().clamp(a, b).mean(dim=1)
+        return [Estimate(float(m), float(m) - half, float(m) + half, n, confidence) for m in means]
 
     def certify_scores(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
         if self.certificate is RSRegCertificate.PROBABILISTIC:

@@ -3,14 +3,22 @@
 A run directory ``RUN_DIR`` holds ``RUN_DIR/results.sqlite``.  The run's
 configuration (a JSON object: model, weights hash, dataset, defense, sigma, n,
 alpha, tau, attack settings, seed, package versions, ...) is stored once, when
-the store is created.  Results are rows keyed by
+the store is created.  Results are rows of named tables (``guarantee``,
+``audit``, ``stability``, ...; each a row schema of one study) keyed by
 
-    (study, model, defense, sigma, image, extra)
+    (table, model, defense, sigma, image, extra)
 
-with a UNIQUE constraint over the key, and a JSON payload.  ``extra``
-distinguishes rows of one image inside a study (an attack norm ``"l2=0.05"``, a
+with a UNIQUE constraint over the key, and a JSON payload.  ``image`` is the
+input's identity: its name and a content hash of the image (and, for FR models,
+of the reference), so two inputs with one name never share a row.  ``extra``
+distinguishes rows of one input inside a table (an attack norm ``"l2=0.05"``, a
 seed ``"seed=3"``, ``"n=500,seed=3"``); ``defense`` is ``"none"`` and ``sigma``
 is ``0.0`` for undefended models.
+
+Units of work (:class:`robustbench_iqa.studies.base.Unit`) are recorded in a
+``units`` table in the same transaction as their rows: a unit is either wholly in
+the store or not at all, and a resumed run skips the units already there,
+whichever executor (in-process or Ray) wrote them.
 
 Durability (as in the one-row-per-image, flushed log of locuslab/smoothing's
 ``certify.py``): every :meth:`ResultsStore.put` is its own transaction (or
@@ -22,7 +30,9 @@ skips them; writing an existing key again is ignored, never duplicated.
 
 Opening a run directory that already has results requires ``resume=True`` *and*
 the same configuration; anything else raises :class:`InputError` naming the
-keys that differ.
+keys that differ.  Writers hold the run directory's lock
+(:class:`robustbench_iqa.runlock.RunLock`); an unwritable, full or corrupt store
+is an :class:`InputError` naming the file and the cause, never a traceback.
 """
 
 from __future__ import annotations
@@ -45,8 +55,8 @@ import pandas as pd
 from robustbench_iqa.errors import InputError
 
 RESULTS_FILE = "results.sqlite"
-SCHEMA_VERSION = 1
-KEY_FIELDS = ("study", "model", "defense", "sigma", "image", "extra")
+SCHEMA_VERSION = 2
+KEY_FIELDS = ("table", "model", "defense", "sigma", "image", "extra")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -55,7 +65,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TABLE IF NOT EXISTS rows (
     id      INTEGER PRIMARY KEY,
-    study   TEXT NOT NULL,
+    tbl     TEXT NOT NULL,
     model   TEXT NOT NULL,
     defense TEXT NOT NULL,
     sigma   REAL NOT NULL,
@@ -63,9 +73,19 @@ CREATE TABLE IF NOT EXISTS rows (
     extra   TEXT NOT NULL,
     payload TEXT NOT NULL,
     created REAL NOT NULL,
-    UNIQUE (study, model, defense, sigma, image, extra)
+    unit    TEXT,
+    UNIQUE (tbl, model, defense, sigma, image, extra)
 );
-CREATE INDEX IF NOT EXISTS rows_by_study ON rows (study, model, defense, sigma);
+CREATE INDEX IF NOT EXISTS rows_by_table ON rows (tbl, model, defense, sigma);
+CREATE TABLE IF NOT EXISTS units (
+    key      TEXT PRIMARY KEY,
+    study    TEXT NOT NULL,
+    info     TEXT NOT NULL,
+    rows     INTEGER NOT NULL,
+    seconds  REAL NOT NULL,
+    worker   TEXT NOT NULL,
+    finished REAL NOT NULL
+);
 """
 
 
@@ -73,7 +93,7 @@ CREATE INDEX IF NOT EXISTS rows_by_study ON rows (study, model, defense, sigma);
 class RowKey:
     """The identity of one result row; see the module docstring."""
 
-    study: str
+    table: str
     model: str
     defense: str = "none"
     sigma: float = 0.0
@@ -81,11 +101,11 @@ class RowKey:
     extra: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("study", "model", "defense", "image", "extra"):
+        for name in ("table", "model", "defense", "image", "extra"):
             if not isinstance(getattr(self, name), str):
                 raise InputError(f"row key field {name!r} must be a string, got {getattr(self, name)!r}")
-        if not self.study or not self.model:
-            raise InputError("row key needs a non-empty study and model")
+        if not self.table or not self.model:
+            raise InputError("row key needs a non-empty table and model")
         sigma = float(self.sigma)
         if not math.isfinite(sigma) or sigma < 0:
             raise InputError(f"row key sigma must be finite and >= 0, got {self.sigma!r}")
@@ -93,7 +113,7 @@ class RowKey:
         object.__setattr__(self, "sigma", float(f"{sigma:.12g}"))
 
     def astuple(self) -> tuple[str, str, str, float, str, str]:
-        return (self.study, self.model, self.defense, self.sigma, self.image, self.extra)
+        return (self.table, self.model, self.defense, self.sigma, self.image, self.extra)
 
 
 def package_versions() -> dict[str, str]:
@@ -197,6 +217,8 @@ class ResultsStore:
         * a store exists and ``config`` is None: reopened as is (for reading, reports).
         * a store exists and ``config`` is given: allowed only with ``resume=True``
           and a config equal to the stored one.
+
+        Writers should hold the run directory's :class:`~robustbench_iqa.runlock.RunLock`.
         """
         run = Path(run_dir)
         path = run / RESULTS_FILE
@@ -204,14 +226,18 @@ class ResultsStore:
             raise InputError(f"run dir {run} is not a directory")
         if not path.exists() and config is None:
             raise InputError(f"no results store in {run} (expected {RESULTS_FILE})")
-        run.mkdir(parents=True, exist_ok=True)
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create run dir {run}: {exc.strerror or exc}") from None
         conn = _connect(path)
         try:
             stored = _read_config(conn, path)
             if stored is None:  # new, or killed before its creation committed
                 if config is None:
-                    raise InputError(f"{path} is empty: no run configuration was ever written")
-                return cls(path, conn, _initialize(conn, config))
+                    raise InputError(f"{path} is empty: no run configuration was ever written "
+                                     f"(a run killed at its start); start over with --fresh")
+                return cls(path, conn, _initialize(conn, config, path))
             if config is not None:
                 diff = config_diff(stored, config)
                 if diff:
@@ -240,83 +266,131 @@ class ResultsStore:
         """Write one row in its own transaction; False if the key was already there."""
         return self.put_many([(key, payload)]) == 1
 
-    def put_many(self, rows: Iterable[tuple[RowKey, Mapping[str, Any]]]) -> int:
+    def put_many(self, rows: Iterable[tuple[RowKey, Mapping[str, Any]]], *, unit: str | None = None) -> int:
         """Write a small batch in one transaction; returns how many keys were new."""
-        records = [_record(k, p) for k, p in rows]
+        records = [(*_record(k, p), unit) for k, p in rows]
         if not records:
             return 0
-        with _transaction(self._conn):
+        with _transaction(self._conn, self.path):
             before = self._conn.total_changes
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO rows (study, model, defense, sigma, image, extra, payload, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                records,
-            )
+            self._insert(records)
             return self._conn.total_changes - before
+
+    def put_unit(self, key: str, *, study: str, info: Mapping[str, Any],
+                 rows: Iterable[tuple[RowKey, Mapping[str, Any]]], seconds: float, worker: str) -> int:
+        """Write a unit of work's rows and its ``units`` record in one transaction.
+
+        Returns how many rows were new.  A unit already recorded is left as it is (its
+        rows are not written twice): the store holds every unit wholly or not at all.
+        """
+        records = [(*_record(k, p), key) for k, p in rows]
+        info_text = _dumps(dict(info), f"info of unit {key}")
+        with _transaction(self._conn, self.path):
+            if self._query("SELECT 1 FROM units WHERE key=?", (key,)):
+                return 0
+            before = self._conn.total_changes
+            self._insert(records)
+            new = self._conn.total_changes - before
+            self._conn.execute("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (key, study, info_text, len(records), float(seconds), worker, time.time()))
+            return new
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A read; a corrupt or unreadable file is an InputError naming it."""
+        try:
+            return list(self._conn.execute(sql, params))
+        except sqlite3.Error as exc:
+            raise InputError(_describe(self.path, exc)) from None
+
+    def _insert(self, records: list[tuple[Any, ...]]) -> None:
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO rows (tbl, model, defense, sigma, image, extra, payload, created, unit) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            records,
+        )
+
+    def put_meta(self, key: str, value: Any) -> None:
+        """Store (or replace) a JSON value beside the configuration, e.g. the gate's verdict."""
+        if key in ("config", "schema_version", "created"):
+            raise InputError(f"meta key {key!r} is reserved")
+        text = _dumps(value, f"meta {key!r}")
+        with _transaction(self._conn, self.path):
+            self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text))
+
+    def get_meta(self, key: str) -> Any:
+        """A value stored with :meth:`put_meta`, or None."""
+        rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
+        return None if not rows else json.loads(rows[0][0])
 
     # -- reading ---------------------------------------------------------
     def done(self, key: RowKey) -> bool:
         """Whether the row ``key`` exists (resume: skip it)."""
-        cur = self._conn.execute(
-            "SELECT 1 FROM rows WHERE study=? AND model=? AND defense=? AND sigma=? AND image=? AND extra=?",
+        return bool(self._query(
+            "SELECT 1 FROM rows WHERE tbl=? AND model=? AND defense=? AND sigma=? AND image=? AND extra=?",
             key.astuple(),
-        )
-        return cur.fetchone() is not None
+        ))
+
+    def done_units(self) -> set[str]:
+        """Keys of the units of work already stored (resume: skip them)."""
+        return {r[0] for r in self._query("SELECT key FROM units")}
+
+    def units_frame(self) -> pd.DataFrame:
+        """One row per stored unit: key, study, its info, row count, seconds, worker, finish time."""
+        rows = [{"key": k, "study": st, **json.loads(info), "rows": n, "seconds": sec, "worker": w,
+                 "finished": fin}
+                for k, st, info, n, sec, w, fin in self._query(
+                    "SELECT key, study, info, rows, seconds, worker, finished FROM units ORDER BY finished")]
+        return pd.DataFrame(rows)
 
     def iter_rows_for(self, key: RowKey) -> Iterator[dict[str, Any]]:
         """The row of ``key`` (zero or one), as :meth:`iter_rows` gives it."""
-        cur = self._conn.execute(
-            "SELECT study, model, defense, sigma, image, extra, payload FROM rows WHERE study=? AND model=? "
-            "AND defense=? AND sigma=? AND image=? AND extra=?", key.astuple())
-        for r in cur:
-            payload = json.loads(r[6])
-            k = dict(zip(KEY_FIELDS, r[:6]))
-            yield {**k, **{a: b for a, b in payload.items() if a not in k}}
+        for r in self._query(
+                "SELECT tbl, model, defense, sigma, image, extra, payload FROM rows WHERE tbl=? AND model=? "
+                "AND defense=? AND sigma=? AND image=? AND extra=?", key.astuple()):
+            yield _flat(r)
 
-    def done_keys(self, study: str | None = None) -> set[RowKey]:
-        """All keys present (of one study, or of all)."""
-        return {RowKey(*r[:6]) for r in self._select(study)}
+    def done_keys(self, table: str | None = None) -> set[RowKey]:
+        """All keys present (of one table, or of all)."""
+        return {RowKey(*r[:6]) for r in self._select(table)}
 
-    def studies(self) -> list[str]:
-        """Names of the studies that have at least one row, sorted."""
-        return [r[0] for r in self._conn.execute("SELECT DISTINCT study FROM rows ORDER BY study")]
+    def tables(self) -> list[str]:
+        """Names of the tables that have at least one row, sorted."""
+        return [r[0] for r in self._query("SELECT DISTINCT tbl FROM rows ORDER BY tbl")]
 
-    def count(self, study: str | None = None) -> int:
-        if study is None:
-            return int(self._conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
-        return int(self._conn.execute("SELECT COUNT(*) FROM rows WHERE study=?", (study,)).fetchone()[0])
+    def count(self, table: str | None = None) -> int:
+        if table is None:
+            return int(self._query("SELECT COUNT(*) FROM rows")[0][0])
+        return int(self._query("SELECT COUNT(*) FROM rows WHERE tbl=?", (table,))[0][0])
 
-    def iter_rows(self, study: str | None = None) -> Iterator[dict[str, Any]]:
+    def iter_rows(self, table: str | None = None) -> Iterator[dict[str, Any]]:
         """Rows as flat dicts: key columns, then payload fields (key columns win on a name clash)."""
-        for r in self._select(study):
-            payload = json.loads(r[6])
-            key = dict(zip(KEY_FIELDS, r[:6]))
-            yield {**key, **{k: v for k, v in payload.items() if k not in key}}
+        for r in self._select(table):
+            yield _flat(r)
 
-    def frame(self, study: str, **filters: Any) -> pd.DataFrame:
-        """One study's rows as a DataFrame (key columns + payload fields), in insertion order.
+    def frame(self, table: str, **filters: Any) -> pd.DataFrame:
+        """One table's rows as a DataFrame (key columns + payload fields), in insertion order.
 
         ``filters`` select on key columns, e.g. ``frame("audit", model="default-nr")``.
         """
         bad = sorted(set(filters) - set(KEY_FIELDS))
         if bad:
             raise InputError(f"can only filter on key columns {KEY_FIELDS}, not {bad}")
-        df = pd.DataFrame(list(self.iter_rows(study)))
+        df = pd.DataFrame(list(self.iter_rows(table)))
         if df.empty:
             return pd.DataFrame(columns=list(KEY_FIELDS))
         for k, v in filters.items():
             df = df[df[k] == (float(v) if k == "sigma" else v)]
         return df.reset_index(drop=True)
 
-    def _select(self, study: str | None) -> list[tuple[Any, ...]]:
-        sql = "SELECT study, model, defense, sigma, image, extra, payload FROM rows"
-        if study is None:
-            return list(self._conn.execute(sql + " ORDER BY id"))
-        return list(self._conn.execute(sql + " WHERE study=? ORDER BY id", (study,)))
+    def _select(self, table: str | None) -> list[tuple[Any, ...]]:
+        sql = "SELECT tbl, model, defense, sigma, image, extra, payload FROM rows"
+        if table is None:
+            return self._query(sql + " ORDER BY id")
+        return self._query(sql + " WHERE tbl=? ORDER BY id", (table,))
 
     # -- export ----------------------------------------------------------
     def export(self, out_dir: str | Path, *, formats: Iterable[str] = ("csv", "parquet")) -> list[Path]:
-        """Write ``<study>.csv`` / ``<study>.parquet`` for every study; returns the paths."""
+        """Write ``<table>.csv`` / ``<table>.parquet`` for every table; returns the paths."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         fmts = list(formats)
@@ -324,16 +398,22 @@ class ResultsStore:
         if unknown:
             raise InputError(f"unknown export format(s) {unknown}; choose csv or parquet")
         paths: list[Path] = []
-        for study in self.studies():
-            df = _flatten_for_export(self.frame(study))
+        for table in self.tables():
+            df = _flatten_for_export(self.frame(table))
             for fmt in fmts:
-                p = out / f"{study}.{fmt}"
+                p = out / f"{table}.{fmt}"
                 if fmt == "csv":
                     df.to_csv(p, index=False)
                 else:
                     df.to_parquet(p, index=False)
                 paths.append(p)
         return paths
+
+
+def _flat(r: tuple[Any, ...]) -> dict[str, Any]:
+    payload = json.loads(r[6])
+    key = dict(zip(KEY_FIELDS, r[:6]))
+    return {**key, **{k: v for k, v in payload.items() if k not in key}}
 
 
 def _flatten_for_export(df: pd.DataFrame) -> pd.DataFrame:
@@ -365,32 +445,67 @@ def _connect(path: Path) -> sqlite3.Connection:
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per write.
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
     except sqlite3.DatabaseError as exc:
-        raise InputError(f"cannot open results store {path}: {exc}") from None
+        raise InputError(_describe(path, exc)) from None
     return conn
 
 
-class _transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+def _describe(path: Path, exc: sqlite3.Error) -> str:
+    """A one-line message for a SQLite failure on ``path``: what happened and what to do."""
+    msg = str(exc)
+    low = msg.lower()
+    if "not a database" in low or "malformed" in low or "file is encrypted" in low:
+        return f"{path} is not a readable results store ({msg}); it is corrupt: start over with --fresh"
+    if "readonly" in low or "read-only" in low:
+        return f"cannot write results store {path}: the file or its folder is read-only ({msg})"
+    if "full" in low:
+        return f"cannot write results store {path}: the disk is full ({msg}); free space, then --resume"
+    if "unable to open" in low:
+        return f"cannot open results store {path}: {msg} (does its folder exist and is it writable?)"
+    if "disk i/o" in low:
+        return f"cannot write results store {path}: disk I/O error ({msg}); check the disk, then --resume"
+    return f"results store {path}: {msg}"
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+
+class _transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error); SQLite errors become InputError."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self.conn, self.path = conn, path
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise InputError(_describe(self.path, exc)) from None
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one to report
+            if isinstance(exc, sqlite3.Error):
+                raise InputError(_describe(self.path, exc)) from None
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise InputError(_describe(self.path, exc)) from None
 
 
-def _initialize(conn: sqlite3.Connection, config: Mapping[str, Any]) -> dict[str, Any]:
+def _initialize(conn: sqlite3.Connection, config: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """Create the tables and store the configuration, in one transaction."""
     cfg = canonical_config(config)
     try:
-        with _transaction(conn):
+        with _transaction(conn, path):
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
@@ -410,10 +525,14 @@ def _read_config(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
         ).fetchone()
         rows = dict(conn.execute("SELECT key, value FROM meta")) if has_meta else {}
     except sqlite3.DatabaseError as exc:
-        raise InputError(f"{path} is not a robustbench_iqa results store: {exc}") from None
+        raise InputError(_describe(path, exc)) from None
     if "config" not in rows:
         return None
     version = int(rows.get("schema_version", "0"))
     if version != SCHEMA_VERSION:
-        raise InputError(f"{path} has schema version {version}; this version reads {SCHEMA_VERSION}")
-    return dict(json.loads(rows["config"]))
+        raise InputError(f"{path} has schema version {version}; this version of robustbench_iqa reads "
+                         f"{SCHEMA_VERSION} (re-run it with --fresh, or read it with the version that wrote it)")
+    try:
+        return dict(json.loads(rows["config"]))
+    except ValueError:
+        raise InputError(f"{path} holds an unreadable run configuration; it is corrupt: start over with --fresh") from None

@@ -196,6 +196,7 @@ class InputSmoothed(torch.nn.Module):
     lower_better = False
     score_range = (0.0, 1.0)
     name = "toy-smoothing"
+    eot_aggregate = "soft-median"
 
     def __init__(self) -> None:
         super().__init__()
@@ -294,16 +295,17 @@ def _fake_factories(monkeypatch: pytest.MonkeyPatch) -> None:
     from robustbench_iqa.cli import _common
     from robustbench_iqa.cli import attack as cli_attack
 
-    def fake_model(name, *, weights=None, device=None):
-        return ToyFR() if name == "toy-fr" else ToyNR()
+    def fake_model(args):
+        return ToyFR() if args.model == "toy-fr" else ToyNR()
 
     def fake_items(args, model):
         x = random_images(args.limit or 3, 24, 24, seed=0)
         ref = random_images(x.shape[0], 24, 24, seed=1) if model.full_reference else None
-        items = [_common.Item(f"img{i}", x[i], None if ref is None else ref[i], None) for i in range(x.shape[0])]
+        items = [_common.Item(f"img{i}", x[i], None if ref is None else ref[i], None, f"img{i}#0")
+                 for i in range(x.shape[0])]
         return len(items), iter(items)
 
-    monkeypatch.setattr(_common, "create_model", fake_model)
+    monkeypatch.setattr(_common, "build_model", fake_model)
     monkeypatch.setattr(_common, "iter_items", fake_items)
     monkeypatch.setattr(cli_attack, "build_defense", lambda args, model: InputSmoothed())
 
@@ -342,8 +344,9 @@ def test_cli_attack_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["attack", "--eps", "-1", "--dataset", "x"]) == 2
     assert "eps" in capsys.readouterr().err
     assert main(["attack", "--target", "toward", "--dataset", "x"]) == 2
-    with pytest.raises(SystemExit):
-        main(["attack", "--attack", "nope"])
+    capsys.readouterr()
+    assert main(["attack", "--attack", "ifgsn", "--dataset", "default"]) == 2
+    assert "did you mean 'ifgsm'" in capsys.readouterr().err
 
 
 def _defaults_available() -> bool:

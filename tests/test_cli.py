@@ -119,7 +119,7 @@ def test_certify_out_writes_the_store_and_resumes_to_the_same_rows(tmp_path: Pat
     capsys.readouterr()
     con = sqlite3.connect(b / RESULTS_FILE)  # as if the run had been killed after two images
     with con:
-        con.execute("DELETE FROM rows WHERE image IN (SELECT image FROM rows WHERE study='guarantee' "
+        con.execute("DELETE FROM rows WHERE image IN (SELECT image FROM rows WHERE tbl='guarantee' "
                     "ORDER BY id DESC LIMIT 2)")
     con.close()
     assert main([*args, "--out", str(b)]) == 2  # an existing run needs --resume
@@ -139,6 +139,27 @@ def test_certify_out_writes_the_store_and_resumes_to_the_same_rows(tmp_path: Pat
         return sorted(zip(g["image"], g["reason"].astype(str), g["lower"], g["upper"]))
 
     assert rows(a) == rows(b)
-    assert sorted(r["image"] for r in printed) == sorted(r[0] for r in rows(a))
+    assert sorted(r["image"] for r in printed) == sorted(r[0].split("#")[0] for r in rows(a))
     assert main(["certify", "--model", "default-nr", "--dataset", "default", "--resume"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_the_same_image_with_two_references_is_two_inputs(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """Rows are keyed by content: a distorted image paired with a second reference is a new input,
+    not one 'already done' (its score differs)."""
+    from robustbench_iqa.store import ResultsStore
+
+    imgs = random_images(3, 32, 32, seed=11)
+    for name, img in zip(("dist.png", "ref1.png", "ref2.png"), imgs):
+        save_image(img, tmp_path / name)
+    (tmp_path / "list.csv").write_text("image,score,ref\ndist.png,1.0,ref1.png\ndist.png,2.0,ref2.png\n")
+    args = ["certify", "--model", "default-fr", "--dataset", "csv", "--root", str(tmp_path), "--split", "all",
+            "--size", "32x32", "--n", "200", "--json", "--no-progress", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    printed = _json_rows(out.out)
+    assert "already" not in out.err and len(printed) == 2
+    assert printed[0]["score"] != printed[1]["score"]
+    with ResultsStore.open(tmp_path / "run") as st:
+        g = st.frame("guarantee")
+    assert len(g) == 2 and g["image"].nunique() == 2 and set(g["image"].str.split("#").str[0]) == {"dist.png"}

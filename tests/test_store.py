@@ -82,7 +82,7 @@ def test_sigkill_midway_then_resume_equals_uninterrupted_run(tmp_path: Path) -> 
     with ResultsStore.open(crashed) as a, ResultsStore.open(clean) as b:
         assert a.count() == b.count() == N_ROWS
         assert _sorted_rows(a) == _sorted_rows(b)
-        keys = a.frame("audit")[["study", "model", "defense", "sigma", "image", "extra"]]
+        keys = a.frame("audit")[["table", "model", "defense", "sigma", "image", "extra"]]
         assert not keys.duplicated().any()
     # Resuming a finished run writes nothing.
     write_rows(str(crashed), resume=True)
@@ -136,7 +136,7 @@ def test_put_is_idempotent_and_frame_round_trips(tmp_path: Path) -> None:
         assert store.put_many([(_key(i), _payload(i)) for i in range(6)]) == 5
         assert store.put_many([]) == 0
         store.put(RowKey("beyond", "toy", "none", 0.0, "img000", "l2=0.02"), {"clean": 0.5, "adv": 0.7})
-        assert store.studies() == ["audit", "beyond"]
+        assert store.tables() == ["audit", "beyond"]
         assert store.count("audit") == 6 and store.count() == 7
         df = store.frame("audit")
         assert list(df["i"]) == list(range(6))
@@ -160,11 +160,11 @@ def test_sigma_is_canonical_in_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"study": ""}, "non-empty"), ({"sigma": -0.1}, "sigma"), ({"sigma": math.nan}, "sigma"),
+    [({"table": ""}, "non-empty"), ({"sigma": -0.1}, "sigma"), ({"sigma": math.nan}, "sigma"),
      ({"image": 3}, "image")],
 )
 def test_bad_keys_and_payloads(kwargs: dict[str, object], match: str, tmp_path: Path) -> None:
-    base: dict[str, object] = {"study": "s", "model": "m", "defense": "d", "sigma": 0.1, "image": "a"}
+    base: dict[str, object] = {"table": "s", "model": "m", "defense": "d", "sigma": 0.1, "image": "a"}
     with pytest.raises(InputError, match=match):
         RowKey(**{**base, **kwargs})  # type: ignore[arg-type]
 
@@ -217,3 +217,72 @@ def test_wal_mode_is_on(tmp_path: Path) -> None:
     mode = sqlite3.connect(tmp_path / RESULTS_FILE).execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
     assert os.path.getsize(tmp_path / RESULTS_FILE) > 0
+
+
+def test_units_are_written_with_their_rows_once(tmp_path: Path) -> None:
+    with ResultsStore.open(tmp_path, CONFIG) as store:
+        rows = [(_key(i), _payload(i)) for i in range(4)]
+        assert store.put_unit("u1", study="audit", info={"images": 2}, rows=rows[:2], seconds=0.5, worker="w") == 2
+        # The same unit again (a retried worker): nothing is written twice.
+        assert store.put_unit("u1", study="audit", info={"images": 2}, rows=rows, seconds=0.5, worker="w") == 0
+        assert store.count() == 2 and store.done_units() == {"u1"}
+        units = store.units_frame()
+        assert units.loc[0, "rows"] == 2 and units.loc[0, "images"] == 2 and units.loc[0, "worker"] == "w"
+        store.put_meta("gate", {"passed": True})
+        assert store.get_meta("gate") == {"passed": True} and store.get_meta("none") is None
+        with pytest.raises(InputError, match="reserved"):
+            store.put_meta("config", {})
+
+
+def test_a_unit_with_a_bad_row_writes_nothing(tmp_path: Path) -> None:
+    with ResultsStore.open(tmp_path, CONFIG) as store:
+        with pytest.raises(InputError, match="JSON"):
+            store.put_unit("u", study="audit", info={}, rows=[(_key(0), _payload(0)), (_key(1), {"x": object()})],
+                           seconds=0.0, worker="w")
+        assert store.count() == 0 and not store.done_units()
+
+
+def test_corrupt_and_unwritable_stores_are_clear_errors(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with ResultsStore.open(run, CONFIG) as store:
+        store.put_many([(_key(i), _payload(i)) for i in range(50)])
+    data = bytearray((run / RESULTS_FILE).read_bytes())
+    for wal in ("-wal", "-shm"):
+        (run / (RESULTS_FILE + wal)).unlink(missing_ok=True)
+    data[4096:8192] = b"\xff" * 4096  # garble pages in the middle of the file
+    (run / RESULTS_FILE).write_bytes(bytes(data))
+    with pytest.raises(InputError, match="corrupt|not a readable"):
+        with ResultsStore.open(run) as st:
+            st.frame("audit")
+    ro = tmp_path / "ro"
+    with ResultsStore.open(ro, CONFIG):
+        pass
+    os.chmod(ro / RESULTS_FILE, 0o444)
+    try:
+        if os.access(ro / RESULTS_FILE, os.W_OK):
+            pytest.skip("running as a user who can write read-only files")
+        with pytest.raises(InputError, match="read-only|readonly|cannot"):
+            with ResultsStore.open(ro, CONFIG, resume=True) as st:
+                st.put(_key(0), _payload(0))
+    finally:
+        os.chmod(ro / RESULTS_FILE, 0o644)
+
+
+def test_run_lock_is_exclusive_and_released_on_exit(tmp_path: Path) -> None:
+    from robustbench_iqa.runlock import RunLock
+
+    with RunLock(tmp_path / "run"):
+        with pytest.raises(InputError, match=f"in use by a live run \\(pid {os.getpid()}"):
+            RunLock(tmp_path / "run").acquire()
+    with RunLock(tmp_path / "run") as again:  # released: a later run takes it
+        assert again.held
+    # A lock held by a process that was killed is released by the kernel.
+    code = (f"from robustbench_iqa.runlock import RunLock; RunLock({str(tmp_path / 'k')!r}).acquire(); "
+            "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    subprocess.run([sys.executable, "-c", code])
+    with RunLock(tmp_path / "k"):
+        pass
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(InputError, match="not a directory"):
+        RunLock(f).acquire()

@@ -3,7 +3,9 @@
 Each subcommand lives in its own module of this package and exposes
 ``register(subparsers) -> None``, which adds its parser and sets
 ``func=run`` (a callable ``run(args) -> int``).  Modules are discovered, so a
-new subcommand is a new file.  Exit codes: 0 success, 1 a check failed
+new subcommand is a new file.  Only the chosen subcommand's module is imported,
+and subcommand modules import torch and the rest inside ``run``, so ``--help``
+and argument errors answer at once.  Exit codes: 0 success, 1 a check failed
 (``verify``), 2 bad input (:class:`~robustbench_iqa.errors.InputError`, one
 line on stderr), 3 an internal error (a bug: the traceback is printed), 130
 interrupted.  A CI therefore never mistakes a crash for a failed check.
@@ -12,44 +14,63 @@ interrupted.  A CI therefore never mistakes a crash for a failed check.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import pkgutil
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from robustbench_iqa.errors import InputError
 
-_ORDER = ["certify", "predict", "train", "attack", "train-denoiser", "report", "verify", "bench", "list"]
+_ORDER = ["certify", "predict", "train", "attack", "train-denoiser", "report", "verify", "bench", "weights", "list"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _commands() -> dict[str, str]:
+    """Subcommand name -> module name, discovered from this package's files without importing them."""
+    import robustbench_iqa.cli as pkg
+
+    names = (m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_"))
+    return {n.replace("_", "-"): n for n in names}
+
+
+def _summary(module: str) -> str:
+    """The first line of a subcommand module's docstring, read without importing it (fast --help)."""
+    import robustbench_iqa.cli as pkg
+
+    path = Path(pkg.__path__[0]) / f"{module}.py"
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    except (OSError, SyntaxError):
+        return ""
+    first = doc.strip().splitlines()[0] if doc.strip() else ""
+    return first.split(":", 1)[1].strip() if first.startswith("``") and ":" in first else first
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (the others are listed by name and summary)."""
     parser = argparse.ArgumentParser(
         prog="robustbench-iqa",
         description="Certify, attack and audit the adversarial robustness of IQA models.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    import robustbench_iqa.cli as pkg
-
-    modules = sorted(
-        (m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")),
-    )
-    for name in modules:
-        mod = importlib.import_module(f"robustbench_iqa.cli.{name}")
-        register = getattr(mod, "register", None)
-        if register is not None:
-            register(sub)
-    # Present subcommands in a stable, meaningful order in --help.
-    sub._choices_actions.sort(  # type: ignore[attr-defined]
-        key=lambda a: _ORDER.index(a.dest) if a.dest in _ORDER else len(_ORDER)
-    )
+    commands = _commands()
+    for name in sorted(commands, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n)):
+        if name == command:
+            mod = importlib.import_module(f"robustbench_iqa.cli.{commands[name]}")
+            mod.register(sub)
+        else:
+            sub.add_parser(name, help=_summary(commands[name]), add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(command if command in _commands() else None)
+    args = parser.parse_args(args_list)
     try:
         return int(args.func(args) or 0)
     except InputError as exc:

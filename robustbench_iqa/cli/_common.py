@@ -13,16 +13,17 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from robustbench_iqa.data.base import IQADataset
-from robustbench_iqa.data.images import Resize, load_image, parse_size
-from robustbench_iqa.data.registry import create_dataset
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.models.base import IQAModel
-from robustbench_iqa.models.registry import create_model
+
+if TYPE_CHECKING:  # imported where used: this module must stay light (fast --help)
+    import torch
+
+    from robustbench_iqa.data.base import IQADataset
+    from robustbench_iqa.models.base import IQAModel
+
+RESIZE_CHOICES = ("none", "resize", "center-crop")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     g.add_argument("--ref", action="append", default=[], help="reference image for FR models (one, or one per --image)")
     g.add_argument("--size", default=None, help="working size HxW, e.g. 384x512 (default: the dataset's)")
-    g.add_argument("--resize", choices=[r.value for r in Resize], default=None, help="resize policy")
+    g.add_argument("--resize", choices=RESIZE_CHOICES, default=None, help="resize policy")
 
 
 def add_training_data_args(p: argparse.ArgumentParser) -> None:
@@ -65,20 +66,32 @@ def check_limit(limit: int | None) -> None:
 
 
 def build_model(args: argparse.Namespace) -> IQAModel:
+    from robustbench_iqa.models.registry import create_model
+
     return create_model(args.model, weights=args.weights, device=args.device)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    from robustbench_iqa.data.images import parse_size as parse
+
+    return parse(text)
 
 
 @dataclass
 class Item:
-    """One input: a name, the image (3, H, W), its reference (or None) and a score (or None)."""
+    """One input: a name, the image (3, H, W), its reference (or None), a score (or None), and its
+    identity (name and content hash of the image and reference files; the key of its stored rows)."""
 
     name: str
     x: torch.Tensor
     ref: torch.Tensor | None
     score: float | None
+    id: str = ""
 
 
 def load_dataset(args: argparse.Namespace) -> IQADataset:
+    from robustbench_iqa.data.registry import create_dataset
+
     ds = create_dataset(args.dataset, root=args.root, size=parse_size(args.size), resize=args.resize)
     if args.split != "all":
         train, test = ds.split(seed=0)
@@ -97,6 +110,9 @@ def check_input_args(args: argparse.Namespace) -> None:
 
 def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator[Item]]:
     """The inputs named on the command line, validated against the model's FR/NR mode."""
+    from robustbench_iqa.data.images import Resize, load_image
+    from robustbench_iqa.runner.plan import input_id
+
     check_input_args(args)
     size, resize = parse_size(args.size), Resize(args.resize or Resize.RESIZE)
     if args.image:
@@ -117,7 +133,7 @@ def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator
                 if model.full_reference:
                     r = refs[0] if len(refs) == 1 else refs[i]
                     ref = load_image(r, size=size or tuple(x.shape[-2:]), resize=resize)  # type: ignore[arg-type]
-                yield Item(str(p), x, ref, None)
+                yield Item(str(p), x, ref, None, input_id(str(p), p, r if model.full_reference else None))
 
         return len(images), gen_files()
     if not args.dataset:
@@ -129,7 +145,8 @@ def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator
     def gen_ds() -> Iterator[Item]:
         for i, s in enumerate(ds.samples):
             x, ref = ds.load(i)
-            yield Item(s.name, x, ref if model.full_reference else None, s.score)
+            yield Item(s.name, x, ref if model.full_reference else None, s.score,
+                       input_id(s.name, s.image, s.ref if model.full_reference else None))
 
     return len(ds), gen_ds()
 
@@ -146,6 +163,8 @@ def batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 
 
 def stack(items: list[Item], device: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    import torch
+
     shapes = {tuple(it.x.shape) for it in items}
     if len(shapes) != 1:
         raise InputError(f"images in one batch have different sizes {sorted(shapes)}; use --size HxW or --batch-size 1")
@@ -191,3 +210,39 @@ def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def progress_enabled(args: argparse.Namespace) -> bool:
     return not getattr(args, "no_progress", False) and sys.stderr is not None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def default_threads() -> int:
+    """Torch threads per process: 1 on machines with up to 4 cores (where more threads than cores,
+    or several processes, oversubscribe them: 4x slower measured on 2 shared cores), else half the
+    cores, at most 8."""
+    import os
+
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 4 else min(8, cores // 2)
+
+
+def add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: 1 on machines with up to 4 cores, else half the cores, "
+                        "at most 8); recorded with the run")
+
+
+def apply_threads(args: argparse.Namespace) -> int:
+    """Set torch's thread count from ``--threads`` (or the default) and return it."""
+    import torch
+
+    n = args.threads if getattr(args, "threads", None) is not None else default_threads()
+    torch.set_num_threads(n)
+    return n

@@ -1,44 +1,68 @@
-"""Building a certified defense from command-line arguments."""
+"""Building a defense from command-line arguments (the same rules as the verify config)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from robustbench_iqa.certify.defense import CertifiedDefense, create_defense
-from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.errors import InputError
+
+if TYPE_CHECKING:
+    from robustbench_iqa.certify.defense import CertifiedDefense
+    from robustbench_iqa.models.base import IQAModel
 
 
 def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
     g = p.add_argument_group("defense")
     g.add_argument("--defense", default="fs-iqa",
-                   help="fs-iqa (default), ms, dms, dms-iqa, rs-reg, cert-reg" + ("" if certify else ", or none"))
+                   help="fs-iqa (default), ms, dms, dms-iqa, rs-reg, cert-reg (`robustbench-iqa list defenses`)"
+                        + ("" if certify else ", or none"))
     g.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation (default: 0.25)")
     g.add_argument("--n", type=int, default=2000, help="noise draws per image (default: 2000)")
     g.add_argument("--checkpoint", default=None,
-                   help="trained FS-IQA heads, or denoiser for dms/dms-iqa (default: shipped)")
+                   help="trained artifact of the defense: FS-IQA heads, or the denoiser of dms/dms-iqa "
+                        "(default: the shipped one)")
     g.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
     if certify:
         g.add_argument("--alpha", type=float, default=0.999, help="confidence level (default: 0.999)")
-        g.add_argument("--tau", type=float, default=1e-3,
+        g.add_argument("--tau", type=float, default=None,
                        help="FS-IQA: abstain when ||J_B(x)||_2 < tau (default: 0.001)")
         g.add_argument("--eps", type=float, default=None,
                        help="input-space defenses: L2 radius to certify (default: sigma / 2)")
-        g.add_argument("--method", choices=["lanczos", "power", "exact"], default="lanczos",
-                       help="FS-IQA spectral-norm method (default: lanczos)")
-        g.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance of the spectral norm")
-        g.add_argument("--max-iter", type=int, default=100, help="most Jacobian products per image")
+        g.add_argument("--method", default=None, help="FS-IQA spectral-norm method (default: lanczos)")
+        g.add_argument("--rtol", type=float, default=None, help="relative tolerance of the spectral norm")
+        g.add_argument("--max-iter", type=int, default=None, help="most Jacobian products per image")
 
 
 def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense:
+    """The defense of ``--defense`` with its trained artifact (``--checkpoint``), if it takes one."""
+    from robustbench_iqa.certify.defense import DEFENSES, create_defense
+    from robustbench_iqa.registry import did_you_mean
+
+    if args.defense not in DEFENSES:
+        raise InputError(f"unknown defense {args.defense!r}{did_you_mean(args.defense, DEFENSES.names())}; "
+                         f"known: {', '.join(DEFENSES.names())}")
     options: dict[str, Any] = {}
     if args.checkpoint is not None:
+        if not DEFENSES.metadata(args.defense).get("trained"):
+            raise InputError(f"--checkpoint given, but defense {args.defense!r} uses no trained artifact")
         options["checkpoint" if args.defense == "fs-iqa" else "denoiser"] = args.checkpoint
     return create_defense(args.defense, model, sigma=args.sigma, **options)
 
 
-def certify_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of ``defense.certify`` for the chosen defense."""
-    if args.defense == "fs-iqa":
-        return {"tau": args.tau, "method": args.method, "rtol": args.rtol, "max_iter": args.max_iter}
-    return {"eps": args.eps if args.eps is not None else args.sigma / 2}
+def certify_settings(args: argparse.Namespace, defense: CertifiedDefense) -> dict[str, Any]:
+    """The defense's own ``certify`` settings given on the command line; a flag the defense does not
+    take is refused (``--tau`` means nothing to MS, ``--eps`` nothing to FS-IQA)."""
+    import dataclasses
+
+    from robustbench_iqa.certify.defense import settings_from
+
+    given = {k: getattr(args, k) for k in ("tau", "eps", "method", "rtol", "max_iter")
+             if getattr(args, k, None) is not None}
+    taken = {f.name for f in dataclasses.fields(defense.certify_settings)}
+    for k in given:
+        if k not in taken:
+            flag = "--" + k.replace("_", "-")
+            raise InputError(f"{flag} does not apply to defense {args.defense!r} (it takes: "
+                             f"{', '.join('--' + t.replace('_', '-') for t in sorted(taken)) or 'none'})")
+    return settings_from(defense, given)

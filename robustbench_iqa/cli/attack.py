@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from tqdm.auto import tqdm
-
-from robustbench_iqa.attacks.eot import Aggregate, NoiseMode, eot_objective
-from robustbench_iqa.attacks.objective import Objective, Target
-from robustbench_iqa.attacks.registry import create_attack, list_attacks
-from robustbench_iqa.attacks.scores import summarize
-from robustbench_iqa.attacks.threat import ThreatModel, check_eps
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import build_defense
-from robustbench_iqa.cli._store import add_store_args, image_generator, open_store
+from robustbench_iqa.cli._store import add_store_args, item_generator, open_store
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.store import ResultsStore, RowKey
-from robustbench_iqa.validation import check_n, check_sigma
+
+if TYPE_CHECKING:
+    import torch
+
+    from robustbench_iqa.attacks.objective import Objective
+    from robustbench_iqa.store import ResultsStore
+
+NORMS = ("linf", "l2")
+TARGETS = ("increase", "decrease", "toward")
 
 COLUMNS = ["image", "clean_score", "adv_score", "gain", "l2", "linf", "iterations"]
 SUMMARY_KEYS = ["absolute_gain", "relative_gain", "robustness"]
@@ -38,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_model_args(p)
     c.add_input_args(p)
     g = p.add_argument_group("attack")
-    g.add_argument("--attack", default="ifgsm", choices=list_attacks(), help="attack (default: ifgsm)")
-    g.add_argument("--norm", default="linf", choices=[t.value for t in ThreatModel], help="threat model")
+    g.add_argument("--attack", default="ifgsm", help="attack (default: ifgsm; `robustbench-iqa list attacks`)")
+    g.add_argument("--norm", default="linf", choices=NORMS, help="threat model")
     g.add_argument("--eps", type=float, default=4 / 255, help="budget in [0, 1] pixel units (default: 4/255)")
     g.add_argument("--steps", type=int, default=None, help="gradient steps (default: the attack's, 10 for iterative ones)")
     g.add_argument("--step-size", type=float, default=None, help="step size (default: per attack)")
-    g.add_argument("--target", default="increase", choices=[t.value for t in Target],
+    g.add_argument("--target", default="increase", choices=TARGETS,
                    help="raise (increase) or lower (decrease) the apparent quality, or move toward --target-score")
     g.add_argument("--target-score", type=float, default=None, help="score for --target toward")
     g.add_argument("--confidence", type=float, default=0.95, help="confidence of the summary intervals")
@@ -51,17 +50,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--defense", default="none", help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg")
     d.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation (default: 0.25)")
     d.add_argument("--eot", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
-    d.add_argument("--eot-aggregate", default="mean", choices=[a.value for a in Aggregate])
-    d.add_argument("--eot-noise", default="fresh", choices=[m.value for m in NoiseMode])
+    d.add_argument("--eot-aggregate", default=None, choices=("mean", "soft-median"),
+                   help="how EOT aggregates the noisy scores (default: the defense's own, e.g. soft-median "
+                        "for median smoothing)")
+    d.add_argument("--eot-noise", default="fresh", choices=("fresh", "fixed"))
     d.add_argument("--n", type=int, default=500, help="noise draws of the recorded defended scores (default: 500)")
     d.add_argument("--checkpoint", default=None, help="trained FS-IQA heads, or denoiser for dms/dms-iqa")
     d.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
     c.add_output_args(p)
+    c.add_threads_arg(p)
     add_store_args(p)
     p.set_defaults(func=run)
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    from robustbench_iqa.attacks.threat import check_eps
+    from robustbench_iqa.validation import check_n, check_sigma
+
     c.check_input_args(args)
     check_eps(args.eps)
     if args.steps is not None and args.steps < 1:
@@ -84,12 +89,18 @@ def build_objective(
     With ``--defense``, ``defense`` is the built defense (built here if None) and
     ``generator`` drives the EOT noise (default: one seeded by ``--seed``).
     """
+    import torch
+
+    from robustbench_iqa.attacks.eot import eot_objective
+    from robustbench_iqa.attacks.objective import Objective
+
     if args.defense == "none":
         obj = Objective.from_model(model, target=args.target, target_score=args.target_score)
         return obj, bool(model.lower_better), tuple(model.score_range)  # type: ignore[return-value]
     defense = build_defense(args, model) if defense is None else defense
     gen = torch.Generator(device="cpu").manual_seed(args.seed) if generator is None else generator
-    obj = eot_objective(defense, n=args.eot, aggregate=args.eot_aggregate, noise=args.eot_noise,
+    aggregate = args.eot_aggregate or defense.eot_aggregate
+    obj = eot_objective(defense, n=args.eot, aggregate=aggregate, noise=args.eot_noise,
                         generator=gen, target=args.target, target_score=args.target_score,
                         eval_n=args.n, eval_seed=args.seed)
     return obj, bool(defense.lower_better), tuple(defense.score_range)  # type: ignore[return-value]
@@ -104,19 +115,24 @@ def _store_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustbench_iqa.attacks.registry import create_attack
+
     _check_args(args)
+    c.apply_threads(args)
     attack = create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm)
-    store = open_store(args, "attack", _store_settings(args))
-    try:
+    with open_store(args, "attack", _store_settings(args)) as store:
         rows = _attack_all(args, attack, store)
-    finally:
-        if store is not None:
-            store.close()
     return _report(args, rows)
 
 
 def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | None) -> list[dict[str, Any]]:
-    """Attack every input; with a store, image by image with per-image seeds, skipping done rows."""
+    """Attack every input; with a store, image by image with per-input seeds, skipping stored rows."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from robustbench_iqa.store import RowKey
+    from robustbench_iqa.studies.attack import AttackRow
+
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)
     objective, lower_better, score_range = build_objective(args, model, defense)
@@ -129,31 +145,35 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
     with tqdm(total=total, desc=f"{args.attack} {args.model} ({args.defense})", unit="img",
               disable=not c.progress_enabled(args)) as bar:
         for chunk in c.batches(items, args.batch_size if store is None else 1):
-            key = RowKey("attack", model.name, args.defense, sigma, chunk[0].name, extra)
+            key = RowKey(AttackRow.table, model.name, args.defense, sigma, chunk[0].id, extra)
             if store is not None and store.done(key):
                 done = next(store.iter_rows_for(key))
-                rows.append({k: v for k, v in done.items() if k not in ("study", "model", "sigma", "extra")})
+                rows.append({"image": chunk[0].name, **{k: v for k, v in done.items()
+                                                          if k not in RowKey.__dataclass_fields__}})
                 bar.update(1)
                 continue
-            if store is not None:  # per-image noise, so a resumed run equals an uninterrupted one
-                gen = image_generator(args, chunk[0].name, "attack")
-                objective, _, _ = build_objective(args, model, defense, image_generator(args, chunk[0].name, "eot"))
+            if store is not None:  # per-input noise, so a resumed run equals an uninterrupted one
+                gen = item_generator(args, chunk[0].id, "attack")
+                objective, _, _ = build_objective(args, model, defense, item_generator(args, chunk[0].id, "eot"))
             x, ref = c.stack(chunk, args.device)
             result = attack.run(objective, x, ref, generator=gen)
             for it, rec in zip(chunk, result.records):
-                row = {"image": it.name, **rec.to_dict(), "gain": sign * (rec.adv_score - rec.clean_score),
-                       "attack": args.attack, "norm": args.norm, "eps": args.eps, "defense": args.defense,
-                       "lower_better": lower_better, "score_range": list(score_range)}
-                rows.append(row)
+                row = AttackRow(rec.clean_score, rec.adv_score, rec.l2, rec.linf, rec.iterations,
+                                sign * (rec.adv_score - rec.clean_score), args.attack, args.norm, args.eps,
+                                args.target, lower_better, (float(score_range[0]), float(score_range[1])))
+                shown = {"image": it.name, **row.payload(), "defense": args.defense}
+                rows.append(shown)
                 if args.json:
-                    c.emit([row], as_json=True, columns=COLUMNS)
-            if store is not None:
-                store.put(key, rows[-1])
+                    c.emit([shown], as_json=True, columns=COLUMNS)
+                if store is not None:
+                    store.put(key, row.payload())
             bar.update(len(chunk))
     return rows
 
 
 def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
+    from robustbench_iqa.attacks.scores import summarize
+
     lower_better = bool(rows[0]["lower_better"]) if rows else False
     score_range = tuple(rows[0]["score_range"]) if rows else (0.0, 1.0)
     summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],

@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from robustbench_iqa.bench.harness import (
-    DEFAULT_MODELS,
-    BenchConfig,
-    BenchRun,
-    CaseResult,
-    run_bench,
-)
-from robustbench_iqa.bench.report import (
-    format_table,
-    machine_info,
-    shortfalls,
-    to_json,
-    write_json,
-    write_markdown,
-)
 from robustbench_iqa.cli._common import parse_size
 from robustbench_iqa.errors import InputError
+
+if TYPE_CHECKING:
+    from robustbench_iqa.bench.harness import BenchConfig
+
+DEFAULT_MODELS = ("default-nr", "default-fr", "dbcnn", "lpips")
 
 QUICK: dict[str, Any] = {
     "models": ("default-nr", "default-fr"), "size": (32, 48), "exact_size": (12, 12), "repeats": 1, "warmup": 1,
@@ -87,6 +75,10 @@ def _csv(text: str | None, cast: type = str) -> tuple[Any, ...] | None:
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """The :class:`BenchConfig` of the command line: defaults, then ``--quick``, then explicit options."""
+    import torch
+
+    from robustbench_iqa.bench.harness import BenchConfig
+
     values: dict[str, Any] = dict(QUICK) if args.quick else {}
     denoiser = parse_size(args.denoiser) if args.denoiser is not None else None
     explicit: dict[str, Any] = {
@@ -105,6 +97,18 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from robustbench_iqa.bench.harness import BenchRun, CaseResult, run_bench
+    from robustbench_iqa.bench.report import (
+        format_table,
+        machine_info,
+        shortfalls,
+        to_json,
+        write_json,
+        write_markdown,
+    )
+
     if args.threads is not None:
         if args.threads < 1:
             raise InputError(f"--threads must be >= 1, got {args.threads}")

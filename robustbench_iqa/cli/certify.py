@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
-from robustbench_iqa.certify.bounds import require_indices
 from robustbench_iqa.cli import _common as c
-from robustbench_iqa.cli._defense import add_defense_args, build_defense, certify_options
-from robustbench_iqa.cli._store import add_store_args, image_generator, open_store
-from robustbench_iqa.store import RowKey
-from robustbench_iqa.validation import check_alpha, check_n, check_sigma
+from robustbench_iqa.cli._defense import add_defense_args, build_defense, certify_settings
+from robustbench_iqa.cli._store import add_store_args, item_generator, open_store
 
-MEDIAN_DEFENSES = ("fs-iqa", "ms", "dms", "dms-iqa")
 COLUMNS = ["image", "score", "lower", "upper", "eps_x", "spectral_norm", "abstained", "reason"]
 
 
@@ -27,71 +20,83 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_input_args(p)
     add_defense_args(p, certify=True)
     c.add_output_args(p)
+    c.add_threads_arg(p)
     add_store_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustbench_iqa.certify.bounds import require_indices
+    from robustbench_iqa.validation import check_alpha, check_n, check_sigma
+
     c.check_input_args(args)
     check_sigma(args.sigma)
     check_n(args.n)
     check_alpha(args.alpha)
-    opts = certify_options(args)
-    if args.defense in MEDIAN_DEFENSES:  # fail fast, before any model is built
-        require_indices(args.n, sigma=args.sigma, eps=opts.get("eps", args.sigma), alpha=args.alpha)
-    store = open_store(args, "certify", {"defense": args.defense, "sigma": args.sigma, "n": args.n,
-                                         "alpha": args.alpha, **opts})
-    try:
-        return _certify_all(args, opts, store)
-    finally:
-        if store is not None:
-            store.close()
+    if args.batch_size < 1:
+        from robustbench_iqa.errors import InputError
 
-
-def _certify_all(args: argparse.Namespace, opts: dict[str, object], store: object) -> int:
-    """Certify every input; with a store, image by image with per-image seeds, skipping done rows."""
-    from robustbench_iqa.store import ResultsStore
-
+        raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.defense in ("fs-iqa", "ms", "dms", "dms-iqa"):  # fail fast, before any model is built
+        eps = args.sigma if args.defense == "fs-iqa" else (args.eps if args.eps is not None else args.sigma / 2)
+        require_indices(args.n, sigma=args.sigma, eps=eps, alpha=args.alpha)
+    c.apply_threads(args)
     model = c.build_model(args)
     defense = build_defense(args, model)
+    settings = certify_settings(args, defense)
+    with open_store(args, "certify", {"defense": args.defense, "sigma": args.sigma, "n": args.n,
+                                      "alpha": args.alpha, **settings}) as store:
+        return _certify_all(args, model, defense, settings, store)
+
+
+def _certify_all(args: argparse.Namespace, model: Any, defense: Any, settings: dict[str, Any], store: Any) -> int:
+    """Certify every input; with a store, image by image with per-input seeds, skipping stored rows."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from robustbench_iqa.runner.workspace import Stopwatch
+    from robustbench_iqa.store import RowKey
+    from robustbench_iqa.studies.certify import CorrelationRow, GuaranteeRow
+
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    st = store if isinstance(store, ResultsStore) else None
+    device = torch.device(args.device)
+    rows: list[dict[str, Any]] = []
+    skipped = 0
     with tqdm(total=total, desc=f"certify {args.model} ({args.defense})", unit="img",
               disable=not c.progress_enabled(args)) as bar:
-        rows = []
-        skipped = 0
-        for chunk in c.batches(items, 1 if st is not None else args.batch_size):
-            key = RowKey("guarantee", model.name, args.defense, args.sigma, chunk[0].name)
-            if st is not None and st.done(key):
+        for chunk in c.batches(items, 1 if store is not None else args.batch_size):
+            key = RowKey(GuaranteeRow.table, model.name, args.defense, args.sigma, chunk[0].id)
+            if store is not None and store.done(key):
                 skipped += 1
-                done = next(st.iter_rows_for(key))
-                row = {"image": key.image, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__}}
+                done = next(store.iter_rows_for(key))
+                row = {"image": chunk[0].name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__}}
                 rows.append(row)
                 if args.json:
                     c.emit([row], as_json=True, columns=COLUMNS)
                 bar.update(1)
                 continue
             x, ref = c.stack(chunk, args.device)
-            g = gen if st is None else image_generator(args, chunk[0].name)
-            t0 = time.perf_counter()
-            results = defense.certify(x, ref, n=args.n, alpha=args.alpha, generator=g, **opts)
-            dt = (time.perf_counter() - t0) / len(chunk)
+            g = gen if store is None else item_generator(args, chunk[0].id)
+            with Stopwatch(device) as t:
+                results = defense.certify(x, ref, n=args.n, alpha=args.alpha, generator=g, **settings)
+            dt = t.seconds / len(chunk)
             for it, r in zip(chunk, results):
                 row = {"image": it.name, **r.to_dict(), "target": it.score, "seconds": dt}
                 row.pop("statement", None)
                 rows.append(row)
                 if args.json:
                     c.emit([row], as_json=True, columns=COLUMNS)
-            if st is not None:
+            if store is not None:
                 r, it = results[0], chunk[0]
-                st.put_many([
-                    (key, {"eps_x": r.eps_x, "lower": r.lower, "upper": r.upper, "score": r.score,
-                           "abstained": r.abstained, "spectral_norm": r.spectral_norm,
-                           "reason": r.reason.value if r.reason else None, "seconds": dt}),
-                    (RowKey("correlation", model.name, args.defense, args.sigma, it.name),
-                     {"score": r.score, "target": it.score, "seconds_certify": dt,
-                      "lower_better": bool(defense.lower_better)}),
+                pixels = int(x.shape[-1] * x.shape[-2])
+                store.put_many([
+                    (key, GuaranteeRow(r.score, r.lower, r.upper, r.eps_x, r.abstained,
+                                       r.reason.value if r.reason else None, r.spectral_norm, r.guarantee.value,
+                                       args.alpha, args.n, dt, 1, pixels).payload()),
+                    (RowKey(CorrelationRow.table, model.name, args.defense, args.sigma, it.id),
+                     CorrelationRow(r.score, it.score if it.score is not None else float("nan"),
+                                    bool(defense.lower_better), None, dt, 1, args.seed).payload()),
                 ])
             bar.update(len(chunk))
     if skipped:

@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-from tqdm.auto import tqdm
-
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import add_defense_args, build_defense
-from robustbench_iqa.validation import check_finite_scores, check_n, check_sigma
 
 COLUMNS = ["image", "score", "target", "seconds"]
 
@@ -22,12 +18,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_input_args(p)
     add_defense_args(p, certify=False)
     c.add_output_args(p)
+    c.add_threads_arg(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from robustbench_iqa.validation import check_finite_scores, check_n, check_sigma
+
     c.check_input_args(args)
     check_n(args.n)
+    c.apply_threads(args)
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)
     if defense is not None:

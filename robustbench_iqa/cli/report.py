@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `robustbench-iqa --help` does not load matplotlib.
-    from robustbench_iqa.analysis.report import build_report
-    from robustbench_iqa.analysis.studies import ReportOptions
+    from robustbench_iqa.report import build_report
+    from robustbench_iqa.studies.base import ReportOptions
 
     if not (0.0 < args.confidence < 1.0):
         raise InputError(f"--confidence must lie in (0, 1), got {args.confidence}")

@@ -9,12 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
-from robustbench_iqa.certify.fs_iqa import save_fs_checkpoint
-from robustbench_iqa.certify.training import evaluate_heads, extract_features, fit_fs_heads
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.models.base import Backbone
-from robustbench_iqa.validation import check_sigma
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -33,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustbench_iqa.certify.fs_iqa import save_fs_checkpoint
+    from robustbench_iqa.certify.training import evaluate_heads, extract_features, fit_fs_heads
+    from robustbench_iqa.models.base import Backbone
+    from robustbench_iqa.validation import check_sigma
+
     sigmas = [check_sigma(s) for s in args.sigma]
     c.check_limit(args.limit)
     model = c.build_model(args)

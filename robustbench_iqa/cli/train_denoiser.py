@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from robustbench_iqa.certify.denoiser_training import LOSSES, train_denoiser
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.errors import InputError
 
@@ -26,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_model_args(p)
     c.add_training_data_args(p)
     p.add_argument("--sigma", type=float, default=0.25, help="input-noise sigma (default: 0.25)")
-    p.add_argument("--loss", choices=LOSSES, default="dms", help="dms (pixel MSE) or dms-iqa (composite)")
+    p.add_argument("--loss", choices=("dms", "dms-iqa"), default="dms", help="dms (pixel MSE) or dms-iqa (composite)")
     p.add_argument("--w-pix", type=float, default=None, help="weight of the pixel MSE (dms-iqa; default 1)")
     p.add_argument("--w-score", type=float, default=None, help="weight of the score MSE (dms-iqa; default 0.1)")
     p.add_argument("--w-rank", type=float, default=None, help="weight of the rank loss (dms-iqa; default 0.01)")
@@ -76,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     ds = create_dataset(args.dataset, root=args.root, size=c.parse_size(args.size), resize=args.resize)
     ds = ds.head(args.limit)
     path = output_path(args.out, loss=args.loss, model=model.name, sigma=args.sigma)
+    from robustbench_iqa.certify.denoiser_training import train_denoiser
+
     _, report = train_denoiser(
         model, ds, sigma=args.sigma, loss=args.loss, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         weights=weights, seed=args.seed, device=args.device, depth=args.depth, width=args.width,

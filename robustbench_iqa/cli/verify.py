@@ -9,6 +9,9 @@ from typing import Any
 
 from robustbench_iqa.cli import _common as c
 
+QUICK = {"limit": 8, "models": None}
+"""``--quick``: the same studies and checks on fewer images (research CI on every push)."""
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
@@ -24,10 +27,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--out", default="runs/verify", help="run directory (default: runs/verify)")
     p.add_argument("--resume", action="store_true", help="continue the run already in --out")
     p.add_argument("--fresh", action="store_true", help="delete the run already in --out and start over")
+    p.add_argument("--quick", action="store_true",
+                   help="the same studies and checks on 8 images per model (a fast CI preset)")
     p.add_argument("--models", nargs="+", default=None, help="override the models")
     p.add_argument("--defenses", nargs="+", default=None, help="override the defenses")
-    p.add_argument("--limit", type=int, default=None, help="override the number of images")
+    p.add_argument("--limit", type=c.positive_int, default=None, help="override the number of images")
+    p.add_argument("--batch-size", type=c.positive_int, default=None, help="images per unit of work")
     p.add_argument("--device", default=None, help="torch device (default: the config's, cpu)")
+    c.add_threads_arg(p)
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where units run: in this process (default) or on a Ray cluster (pip install "
+                        "robustbench_iqa[ray])")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster: 'auto' (a running local cluster), 'ray://HOST:PORT', or omitted for a "
+                        "new local one")
     p.add_argument("--no-report", action="store_true", help="skip the HTML/CSV/figure report")
     p.add_argument("--json", action="store_true", help="print the checks and summary as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -43,11 +56,25 @@ def _fmt(v: Any) -> str:
 def run(args: argparse.Namespace) -> int:
     from robustbench_iqa.runner import load_config, run_verify
 
-    c.check_limit(args.limit)
-    cfg = load_config(args.config, models=args.models, defenses=args.defenses, limit=args.limit,
-                      device=args.device)
+    if args.resume and args.fresh:
+        from robustbench_iqa.errors import InputError
+
+        raise InputError("give --resume or --fresh, not both")
+    c.apply_threads(args)
+    limit = args.limit if args.limit is not None else (QUICK["limit"] if args.quick else None)
+    cfg = load_config(args.config, models=args.models, defenses=args.defenses, limit=limit,
+                      device=args.device, batch_size=args.batch_size)
+    executor = None
+    if args.executor == "ray":
+        from robustbench_iqa.runner.ray_executor import RayExecutor
+
+        executor = RayExecutor(cfg, address=args.address)
+    elif args.address is not None:
+        from robustbench_iqa.errors import InputError
+
+        raise InputError("--address needs --executor ray")
     outcome = run_verify(cfg, args.out, resume=args.resume, fresh=args.fresh, report=not args.no_report,
-                         progress=c.progress_enabled(args))
+                         progress=c.progress_enabled(args), executor=executor)
     if args.json:
         for chk in outcome.checks:
             print(json.dumps({"check": chk.name, "model": chk.model, "defense": chk.defense,
@@ -68,5 +95,5 @@ def run(args: argparse.Namespace) -> int:
     if outcome.report is not None:
         print(f"report: {outcome.report}")
     verdict = "PASSED" if outcome.passed else f"FAILED ({len(outcome.failures)} check(s))"
-    print(f"verify {verdict} in {outcome.seconds:.0f} s; results in {outcome.run_dir}")
+    print(f"verify {verdict} in {outcome.seconds:.0f} s ({outcome.units_run} units run); results in {outcome.run_dir}")
     return 0 if outcome.passed else 1

@@ -1,8 +1,10 @@
 """Running studies into the results store, and the verify gate built on them.
 
-- :mod:`robustbench_iqa.runner.config`: ``[tool.robustbench_iqa.verify]`` settings;
-- :mod:`robustbench_iqa.runner.jobs`: certify + audit, stability, beyond-certificate jobs;
-- :mod:`robustbench_iqa.runner.checks`: the gate's checks, from the store alone;
+- :mod:`robustbench_iqa.runner.config`: ``[tool.robustbench_iqa.verify]`` settings and study sections;
+- :mod:`robustbench_iqa.runner.plan`: inputs identified by content, every study's units of work;
+- :mod:`robustbench_iqa.runner.workspace`: models, defenses and seeds of a worker;
+- :mod:`robustbench_iqa.runner.executor`: executors and the single writer of results;
+- :mod:`robustbench_iqa.runner.gate`: the verdict, judged once from the store;
 - :mod:`robustbench_iqa.runner.verify`: :func:`run_verify`.
 """
 

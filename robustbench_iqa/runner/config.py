@@ -1,86 +1,40 @@
 """Configuration of the verify gate, read from ``[tool.robustbench_iqa.verify]``.
 
 A research repository points the gate at its own models, data and defenses by
-editing that table in its pyproject.toml; every key has a default here.
+editing that table in its pyproject.toml; every key has a default here.  The table
+holds the run-wide settings (:class:`VerifyConfig`); each study has its own
+sub-table, ``[tool.robustbench_iqa.verify.<study>]``, typed by the study's
+``Config`` dataclass (:mod:`robustbench_iqa.studies`).  Types are checked from the
+annotations when a config is built (:mod:`robustbench_iqa.typed_config`), ranges
+by :meth:`VerifyConfig.validate`; unknown keys are refused with a did-you-mean.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.typed_config import build
 
-_KINDS: dict[str, str] = {
-    "models": "strs", "defenses": "strs", "dataset": "str", "root": "str?", "size": "str?", "resize": "str?",
-    "split": "str", "sigma": "float|floats", "n": "int", "audit_n": "int", "alpha": "float", "tau": "float",
-    "eps": "float?", "limit": "int", "attack_steps": "int", "eot": "int", "stability_repeats": "int",
-    "stability_limit": "int", "stability_n": "ints", "beyond_norms": "floats", "beyond_limit": "int",
-    "max_abstain_rate": "float", "max_stability_deviation": "float", "seed": "int", "device": "str",
-    "checkpoints": "dict", "weights": "dict", "accuracy_seeds": "ints",
+MOVED: dict[str, str] = {
+    "audit_n": "audit.n", "attack_steps": "audit.steps (and beyond.steps)", "eot": "audit.eot (and beyond.eot)",
+    "stability_repeats": "stability.repeats", "stability_limit": "stability.limit", "stability_n": "stability.n",
+    "beyond_norms": "beyond.norms", "beyond_limit": "beyond.limit", "max_abstain_rate": "certify.max_abstain_rate",
+    "max_stability_deviation": "stability.max_deviation", "accuracy_seeds": "accuracy.seeds",
 }
-"""The type of every key, checked (and lists turned into tuples) when a config is built."""
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool))
-
-
-def _coerce(name: str, v: Any) -> Any:
-    """``v`` as the type of key ``name`` (a one-item list may be given as a bare value), or InputError."""
-    kind = _KINDS[name]
-    bad = InputError(f"verify: `{name}` must be {_DESCRIBE[kind]}, got {v!r}")
-    if kind.endswith("?"):
-        if v is None:
-            return None
-        kind = kind[:-1]
-    if kind == "float|floats":
-        if isinstance(v, (list, tuple)):
-            kind = "floats"
-        else:
-            kind = "float"
-    if kind == "str":
-        if not isinstance(v, str) or not v:
-            raise bad
-        return v
-    if kind == "int":
-        if not _is_int(v):
-            raise bad
-        return int(v)
-    if kind == "float":
-        if not _is_number(v):
-            raise bad
-        return float(v)
-    if kind in ("strs", "ints", "floats"):
-        items = list(v) if isinstance(v, (list, tuple)) else [v]
-        check = {"strs": lambda x: isinstance(x, str) and bool(x), "ints": _is_int, "floats": _is_number}[kind]
-        if not all(check(x) for x in items):
-            raise bad
-        conv = {"strs": str, "ints": int, "floats": float}[kind]
-        return tuple(conv(x) for x in items)
-    if kind == "dict":
-        if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
-            raise bad
-        return dict(v)
-    raise AssertionError(kind)  # pragma: no cover
-
-
-_DESCRIBE = {
-    "str": "a non-empty string", "str?": "a string", "int": "an integer", "float": "a number",
-    "float?": "a number", "float|floats": "a number or a list of numbers", "strs": "a list of names",
-    "ints": "a list of integers", "floats": "a list of numbers", "dict": "a table of name = \"path\" entries",
-}
+"""Keys of earlier versions and where they live now (named in the error message)."""
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
+    """Run-wide settings of the gate (study settings live in ``sections``)."""
+
     models: tuple[str, ...] = ("default-nr", "default-fr")
     dataset: str = "default"
     root: str | None = None
@@ -94,42 +48,101 @@ class VerifyConfig:
     """Noise standard deviation of the defenses; a list runs every study at each value
     (e.g. ``[0.1, 0.25, 0.5]`` for the FS-IQA Tables 1-2 layout)."""
     n: int = 2000
-    audit_n: int = 4000
     alpha: float = 0.999
     tau: float = 1e-3
     eps: float | None = None
     """Input radius certified by input-space defenses (default sigma / 2)."""
     limit: int = 50
-    attack_steps: int = 10
-    eot: int = 8
-    stability_repeats: int = 10
-    stability_limit: int = 4
-    """Images of the stability study (each predicted ``stability_repeats`` times per n)."""
-    stability_n: tuple[int, ...] = (100, 500, 2000)
-    beyond_norms: tuple[float, ...] = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25)
-    beyond_limit: int = 16
-    max_abstain_rate: float = 0.2
-    max_stability_deviation: float = 0.01
     seed: int = 0
-    accuracy_seeds: tuple[int, ...] = ()
-    """Further seeds of the accuracy study: the defended prediction of every image is repeated
-    with each, so SRCC/PLCC are reported as mean +- SE across models *and* seeds."""
     device: str = "cpu"
+    batch_size: int = 8
+    """Images per unit of work (a batch through the model on one device)."""
     checkpoints: dict[str, str] = field(default_factory=dict)
     """Optional trained heads and denoisers: ``{"model": path}`` or ``{"model@0.25": path}``
     for FS-IQA heads, ``{"model:dms@0.25": path}`` for a denoiser (see
-    :func:`robustbench_iqa.runner.context.checkpoint_for`)."""
+    :func:`robustbench_iqa.runner.workspace.checkpoint_for`)."""
     weights: dict[str, str] = field(default_factory=dict)
-    """Optional ``{model: path}`` of local model weights."""
+    """Optional ``{model: path}`` of local model weights (or ``"pretrained"``)."""
+    plugins: tuple[str, ...] = ()
+    """Modules imported before anything is built: a research repo registers its own models,
+    datasets, defenses or studies there (``@register_model(...)`` etc.)."""
+    studies: tuple[str, ...] | None = None
+    """Studies to run (default: every registered study marked ``default``)."""
+    sections: Mapping[str, Any] = field(default_factory=dict)
+    """Per-study settings: study name -> its ``Config`` dataclass instance."""
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, Any], *, where: str = "verify") -> VerifyConfig:
+        """Build from a ``[tool.robustbench_iqa.verify]`` table (sub-tables are study sections)."""
+        from robustbench_iqa.studies.base import STUDIES
 
+        table = dict(table)
+        for old, new in MOVED.items():
+            if old in table:
+                raise InputError(f"`{where}.{old}` is now `{where}.{new}` (a sub-table per study)")
+        _import_plugins(table.get("plugins", ()), where)
+        studies = set(STUDIES.names())
+        nested = {k: table.pop(k) for k in list(table) if k in studies}
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
+        if "sections" in table:
+            raise InputError(f"`{where}.sections` is not a key; give each study's settings as [{where}.<study>]")
+        base = build(_Globals, {k: v for k, v in table.items() if k in names or k not in studies},
+                     where=where)
+        sections = {name: _section(name, nested.get(name, {}), where) for name in sorted(studies)}
+        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(_Globals)}, sections=sections)
+
+    def with_overrides(self, **values: Any) -> VerifyConfig:
+        """This config with run-wide keys replaced (None values ignored), re-checked."""
+        table = {k: v for k, v in self.globals().items()}
+        table.update({k: v for k, v in values.items() if v is not None})
+        base = build(_Globals, table, where="verify")
+        return dataclasses.replace(self, **{f.name: getattr(base, f.name) for f in dataclasses.fields(_Globals)})
+
+    def with_section(self, study: str, **values: Any) -> VerifyConfig:
+        """This config with settings of one study replaced."""
+        current = dataclasses.asdict(self.section(study))
+        current.update(values)
+        return dataclasses.replace(self, sections={**self.sections, study: _section(study, current, "verify")})
+
+    # ---------------------------------------------------------------- reading
+    def section(self, study: str) -> Any:
+        """The settings of ``study`` (its Config dataclass; defaults if not configured)."""
+        if study not in self.sections:
+            return _section(study, {}, "verify")
+        return self.sections[study]
+
+    def active_studies(self) -> tuple[str, ...]:
+        """The studies this run runs, in registry order."""
+        from robustbench_iqa.studies.base import list_studies
+
+        if self.studies is None:
+            return tuple(list_studies(default=True))
+        return tuple(self.studies)
+
+    def sigmas(self) -> tuple[float, ...]:
+        """The sigma values of the run, in order."""
+        if isinstance(self.sigma, (tuple, list)):
+            return tuple(float(v) for v in self.sigma)
+        return (float(self.sigma),)
+
+    def globals(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(_Globals)}
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(_Globals(**self.globals()))
+        d["sections"] = {k: dataclasses.asdict(v) for k, v in sorted(self.sections.items())}
+        return d
+
+    # ------------------------------------------------------------- validation
     def validate(self) -> VerifyConfig:
         """Range checks of every key (types are checked on construction); returns self."""
         from robustbench_iqa.data.images import Resize, parse_size
+        from robustbench_iqa.studies.base import STUDIES
+        from robustbench_iqa.validation import check_device
 
+        if not self.models:
+            raise InputError("verify: `models` is empty")
         if not self.defenses:
             raise InputError("verify: `defenses` is empty")
         if self.split not in ("train", "test", "all"):
@@ -141,80 +154,101 @@ class VerifyConfig:
             raise InputError(f"verify: tau must be >= 0, got {self.tau}")
         if self.eps is not None and not (self.eps > 0):
             raise InputError(f"verify: eps must be > 0, got {self.eps}")
-        if not (0 <= self.max_stability_deviation):
-            raise InputError(f"verify: max_stability_deviation must be >= 0, got {self.max_stability_deviation}")
-        _check_device(self.device)
-        if not self.models:
-            raise InputError("verify: `models` is empty")
-        if not (0 < self.alpha < 1):
-            raise InputError(f"verify: alpha must lie in (0, 1), got {self.alpha}")
+        try:
+            check_device(self.device)
+        except InputError as exc:
+            raise InputError(f"verify: {exc}") from None
+        if not (0.5 <= self.alpha < 1):
+            raise InputError(f"verify: alpha is the confidence of the certificates and must lie in [0.5, 1), "
+                             f"e.g. 0.999; got {self.alpha}")
         if not self.sigmas() or any(not (float(v) > 0) for v in self.sigmas()):
             raise InputError(f"verify: sigma must be > 0 (one value or a list), got {self.sigma}")
-        for name in ("n", "audit_n", "limit", "attack_steps", "eot", "stability_repeats",
-                     "stability_limit", "beyond_limit"):
+        for name in ("n", "limit", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"verify: {name} must be >= 1, got {getattr(self, name)}")
-        if not self.stability_n or any(int(v) < 1 for v in self.stability_n):
-            raise InputError(f"verify: stability_n must be positive sample counts, got {self.stability_n}")
-        if any(not (v > 0) for v in self.beyond_norms):
-            raise InputError(f"verify: beyond_norms must be > 0, got {self.beyond_norms}")
-        if not (0 <= self.max_abstain_rate <= 1):
-            raise InputError(f"verify: max_abstain_rate must lie in [0, 1], got {self.max_abstain_rate}")
-        if self.stability_repeats < 2:
-            raise InputError("verify: stability_repeats must be >= 2 (a deviation needs two predictions)")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"verify: seed must lie in [0, 2**63), got {self.seed}")
+        for name in self.active_studies():
+            if name not in STUDIES:
+                STUDIES.entry(name)  # raises with a did-you-mean
+        for name, sec in self.sections.items():
+            check = getattr(sec, "validate", None)
+            if check is not None:
+                check(f"verify.{name}")
         return self
 
-    def sigmas(self) -> tuple[float, ...]:
-        """The sigma values of the run, in order."""
-        if isinstance(self.sigma, (tuple, list)):
-            return tuple(float(v) for v in self.sigma)
-        return (float(self.sigma),)
 
-    def at_sigma(self, sigma: float) -> VerifyConfig:
-        """This configuration with one sigma (what the jobs of one sigma see)."""
-        return dataclasses.replace(self, sigma=float(sigma))
+@dataclass(frozen=True)
+class _Globals:
+    """The run-wide keys and their types (VerifyConfig without ``sections``)."""
 
-    @property
-    def sigma_value(self) -> float:
-        """The single sigma of a per-sigma configuration (see :meth:`at_sigma`)."""
-        values = self.sigmas()
-        if len(values) != 1:
-            raise InputError(f"verify: expected one sigma here, got {values}")
-        return values[0]
+    models: tuple[str, ...] = VerifyConfig.models
+    dataset: str = VerifyConfig.dataset
+    root: str | None = None
+    size: str | None = None
+    resize: str | None = None
+    split: str = VerifyConfig.split
+    defenses: tuple[str, ...] = VerifyConfig.defenses
+    sigma: float | tuple[float, ...] = VerifyConfig.sigma
+    n: int = VerifyConfig.n
+    alpha: float = VerifyConfig.alpha
+    tau: float = VerifyConfig.tau
+    eps: float | None = None
+    limit: int = VerifyConfig.limit
+    seed: int = VerifyConfig.seed
+    device: str = VerifyConfig.device
+    batch_size: int = VerifyConfig.batch_size
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, str] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+    studies: tuple[str, ...] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+
+def _section(study: str, values: Mapping[str, Any], where: str) -> Any:
+    from robustbench_iqa.studies.base import get_study
+
+    return build(get_study(study).Config, values, where=f"{where}.{study}")
 
 
-def _check_device(device: str) -> None:
-    import torch
+def _import_plugins(plugins: Any, where: str) -> None:
+    items = [plugins] if isinstance(plugins, str) else list(plugins or ())
+    for mod in items:
+        if not isinstance(mod, str) or not mod:
+            raise InputError(f"`{where}.plugins` must be a list of module names, got {plugins!r}")
+        try:
+            importlib.import_module(mod)
+        except ImportError as exc:
+            raise InputError(f"`{where}.plugins`: cannot import {mod!r}: {exc}") from None
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"verify: unknown device {device!r} (use cpu, cuda, cuda:0, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"verify: device {device!r} requested but CUDA is not available here")
+
+def default_config() -> VerifyConfig:
+    return VerifyConfig.from_mapping({})
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> VerifyConfig:
-    """Read the verify table of ``path`` (default: ./pyproject.toml if it exists)."""
+    """Read the verify table of ``path`` (default: ./pyproject.toml if it exists).
+
+    ``overrides`` replace run-wide keys (None values are ignored).
+    """
     table: dict[str, Any] = {}
     p = Path(path) if path is not None else Path("pyproject.toml")
     if path is not None and not p.is_file():
-        raise InputError(f"config file not found: {p}")
+        raise InputError(f"config file not found: {p}" if not p.exists() else f"config path {p} is not a file")
     if p.is_file():
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise InputError(f"cannot parse {p}: not a UTF-8 text (TOML) file") from None
         except tomllib.TOMLDecodeError as exc:
             raise InputError(f"cannot parse {p}: {exc}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
         section = data.get("tool", {}).get("robustbench_iqa", {})
         if path is not None and "verify" not in section:
             raise InputError(f"{p} has no [tool.robustbench_iqa.verify] table")
-        table = section.get("verify", {})
-    known = {f.name: f for f in dataclasses.fields(VerifyConfig)}
-    unknown = sorted(set(table) - set(known))
-    if unknown:
-        raise InputError(f"unknown keys in [tool.robustbench_iqa.verify] of {p}: {', '.join(unknown)}")
-    values = {**table, **{k: v for k, v in overrides.items() if v is not None}}
-    return VerifyConfig(**values).validate()
+        table = dict(section.get("verify", {}))
+    try:
+        cfg = VerifyConfig.from_mapping(table)
+    except InputError as exc:
+        raise InputError(f"{p}: {exc}" if p.is_file() else str(exc)) from None
+    return cfg.with_overrides(**overrides).validate()

@@ -1,15 +1,17 @@
-"""The research-CI gate: certify, audit, stability and beyond-certificate studies, then checks.
+"""The research-CI gate: run every active study into the store, then judge it once.
 
-:func:`run_verify` runs every (model, defense) of a :class:`VerifyConfig` into
-the results store of ``out_dir`` (resumable), evaluates the checks of
-:mod:`robustbench_iqa.runner.checks` from the store alone, optionally writes the
-report (:func:`robustbench_iqa.analysis.report.build_report`), and returns a
-:class:`VerifyOutcome` whose ``passed`` decides the exit code.
+:func:`run_verify` takes the run directory's lock, checks everything that can be
+checked before anything is written (models, defenses, checkpoints, the dataset: each
+built once, into the workspace the in-process executor then uses), opens the store
+(refusing a different configuration, resuming with ``resume=True``, starting over with
+``fresh=True``), runs the units of work not yet stored on the chosen executor,
+evaluates the gate from the store alone (:mod:`robustbench_iqa.runner.gate`),
+optionally writes the report, and returns a :class:`VerifyOutcome` whose ``passed``
+decides the exit code.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -17,19 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.runner import jobs
-from robustbench_iqa.runner.checks import Check, all_checks, summary_rows
+from robustbench_iqa.runlock import RunLock
 from robustbench_iqa.runner.config import VerifyConfig
-from robustbench_iqa.runner.context import (
-    build_defense,
-    build_model,
+from robustbench_iqa.runner.executor import Executor, LocalExecutor, execute
+from robustbench_iqa.runner.gate import evaluate
+from robustbench_iqa.runner.plan import Plan
+from robustbench_iqa.runner.workspace import (
+    Workspace,
     check_checkpoint_keys,
-    checkpoint_identity,
     dataset_settings,
-    load_images,
+    defense_identity,
     weights_identity,
 )
 from robustbench_iqa.store import RESULTS_FILE, ResultsStore, run_config
+from robustbench_iqa.studies.base import Check
 
 
 @dataclass
@@ -42,6 +45,7 @@ class VerifyOutcome:
     report: Path | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    units_run: int = 0
 
     @property
     def passed(self) -> bool:
@@ -52,27 +56,28 @@ class VerifyOutcome:
         return [c for c in self.checks if not c.passed]
 
 
-def verify_run_config(cfg: VerifyConfig) -> dict[str, Any]:
-    """The run configuration stored with the results: settings, weights hashes, versions."""
+def verify_run_config(cfg: VerifyConfig, ws: Workspace) -> dict[str, Any]:
+    """The run configuration stored with the results: settings, weights and artifact hashes, versions."""
+    models = {m: ws.model(m) for m in cfg.models}
     return run_config(
         kind="verify", **cfg.to_dict(), data=dataset_settings(cfg),
         weights_sha256={m: weights_identity(cfg, m) for m in cfg.models},
-        checkpoints_sha256={f"{m}:{d}@{s:g}": checkpoint_identity(cfg.at_sigma(s), m, d)
+        protocols={m: dict(getattr(models[m], "protocol", {}) or {}) for m in cfg.models},
+        checkpoints_sha256={f"{m}:{d}@{s:g}": defense_identity(ws.defense(m, d, s))
                             for m in cfg.models for d in cfg.defenses for s in cfg.sigmas()},
     )
 
 
-def preflight(cfg: VerifyConfig) -> None:
-    """Build every model and defense once before anything is written, so that a bad name or a
-    missing checkpoint fails at once (exit 2) instead of midway through a run."""
+def preflight(cfg: VerifyConfig, ws: Workspace) -> Plan:
+    """Build every model and defense once (into ``ws``) and plan the inputs, before anything is
+    written: a bad name, a missing checkpoint or an empty dataset fails at once (exit 2)."""
     check_checkpoint_keys(cfg)
-    for name in cfg.models:
-        model = build_model(cfg, name)
-        if not load_images(dataclasses.replace(cfg, limit=1), model):
-            raise InputError(f"verify: dataset {cfg.dataset!r} ({cfg.split}) has no images")
-        for sigma in cfg.sigmas():
-            for dname in cfg.defenses:
-                build_defense(cfg.at_sigma(sigma), model, dname)
+    plan = Plan.build(cfg, ws)
+    for m in cfg.models:
+        for s in cfg.sigmas():
+            for d in cfg.defenses:
+                ws.defense(m, d, s)
+    return plan
 
 
 def _remove_run(out: Path) -> None:
@@ -83,56 +88,63 @@ def _remove_run(out: Path) -> None:
         shutil.rmtree(out / "report")
 
 
-def open_run(out_dir: str | Path, cfg: VerifyConfig, *, resume: bool, fresh: bool) -> ResultsStore:
-    out = Path(out_dir)
-    if (out / RESULTS_FILE).exists() and not fresh:
-        with ResultsStore.open(out) as old:
-            empty = old.count() == 0
-        fresh = empty  # a run that never wrote a row holds nothing to keep
-    if fresh:
-        _remove_run(out)
+def open_run(out: Path, config: dict[str, Any], *, resume: bool, fresh: bool) -> ResultsStore:
+    """The run's store; the caller holds the run directory's lock (so no other run is live in it)."""
+    if fresh or (not resume and _is_empty(out)):
+        _remove_run(out)  # a store that never got a row holds nothing to keep
     if not resume and (out / RESULTS_FILE).exists():
         raise InputError(f"{out} already holds a run: pass --resume to continue it, --fresh to start "
                          f"over, or --out to write elsewhere")
     try:
-        return ResultsStore.open(out, verify_run_config(cfg), resume=resume)
+        return ResultsStore.open(out, config, resume=resume)
     except InputError as exc:
+        if "--fresh" in str(exc):
+            raise
         raise InputError(f"{exc} (or --fresh to start over)") from None
+
+
+def _is_empty(out: Path) -> bool:
+    """A store with no row and no unit (or whose creation never committed)."""
+    if not (out / RESULTS_FILE).exists():
+        return False
+    try:
+        with ResultsStore.open(out) as old:
+            return old.count() == 0 and not old.done_units()
+    except InputError as exc:
+        return "no run configuration" in str(exc)
 
 
 def run_verify(
     cfg: VerifyConfig, out_dir: str | Path, *, resume: bool = False, fresh: bool = False,
-    report: bool = True, progress: bool = True,
+    report: bool = True, progress: bool = True, executor: Executor | None = None,
 ) -> VerifyOutcome:
-    """Run the gate (see the module docstring)."""
+    """Run the gate (see the module docstring).  ``executor``: default in-process."""
     cfg = cfg.validate()
     t0 = time.perf_counter()
+    out = Path(out_dir)
     notes: list[str] = []
-    preflight(cfg)
-    with open_run(out_dir, cfg, resume=resume, fresh=fresh) as store:
-        for name in cfg.models:
-            model = build_model(cfg, name)
-            images = load_images(cfg, model)
-            if not images:
-                raise InputError(f"verify: dataset {cfg.dataset!r} ({cfg.split}) has no images")
-            for sigma in cfg.sigmas():
-                sub = cfg.at_sigma(sigma)
-                for dname in cfg.defenses:
-                    defense = build_defense(sub, model, dname)
-                    for job in (jobs.certify_and_audit, jobs.accuracy_seeds, jobs.stability, jobs.beyond):
-                        job(store, sub, model, dname, defense, images, progress=progress)
-        checks = all_checks(store, cfg)
-        summary = summary_rows(store, cfg, checks)
-        audited = {(c.model, c.defense) for c in checks if c.name == "certificate audit"}
-        for m in cfg.models:
-            for d in cfg.defenses:
-                if (m, d) not in audited:
-                    notes.append(f"{m} ({d}): no audit (its guarantee is not a bound on the smoothed output)")
-    path = None
-    if report:
-        from robustbench_iqa.analysis.report import build_report  # matplotlib is loaded only here
+    with RunLock(out):
+        ws = Workspace(cfg)
+        plan = preflight(cfg, ws)
+        config = verify_run_config(cfg, ws)
+        runner = executor if executor is not None else LocalExecutor(ws)
+        with open_run(out, config, resume=resume, fresh=fresh) as store:
+            try:
+                ran = execute(store, cfg, plan.units(), runner, progress=progress)
+            finally:
+                runner.close()
+            gate = evaluate(store, cfg)
+        audited = {(c.model, c.defense) for c in gate.checks if c.name == "certificate audit"}
+        if "audit" in cfg.active_studies():
+            for m in cfg.models:
+                for d in cfg.defenses:
+                    if (m, d) not in audited:
+                        notes.append(f"{m} ({d}): no audit (its guarantee is not a bound on the smoothed output)")
+        path = None
+        if report:
+            from robustbench_iqa.report import build_report
 
-        res = build_report(out_dir, progress=progress)
-        path = res.html
-        notes += res.notes
-    return VerifyOutcome(Path(out_dir), checks, summary, path, time.perf_counter() - t0, notes)
+            res = build_report(out, progress=progress)
+            path = res.html
+            notes += res.notes
+    return VerifyOutcome(out, gate.checks, gate.summary, path, time.perf_counter() - t0, notes, ran)

@@ -1,11 +1,13 @@
 """Reports: tables (CSV, Markdown), figures (PNG, SVG) and one self-contained HTML page.
 
-:func:`build_report` reads only from a run's results store.  For every study
-of :data:`robustbench_iqa.analysis.studies.STUDIES` present in the store it writes
+:func:`build_report` reads only from a run's results store.  It shows the gate's
+verdict (stored by :func:`robustbench_iqa.runner.gate.evaluate`), then, for every
+registered study (:data:`robustbench_iqa.studies.STUDIES`) with rows in the store,
+its report section, writing
 
 * ``<study>_<table>.csv`` and ``<study>_<table>.md`` for every table,
 * ``<study>_<figure>.png`` and ``.svg`` for every figure,
-* ``data/<study>.csv`` / ``.parquet``: the raw rows of every study,
+* ``data/<table>.csv`` / ``.parquet``: the raw rows of every table,
 
 and ``report.html``, which embeds every PNG as a base64 data URI and every
 shown table as HTML, so the page needs no other file.  Studies without rows, or
@@ -27,9 +29,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from robustbench_iqa.analysis.figures import save_figure
-from robustbench_iqa.analysis.studies import STUDIES, ReportOptions, StudyOutput
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.store import ResultsStore
+from robustbench_iqa.studies.base import (
+    ReportOptions,
+    RunData,
+    StudyOutput,
+    get_study,
+    list_studies,
+)
 
 HTML_FILE = "report.html"
 
@@ -94,39 +102,60 @@ def build_report(
         raise InputError(f"run dir {run} does not exist")
     opt = options or ReportOptions()
     with ResultsStore.open(run) as store:
-        present = store.studies()
+        present = set(store.tables())
         if not present:
             raise InputError(f"the results store in {run} has no rows yet")
         out = Path(out_dir) if out_dir is not None else run / "report"
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot write the report to {out}: {exc.strerror or exc}") from None
         result = ReportResult(out, out / HTML_FILE)
         result.files += store.export(out / "data")
+        data = RunData(store)
         sections = []
-        for name in tqdm(list(STUDIES), desc="report", unit="study", disable=not progress):
-            study = STUDIES[name]
-            if name not in present:
-                result.notes.append(f"{name}: no rows in the store; skipped")
+        shown: set[str] = set()
+        for name in tqdm(list_studies(), desc="report", unit="study", disable=not progress):
+            study = get_study(name)
+            if not any(t.table in present for t in study.tables):
                 continue
+            shown |= {t.table for t in study.tables}
             try:
-                output = study.build(store.frame(name), store.config, opt)
+                output = study.report(data, opt)
             except InputError as exc:
                 result.notes.append(f"{name}: skipped ({exc})")
                 continue
+            if output is None:
+                continue
             result.studies.append(name)
-            sections.append(_section(out, name, output, result))
-        for name in sorted(set(present) - set(STUDIES)):
-            result.notes.append(f"{name}: no report for this study; its rows are in data/{name}.csv")
-        page = _page(run, store.config, sections, result.notes)
+            sections.append(_section(out, name, study.title, study.summary_text, output, result))
+        for name in sorted(present - shown):
+            result.notes.append(f"table {name}: no study reports it; its rows are in data/{name}.csv")
+        gate = store.get_meta("gate")
+        page = _page(run, store.config, [_gate_section(gate)] if gate else [], sections, result.notes)
     result.html.write_text(page, encoding="utf-8")
     result.files.append(result.html)
     return result
 
 
-def _section(out: Path, name: str, output: StudyOutput, result: ReportResult) -> str:
-    study = STUDIES[name]
+def _gate_section(gate: dict[str, Any]) -> str:
+    """The stored verdict of the gate: PASS/FAIL, the summary table and every check."""
+    verdict = "PASSED" if gate.get("passed") else "FAILED"
+    parts = [f'<section id="gate"><h2>Gate: {verdict}</h2>']
+    if gate.get("summary"):
+        parts.append(_html_table(pd.DataFrame(gate["summary"])))
+    checks = pd.DataFrame(gate.get("checks", []))
+    if not checks.empty:
+        checks = checks.assign(passed=checks["passed"].map({True: "ok", False: "FAIL"}))
+        parts.append(f"<h3>checks</h3>{_html_table(checks[['passed', 'name', 'model', 'defense', 'sigma', 'detail']])}")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _section(out: Path, name: str, title: str, summary: str, output: StudyOutput, result: ReportResult) -> str:
     result.files += _write_tables(out, name, {**output.tables, **output.details})
-    parts = [f'<section id="{name}"><h2>{html.escape(study.title)}</h2>',
-             f"<p>{html.escape(study.summary)}</p>"]
+    parts = [f'<section id="{name}"><h2>{html.escape(title)}</h2>',
+             f"<p>{html.escape(summary)}</p>"]
     parts += [f'<p class="note">{html.escape(n)}</p>' for n in output.notes]
     for fig_name, fig in output.figures.items():
         paths = save_figure(fig, out / f"{name}_{fig_name}")
@@ -155,7 +184,7 @@ figure{margin:1em 0} figure img{max-width:100%}
 """
 
 
-def _page(run: Path, config: dict[str, Any], sections: list[str], notes: list[str]) -> str:
+def _page(run: Path, config: dict[str, Any], head: list[str], sections: list[str], notes: list[str]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S")
     notes_html = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
     cfg = html.escape(json.dumps(config, indent=2, sort_keys=True, default=str))
@@ -168,6 +197,7 @@ def _page(run: Path, config: dict[str, Any], sections: list[str], notes: list[st
             f"<h1>robustbench_iqa report</h1><p>run <code>{html.escape(str(run))}</code>, "
             f"generated {when}</p>",
             f"<ul class=\"notes\">{notes_html}</ul>" if notes else "",
+            *head,
             *sections,
             f"<section id=\"config\"><h2>Run configuration</h2><pre>{cfg}</pre></section>",
             "</body></html>",

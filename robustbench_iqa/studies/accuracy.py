@@ -1,0 +1,56 @@
+"""The accuracy study: the defended predictions again under further seeds.
+
+FS-IQA Tables 1-2 report SRCC / PLCC as mean +- SEM across models; with
+``accuracy.seeds`` the defended prediction of every image is repeated under each
+seed (``correlation`` rows with ``extra="seed=<k>"``), so the table's mean and SEM
+run across models *and* seeds.  Its rows are reported with the certify study's
+correlation table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from robustbench_iqa.studies.base import Record, Study, Unit, batched, record, register_study
+from robustbench_iqa.studies.certify import CorrelationRow
+
+if TYPE_CHECKING:
+    from robustbench_iqa.runner.plan import Plan
+    from robustbench_iqa.runner.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class AccuracyConfig:
+    """``[tool.robustbench_iqa.verify.accuracy]``."""
+
+    seeds: tuple[int, ...] = ()
+    """Further seeds of the defended predictions (the run's own seed is the certify study's)."""
+
+
+@register_study
+class AccuracyStudy(Study):
+    name = "accuracy"
+    title = "Accuracy over seeds"
+    summary_text = "The defended predictions repeated under further seeds (reported with the correlation table)."
+    tables = (CorrelationRow,)
+    Config = AccuracyConfig
+
+    def units(self, plan: Plan) -> list[Unit]:
+        cfg = plan.cfg
+        seeds = [k for k in cfg.section(self.name).seeds if k != cfg.seed]
+        return [Unit(self.name, m, d, float(s), ids, f"seed={k}")
+                for m in cfg.models for s in cfg.sigmas() for d in cfg.defenses for k in seeds
+                for ids in batched(plan.images(m), cfg.batch_size)]
+
+    def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+        import torch
+
+        defense = ws.defense(unit.model, unit.defense, unit.sigma)
+        b = ws.batch(unit.model, unit.images)
+        seed = int(unit.part.split("=", 1)[1])
+        with torch.no_grad():
+            pred = defense.predict(b.x, b.ref, n=ws.cfg.n, generator=ws.generator(unit, "predict")).reshape(-1)
+        return [record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better), batch=len(b),
+                                      seed=seed), unit, image, unit.part)
+                for i, image in enumerate(b.ids)]

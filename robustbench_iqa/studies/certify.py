@@ -1,0 +1,212 @@
+"""The certify study: a certificate per image, and the scores with and without the defense.
+
+Per unit (a batch of images of one model, defense and sigma): the undefended
+score (``correlation`` rows with ``defense="none"``), the defended prediction in
+no-certification mode with its time (``correlation``), and the certificate with
+its time (``guarantee``: score, bounds, radius, the IVE's spectral norm, or an
+explicit abstention).  Then every ``stage = "certify"`` study (the audit) runs on
+the certified batch, reusing its clean pass and the certificates' evidence.
+
+Times are seconds per image of a batched call (``batch`` images at once): the
+per-image cost of batched evaluation, as the FS-IQA study's tables report it.
+
+Check: the abstention rate of each (model, defense, sigma) is at most
+``certify.max_abstain_rate``.  Report: SRCC/PLCC in the FS-IQA Tables 1-2 layout,
+and the shape of the guarantee (bound width vs eps_x, FS-IQA Figure 3).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from robustbench_iqa.studies.base import (
+    Check,
+    Group,
+    Record,
+    ReportOptions,
+    Row,
+    RunData,
+    Study,
+    StudyOutput,
+    Unit,
+    batched,
+    finite,
+    get_study,
+    record,
+    register_study,
+)
+
+if TYPE_CHECKING:
+    from robustbench_iqa.runner.config import VerifyConfig
+    from robustbench_iqa.runner.plan import Plan
+    from robustbench_iqa.runner.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class CorrelationRow(Row):
+    """A (defended or undefended) score of one image next to its subjective score."""
+
+    table = "correlation"
+    score: float = finite()
+    target: float = math.nan
+    lower_better: bool = False
+    seconds_predict: float | None = None
+    seconds_certify: float | None = None
+    batch: int = 1
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GuaranteeRow(Row):
+    """The certificate of one image (or its abstention)."""
+
+    table = "guarantee"
+    score: float = finite()
+    lower: float | None = finite(None)
+    upper: float | None = finite(None)
+    eps_x: float | None = finite(None)
+    abstained: bool = False
+    reason: str | None = None
+    spectral_norm: float | None = None
+    guarantee: str = ""
+    alpha: float = math.nan
+    n: int = 0
+    seconds: float | None = None
+    batch: int = 1
+    pixels: int = 0
+    """H * W of the image: eps_x is an L2 norm over all 3*H*W values, so it grows with the
+    image size; ``eps_x / sqrt(3 * pixels)`` is the per-value (RMS) radius."""
+
+
+@dataclass(frozen=True)
+class CertifyConfig:
+    """``[tool.robustbench_iqa.verify.certify]``."""
+
+    max_abstain_rate: float = 0.2
+    """The gate fails a (model, defense, sigma) whose abstention rate is above this."""
+
+    def validate(self, where: str) -> None:
+        from robustbench_iqa.errors import InputError
+
+        if not 0 <= self.max_abstain_rate <= 1:
+            raise InputError(f"{where}.max_abstain_rate must lie in [0, 1], got {self.max_abstain_rate}")
+
+
+@register_study
+class CertifyStudy(Study):
+    name = "certify"
+    title = "Certificates and accuracy"
+    summary_text = ("A certificate per image (bounds, radius or an explicit abstention), and SRCC / PLCC of "
+                    "the defended scores in the FS-IQA Tables 1-2 layout.")
+    tables = (CorrelationRow, GuaranteeRow)
+    Config = CertifyConfig
+
+    def units(self, plan: Plan) -> list[Unit]:
+        cfg = plan.cfg
+        return [Unit(self.name, m, d, float(s), ids)
+                for m in cfg.models for s in cfg.sigmas() for d in cfg.defenses
+                for ids in batched(plan.images(m), cfg.batch_size)]
+
+    def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+        import torch
+
+        from robustbench_iqa.certify.defense import settings_from
+        from robustbench_iqa.runner.workspace import CertifiedBatch, Stopwatch
+
+        cfg = ws.cfg
+        model, defense = ws.model(unit.model), ws.defense(unit.model, unit.defense, unit.sigma)
+        b = ws.batch(unit.model, unit.images)
+        ws.warm_up(unit.model, unit.defense, unit.sigma, b)
+        k = len(b)
+        with torch.no_grad(), Stopwatch(ws.device) as t_model:
+            clean = model(b.x, b.ref).reshape(-1).detach()
+        with Stopwatch(ws.device) as t_predict:
+            pred = defense.predict(b.x, b.ref, n=cfg.n, generator=ws.generator(unit, "predict")).reshape(-1)
+        settings = settings_from(defense, {**cfg.globals()})
+        with Stopwatch(ws.device) as t_certify:
+            certs = defense.certify(b.x, b.ref, n=cfg.n, alpha=cfg.alpha, generator=ws.generator(unit, "certify"),
+                                    **settings)
+        ws.tick(0.5)
+        out: list[Record] = []
+        first = (unit.defense, unit.sigma) == (cfg.defenses[0], float(cfg.sigmas()[0]))
+        pixels = int(b.x.shape[-1] * b.x.shape[-2])
+        for i, image in enumerate(b.ids):
+            if first:  # the undefended scores, once per image
+                out.append(record(CorrelationRow(float(clean[i]), b.targets[i], bool(model.lower_better),
+                                                 t_model.seconds / k, None, k), unit, image,
+                                  defense="none", sigma=0.0))
+            out.append(record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better),
+                                             t_predict.seconds / k, t_certify.seconds / k, k, cfg.seed),
+                              unit, image))
+            c = certs[i]
+            out.append(record(GuaranteeRow(
+                c.score, c.lower, c.upper, c.eps_x, c.abstained, c.reason.value if c.reason else None,
+                c.spectral_norm, c.guarantee.value, cfg.alpha, cfg.n, t_certify.seconds / k, k, pixels),
+                unit, image))
+        batch = CertifiedBatch(unit, model, defense, b, certs, clean)
+        for name in cfg.active_studies():
+            study = get_study(name)
+            if study.stage == self.name:
+                out += study.on_certified(batch, ws)
+        return out
+
+    # ------------------------------------------------------------ judgement
+    def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
+        limit = cfg.section(self.name).max_abstain_rate
+        out = []
+        for (m, d, s), g in data.groups(GuaranteeRow):
+            k, n = int(g["abstained"].astype(bool).sum()), len(g)
+            rate = k / n
+            out.append(Check("abstentions", m, d, s, rate <= limit,
+                             f"{k}/{n} = {rate:.1%} abstained (max {limit:.1%})"))
+        return out
+
+    def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
+        out: dict[Group, dict[str, Any]] = {}
+        corr = data.frame(CorrelationRow)
+        for group, g in data.groups(GuaranteeRow):
+            cert = g[~g["abstained"].astype(bool)]
+            width = (cert["upper"].astype(float) - cert["lower"].astype(float))
+            eps = cert["eps_x"].astype(float)
+            row: dict[str, Any] = {
+                "images": len(g), "abstained": len(g) - len(cert),
+                "mean_width": float(width.mean()) if len(cert) else math.nan,
+                "median_eps_x": float(eps.median()) if len(cert) else math.nan,
+            }
+            if len(cert):
+                rms = eps / (3.0 * cert["pixels"].astype(float)).pow(0.5)
+                row["median_eps_x_per_value"] = float(rms.median())
+            m, d, s = group
+            c2 = corr[(corr["model"] == m) & (corr["defense"] == d) & (corr["sigma"] == s)]
+            if len(c2):
+                row["s/img_predict"] = float(c2["seconds_predict"].astype(float).mean())
+                row["s/img_certify"] = float(c2["seconds_certify"].astype(float).mean())
+            out[group] = row
+        return out
+
+    def report(self, data: RunData, options: ReportOptions) -> StudyOutput | None:
+        from robustbench_iqa.analysis import correlation, figures, guarantee
+
+        out = StudyOutput()
+        corr = data.frame(CorrelationRow)
+        if not corr.empty:
+            groups = correlation.per_group(corr)
+            summary = correlation.summarize(groups)
+            out.tables.update({"correlation": correlation.correlation_table(corr), "correlation_summary": summary})
+            out.details["correlation_groups"] = groups
+            out.figures["correlation"] = figures.correlation_figure(summary)
+            failed = int((~groups["logistic_ok"].astype(bool)).sum())
+            if failed:
+                out.notes.append(f"the logistic fit failed in {failed} group(s); raw PLCC used there")
+        gq = data.frame(GuaranteeRow)
+        if not gq.empty:
+            table = guarantee.guarantee_table(gq, bins=options.bins)
+            out.tables["guarantee_bins"] = table
+            out.details["guarantee_images"] = gq
+            if not table.empty:
+                out.figures["guarantee"] = figures.guarantee_figure(table)
+            out.notes.append("eps_x is an L2 norm over all 3*H*W pixel values: it grows with the image size "
+                             "(eps_x / sqrt(3*H*W) is the per-value RMS radius)")
+        return out if (out.tables or out.figures) else None
