@@ -37,16 +37,19 @@ class UnitResult:
     rows: list[tuple[RowKey, dict[str, object]]]
     seconds: float
     worker: str
+    steps: dict[str, float] | None = None
+    """Seconds per named step inside the unit (``Workspace.timed``), for the gate's profile."""
 
 
 def run_unit(unit: Unit, ws: Workspace) -> UnitResult:
     """Run one unit of work in ``ws`` (what every executor calls, wherever it runs)."""
     from robustbench_iqa.studies.base import get_study
 
+    ws.step_seconds = {}
     t0 = time.perf_counter()
     records = get_study(unit.study).run(unit, ws)
     return UnitResult(unit, [r.as_pair() for r in records], time.perf_counter() - t0,
-                      f"{socket.gethostname()}:{os.getpid()}")
+                      f"{socket.gethostname()}:{os.getpid()}", dict(ws.step_seconds))
 
 
 Tick = Callable[["Unit", float], None]
@@ -104,7 +107,8 @@ def execute(store: ResultsStore, cfg: VerifyConfig, units: Sequence[Unit], execu
             partial[unit.key] = new
 
         for res in executor.map(todo, tick=tick):
-            store.put_unit(res.unit.key, study=res.unit.study, info=res.unit.info(), rows=res.rows,
+            info = {**res.unit.info(), "steps": res.steps or {}}
+            store.put_unit(res.unit.key, study=res.unit.study, info=info, rows=res.rows,
                            seconds=res.seconds, worker=res.worker)
             bar.set_postfix_str(f"{res.unit.study} {res.unit.model} ({res.unit.defense})", refresh=False)
             bar.update(max(1, len(res.unit.images)) - partial.pop(res.unit.key, 0.0))

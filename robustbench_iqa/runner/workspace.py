@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -79,6 +80,8 @@ class Workspace:
     """Per model, the planned inputs (set by :class:`robustbench_iqa.runner.plan.Plan`)."""
     progress: Callable[[float], None] | None = None
     """Optional callback a long unit calls with the fraction of its images done."""
+    step_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds per named step of the unit being run (:meth:`timed`); recorded with the unit."""
     _models: dict[str, IQAModel] = field(default_factory=dict)
     _defenses: dict[tuple[str, str, float], CertifiedDefense] = field(default_factory=dict)
     _dataset: IQADataset | None = None
@@ -160,6 +163,13 @@ class Workspace:
             if defense != "none":
                 d = self.defense(model, defense, sigma)
                 d.predict(x, ref, n=min(self.cfg.n, 100), generator=torch.Generator(device=self.device).manual_seed(0))
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Add the wall seconds of the block to ``step_seconds[step]`` (device synchronised)."""
+        with Stopwatch(self.device) as sw:
+            yield
+        self.step_seconds[step] = self.step_seconds.get(step, 0.0) + sw.seconds
 
     def tick(self, fraction: float) -> None:
         if self.progress is not None:

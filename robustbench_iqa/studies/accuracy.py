@@ -49,7 +49,7 @@ class AccuracyStudy(Study):
         defense = ws.defense(unit.model, unit.defense, unit.sigma)
         b = ws.batch(unit.model, unit.images)
         seed = int(unit.part.split("=", 1)[1])
-        with torch.no_grad():
+        with torch.no_grad(), ws.timed("accuracy.predict"):
             pred = defense.predict(b.x, b.ref, n=ws.cfg.n, generator=ws.generator(unit, "predict")).reshape(-1)
         return [record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better), batch=len(b),
                                       seed=seed), unit, image, unit.part)

@@ -169,9 +169,11 @@ class AuditStudy(Study):
                 gen = ws.generator(unit, "audit-attack", target.value)
                 obj = eot_objective(defense, n=sec.eot, aggregate=defense.eot_aggregate, generator=gen,
                                     target=target, eval_n=sec.eot, eval_seed=cfg.seed)
-                adv = attack.run(obj, sub.x, sub.ref, eps=eps, generator=gen).adv
-                ests = defense.estimate(adv, sub.ref, n=sec.n, confidence=sec.confidence,
-                                        generator=ws.generator(unit, "audit-estimate", target.value))
+                with ws.timed(f"audit.attack-{target.value}"):
+                    adv = attack.run(obj, sub.x, sub.ref, eps=eps, generator=gen).adv
+                with ws.timed("audit.estimate"):
+                    ests = defense.estimate(adv, sub.ref, n=sec.n, confidence=sec.confidence,
+                                            generator=ws.generator(unit, "audit-estimate", target.value))
                 for j, (i, est) in enumerate(zip(todo, ests)):
                     rows[i][f"attacked_median_{target.value}"] = est.point
                     m = est.margin(float(certs[i].lower), float(certs[i].upper))  # type: ignore[arg-type]
@@ -182,14 +184,16 @@ class AuditStudy(Study):
             # Inconclusive images (the interval straddles a bound): a second, larger estimate.
             again = [j for j, (m, est) in enumerate(best) if sec.resample_n > 0 and _straddles(est, certs[todo[j]])]
             if again:
-                ests = defense.estimate(best_x[again], None if sub.ref is None else sub.ref[again],
-                                        n=sec.resample_n, confidence=sec.confidence,
-                                        generator=ws.generator(unit, "audit-resample"))
+                with ws.timed("audit.resample"):
+                    ests = defense.estimate(best_x[again], None if sub.ref is None else sub.ref[again],
+                                            n=sec.resample_n, confidence=sec.confidence,
+                                            generator=ws.generator(unit, "audit-resample"))
                 for j, est in zip(again, ests):
                     best[j] = (best[j][0], est)
                     rows[todo[j]]["resampled"] = True
-            premise = defense.audit_premise(sub.x, sub.ref, [certs[i] for i in todo], attacked=best_x,
-                                            steps=sec.steps, generator=ws.generator(unit, "audit-premise"))
+            with ws.timed("audit.premise"):
+                premise = defense.audit_premise(sub.x, sub.ref, [certs[i] for i in todo], attacked=best_x,
+                                                steps=sec.steps, generator=ws.generator(unit, "audit-premise"))
             l2 = (best_x - sub.x).reshape(len(todo), -1).norm(dim=1)
             for j, i in enumerate(todo):
                 est = best[j][1]

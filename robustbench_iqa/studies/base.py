@@ -236,10 +236,6 @@ class Study:
         """The study's report section, or None if it has nothing to show."""
         return None
 
-    def section(self, cfg: VerifyConfig) -> Any:
-        """This study's settings from ``cfg``."""
-        return cfg.section(self.name)
-
 
 S = TypeVar("S", bound=type[Study])
 

@@ -98,7 +98,8 @@ class BeyondStudy(Study):
             defense = ws.defense(unit.model, unit.defense, unit.sigma)
             obj = eot_objective(defense, n=sec.eot, aggregate=defense.eot_aggregate, generator=gen,
                                 target=Target.INCREASE, eval_n=cfg.n, eval_seed=cfg.seed)
-        res = IFGSM(eps=norm, steps=sec.steps, norm="l2").run(obj, b.x, b.ref, generator=gen)
+        with ws.timed(f"beyond.attack-{'undefended' if unit.defense == 'none' else 'defended'}"):
+            res = IFGSM(eps=norm, steps=sec.steps, norm="l2").run(obj, b.x, b.ref, generator=gen)
         return [record(BeyondRow(norm, r.clean_score, r.adv_score, r.l2, bool(obj.lower_better)), unit, image,
                        unit.part)
                 for image, r in zip(b.ids, res.records)]

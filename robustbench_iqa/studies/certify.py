@@ -120,12 +120,12 @@ class CertifyStudy(Study):
         b = ws.batch(unit.model, unit.images)
         ws.warm_up(unit.model, unit.defense, unit.sigma, b)
         k = len(b)
-        with torch.no_grad(), Stopwatch(ws.device) as t_model:
+        with torch.no_grad(), ws.timed("certify.clean"), Stopwatch(ws.device) as t_model:
             clean = model(b.x, b.ref).reshape(-1).detach()
-        with Stopwatch(ws.device) as t_predict:
+        with ws.timed("certify.predict"), Stopwatch(ws.device) as t_predict:
             pred = defense.predict(b.x, b.ref, n=cfg.n, generator=ws.generator(unit, "predict")).reshape(-1)
         settings = settings_from(defense, {**cfg.globals()})
-        with Stopwatch(ws.device) as t_certify:
+        with ws.timed("certify.certify"), Stopwatch(ws.device) as t_certify:
             certs = defense.certify(b.x, b.ref, n=cfg.n, alpha=cfg.alpha, generator=ws.generator(unit, "certify"),
                                     **settings)
         ws.tick(0.5)

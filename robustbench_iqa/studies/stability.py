@@ -95,7 +95,7 @@ class StabilityStudy(Study):
         n = int(unit.part.split("=", 1)[1])
         out = []
         for r in range(sec.repeats):
-            with torch.no_grad():
+            with torch.no_grad(), ws.timed("stability.predict"):
                 s = defense.predict(b.x, b.ref, n=n, generator=ws.generator(unit, "repeat", r)).reshape(-1)
             out += [record(StabilityRow(n, r, float(s[i])), unit, image, f"n={n},seed={r}")
                     for i, image in enumerate(b.ids)]
