@@ -61,6 +61,13 @@ def verify(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Re-measure the numbers README.md quotes (gate result, times, planted table, profile)."""
+    _install(session)
+    session.run("python", "scripts/readme_numbers.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Speed and memory of certification, as ratios to one undefended forward pass."""
     _install(session)
