@@ -11,8 +11,9 @@ for one attack, the largest eps in [lo, hi] whose attacked images keep
 (``reduce`` = mean or min over the images the attack changed; PSNR and SSIM of
 :mod:`robustbench_iqa.attacks.similarity`).  Images returned unchanged (the best
 iterate was the clean image) are left out: they would count as PSNR = +inf and
-hide how visible the attack is where it acts; a probe that changes no image is
-feasible.  The search assumes the attacked quality
+hide how visible the attack is where it acts.  A probe that changes no image
+counts as infeasible: the attack does nothing at that budget (e.g. one FGSM step
+that overshoots on every image), which is no budget to preset.  The search assumes the attacked quality
 falls with eps and bisects log(eps) ``iterations`` times, running the attack once
 per probe with a generator seeded by ``seed`` (the same start at every probe).
 The result is the last feasible probe; hi itself is returned when it is feasible.
@@ -122,7 +123,7 @@ def calibrate_budget(
         changed = torch.isfinite(p)
         p_red = _reduce(p[changed], reduce, empty=math.inf)
         s_red = _reduce(s[changed], reduce, empty=1.0)
-        ok = ((floor.min_psnr is None or p_red >= floor.min_psnr)
+        ok = (bool(changed.any()) and (floor.min_psnr is None or p_red >= floor.min_psnr)
               and (floor.min_ssim is None or s_red >= floor.min_ssim))
         return ok, Calibration(eps, p_red, s_red, int(changed.sum()), floor.name, reduce, probes)
 

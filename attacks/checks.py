@@ -25,10 +25,12 @@ quality scores, each attacked image gets an :class:`ImageCheck` with these flags
 
 Across two runs on the same images and budget, :func:`compare_white_black`
 flags gradient masking when a black-box attack (no gradients) beats the
-white-box one: its per-image gain is higher where ``black > white + tol``, and
-the run is flagged when the black-box mean gain is higher.  A one-sided sign
-test (``scipy.stats.binomtest``, ties dropped) gives the p-value that the
-black-box attack wins no more often than the white-box one.
+white-box one: per image where ``black > white + tol``; for the run when the
+black-box mean gain is higher, or when the black-box attack wins on more images
+than it loses (a lucky random start of the white-box attack on one image must
+not hide that it failed on the others).  A one-sided sign test
+(``scipy.stats.binomtest``, ties dropped) gives the p-value that the black-box
+attack wins no more often than the white-box one.
 
 The functions here are pure: they read numbers and return typed records that
 the CLI, the results store and the report can show.
@@ -62,11 +64,16 @@ class Flag(StrEnum):
 class RecordLike(Protocol):
     """The fields of :class:`~robustbench_iqa.attacks.base.AttackRecord` the checks read."""
 
-    improvement: float
-    zero_grad_steps: int
-    nonfinite_grad_steps: int
-    eot_spread: float | None
-    eot_draws: int | None
+    @property
+    def improvement(self) -> float: ...
+    @property
+    def zero_grad_steps(self) -> int: ...
+    @property
+    def nonfinite_grad_steps(self) -> int: ...
+    @property
+    def eot_spread(self) -> float | None: ...
+    @property
+    def eot_draws(self) -> int | None: ...
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,8 @@ class MaskingCheck:
     """A white-box and a black-box attack on the same images and budget (see the module doc).
 
     ``black_better`` is per image; ``flagged`` is the run-level flag (black-box
-    mean gain above the white-box one); ``p_value`` is the one-sided sign test.
+    mean gain above the white-box one, or more black-box wins than losses);
+    ``p_value`` is the one-sided sign test.
     """
 
     white_gain: float
@@ -193,4 +201,5 @@ def compare_white_black(white_gain: Any, black_gain: Any, *, tol: float = 0.0) -
     k, m = int(black_better.sum()), int(white_better.sum())
     p = float(stats.binomtest(k, k + m, 0.5, alternative="greater").pvalue) if k + m > 0 else 1.0
     wm, bm = float(w.mean()), float(b.mean())
-    return MaskingCheck(wm, bm, int(w.size), k, m, p, tuple(bool(v) for v in black_better), bool(bm > wm + tol))
+    flagged = bm > wm + tol or k > m
+    return MaskingCheck(wm, bm, int(w.size), k, m, p, tuple(bool(v) for v in black_better), bool(flagged))
