@@ -23,6 +23,7 @@ from robustbench_iqa.attacks.base import Attack, AttackRecord, AttackResult, Gra
 from robustbench_iqa.attacks.bounded import PerceptualBoundedAttack
 from robustbench_iqa.attacks.calibration import FLOORS, Calibration, QualityFloor, calibrate_budget
 from robustbench_iqa.attacks.checks import (
+    IMAGE_FLAGS,
     Flag,
     ImageCheck,
     MaskingCheck,
@@ -30,6 +31,7 @@ from robustbench_iqa.attacks.checks import (
     check_records,
     compare_white_black,
     flag_counts,
+    mark_masking,
 )
 from robustbench_iqa.attacks.eot import Aggregate, EOTScore, NoiseMode, eot_objective, soft_median
 from robustbench_iqa.attacks.feature_space import FeatureAttackResult, feature_space_attack
@@ -64,6 +66,7 @@ __all__ = [
     "FGSM",
     "FLOORS",
     "IFGSM",
+    "IMAGE_FLAGS",
     "MADC",
     "MIFGSM",
     "PGD",
@@ -107,6 +110,7 @@ __all__ = [
     "flag_counts",
     "integral_score",
     "list_attacks",
+    "mark_masking",
     "mean_ci",
     "psnr",
     "relative_gain",

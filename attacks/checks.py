@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -59,6 +59,11 @@ class Flag(StrEnum):
     NONFINITE_GRADIENT = "nonfinite-gradient"
     EOT_DISAGREEMENT = "eot-disagreement"
     BLACK_BOX_STRONGER = "black-box-stronger"
+
+
+IMAGE_FLAGS: tuple[Flag, ...] = (Flag.NO_PROGRESS, Flag.ZERO_GRADIENT, Flag.NONFINITE_GRADIENT,
+                                 Flag.EOT_DISAGREEMENT)
+"""The flags one run's records raise; ``black-box-stronger`` needs a second run (:func:`compare_white_black`)."""
 
 
 class RecordLike(Protocol):
@@ -139,9 +144,9 @@ def check_records(records: Sequence[RecordLike], thresholds: Thresholds | None =
     return [check_record(r, thresholds) for r in records]
 
 
-def flag_counts(checks: Sequence[ImageCheck]) -> dict[str, int]:
-    """How many images raised each flag (every flag listed, 0 included)."""
-    return {f.value: sum(f in c.flags for c in checks) for f in Flag}
+def flag_counts(checks: Sequence[ImageCheck], flags: Sequence[Flag] = IMAGE_FLAGS) -> dict[str, int]:
+    """How many images raised each of ``flags`` (every one listed, 0 included)."""
+    return {f.value: sum(f in c.flags for c in checks) for f in flags}
 
 
 def split_half_spread(grad_a: torch.Tensor, grad_b: torch.Tensor, draws: int) -> torch.Tensor:
@@ -203,3 +208,11 @@ def compare_white_black(white_gain: Any, black_gain: Any, *, tol: float = 0.0) -
     wm, bm = float(w.mean()), float(b.mean())
     flagged = bm > wm + tol or k > m
     return MaskingCheck(wm, bm, int(w.size), k, m, p, tuple(bool(v) for v in black_better), bool(flagged))
+
+
+def mark_masking(checks: Sequence[ImageCheck], masking: MaskingCheck) -> list[ImageCheck]:
+    """The white-box run's checks with ``black-box-stronger`` added where the black-box attack won."""
+    if len(checks) != masking.n_images:
+        raise InputError(f"{len(checks)} checks for a comparison of {masking.n_images} images")
+    return [replace(c, flags=(*c.flags, Flag.BLACK_BOX_STRONGER)) if won else c
+            for c, won in zip(checks, masking.black_better)]

@@ -1,9 +1,9 @@
 """A perceptually constrained attack: the perturbation hides in textured regions.
 
-After Korhonen & You, "Adversarial Attacks Against Blind Image Quality
-Assessment Models" (QoEVMA 2022): changes are far less visible in busy
-texture than in flat areas, so the perturbation is weighted by a local-activity
-mask.  Here the mask is the local standard deviation of the luminance
+Changes are far less visible in busy texture than in flat areas (the masking
+idea that Korhonen & You, QoEVMA 2022, also use; their attack, a different one,
+is :mod:`robustbench_iqa.attacks.korhonen`), so the perturbation is weighted by a
+local-activity mask.  Here the mask is the local standard deviation of the luminance
 Y = 0.299 R + 0.587 G + 0.114 B over a k x k window,
 
     sigma_loc(p) = sqrt( E_k[Y^2](p) - E_k[Y](p)^2 ),    M = (sigma_loc / max_p sigma_loc)^gamma,
@@ -44,7 +44,7 @@ def texture_mask(x: torch.Tensor, *, window: int = 5, power: float = 1.0) -> tor
     return (std / _bcast(peak, std)).pow(power)
 
 
-@register_attack("texture", reference="texture masking as in Korhonen & You 2022",
+@register_attack("texture", reference="local-std texture masking (Korhonen & You's attack is 'korhonen')",
                  description="I-FGSM whose steps are masked by local texture (less visible)")
 class TextureMaskedAttack(IFGSM):
     """Texture-masked I-FGSM.

@@ -22,7 +22,7 @@ from robustbench_iqa.attacks import (
     eot_objective,
     flag_counts,
 )
-from robustbench_iqa.attacks.checks import check_record, split_half_spread
+from robustbench_iqa.attacks.checks import check_record, mark_masking, split_half_spread
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from tests.toy_models import ToyNR, random_images
@@ -113,6 +113,9 @@ def test_planted_masking_is_flagged_and_black_box_wins(images: torch.Tensor) -> 
     assert all(r.iterations == 0 for r in white.records)  # stopped at once: nothing to follow
     m = compare_white_black(pgd.improvements.numpy(), black.improvements.numpy())
     assert m.flagged and m.n_black_better >= 3, m
+    marked = mark_masking(pgd.checks, m)
+    assert [Flag.BLACK_BOX_STRONGER in c.flags for c in marked] == list(m.black_better)
+    assert flag_counts(marked, list(Flag))["black-box-stronger"] == m.n_black_better
     # Without the quantizer the same white-box attack works and nothing is flagged.
     clean = IFGSM(eps=eps, steps=10).run(Objective.from_model(create_model("default-nr")), images)
     assert all(c.ok for c in clean.checks)

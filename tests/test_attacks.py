@@ -343,7 +343,7 @@ def test_cli_attack_defense_table(monkeypatch: pytest.MonkeyPatch, capsys: pytes
 ])
 def test_cli_attack_settings_and_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
                                        extra: list[str], kind: str) -> None:
-    from robustbench_iqa.attacks.checks import Flag
+    from robustbench_iqa.attacks.checks import IMAGE_FLAGS
     from robustbench_iqa.cli import main
 
     _fake_factories(monkeypatch)
@@ -352,7 +352,7 @@ def test_cli_attack_settings_and_flags(monkeypatch: pytest.MonkeyPatch, capsys: 
     lines = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
     rows, summary = lines[:-1], lines[-1]
     assert all("flags" in r and "improvement" in r and r["improvement"] >= 0 for r in rows)
-    assert set(summary["flags"]) == {f.value for f in Flag}
+    assert set(summary["flags"]) == {f.value for f in IMAGE_FLAGS}
     assert summary["flags"]["no-progress"] == sum("no-progress" in r["flags"] for r in rows)
     if kind == "white":
         assert all(r["iterations"] <= 4 and r["evaluations"] == 3 for r in rows)

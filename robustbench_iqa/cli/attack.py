@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from robustbench_iqa.attacks.checks import Flag
+from robustbench_iqa.attacks.checks import IMAGE_FLAGS
 from robustbench_iqa.attacks.eot import Aggregate, NoiseMode, eot_objective
 from robustbench_iqa.attacks.objective import Objective, Target
 from robustbench_iqa.attacks.registry import create_attack, list_attacks
@@ -173,7 +173,7 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
     score_range = tuple(rows[0]["score_range"]) if rows else (0.0, 1.0)
     summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],
                         score_range=score_range, lower_better=lower_better, confidence=args.confidence)  # type: ignore[arg-type]
-    flags = {f.value: sum(f.value in str(r.get("flags", "")).split(",") for r in rows) for f in Flag}
+    flags = {f.value: sum(f.value in str(r.get("flags", "")).split(",") for r in rows) for f in IMAGE_FLAGS}
     out = {"summary": True, "model": args.model, "attack": args.attack, "norm": args.norm, "eps": args.eps,
            "defense": args.defense, **summary.to_dict(), "flags": flags}
     if args.json:
