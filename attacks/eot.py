@@ -78,13 +78,17 @@ class EOTScore:
         self.bandwidth = float(bandwidth)
 
     def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        return self.with_draws(x, ref)[0]
+
+    def with_draws(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The aggregate (B,) and the n noisy scores it aggregates (B, n), both differentiable."""
         if self.noise is NoiseMode.FIXED:
             assert self.generator is not None and self._state is not None
             self.generator.set_state(self._state)
         v = self.defense.noisy_scores(x, ref, n=self.n, generator=self.generator)
         if self.aggregate is Aggregate.MEAN:
-            return v.mean(dim=1)
-        return soft_median(v, bandwidth=self.bandwidth)
+            return v.mean(dim=1), v
+        return soft_median(v, bandwidth=self.bandwidth), v
 
 
 class DefendedScore:

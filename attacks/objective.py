@@ -13,6 +13,16 @@ maximizes the per-image *gain* g(s):
 ``eval_fn`` (default: ``score_fn`` without gradients) gives the scores that are
 recorded as ``clean_score`` / ``adv_score``; a randomized defense records its
 defended prediction there instead of the surrogate it is attacked through.
+Attacks select their best iterate with these recorded scores: ``eval_fn`` must be
+deterministic in x (a randomized defense reseeds its generator at every call,
+common random numbers; :class:`robustbench_iqa.attacks.eot.DefendedScore`), and
+``eval_fn=None`` declares ``score_fn`` itself deterministic, so the scores of the
+attack's own forward passes can be recorded without evaluating again.
+
+A score function that averages random draws (:class:`robustbench_iqa.attacks.eot.EOTScore`)
+may offer ``with_draws(x, ref) -> (scores (B,), draws (B, n))``;
+:meth:`Objective.surrogate` then returns the draws too, for the attack-strength
+checks (:mod:`robustbench_iqa.attacks.checks`).
 """
 
 from __future__ import annotations
@@ -74,6 +84,19 @@ class Objective:
         raise_quality = self.target is Target.INCREASE
         sign = 1.0 if raise_quality != self.lower_better else -1.0
         return sign * scores
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the attacked scores are the recorded ones (no separate ``eval_fn``)."""
+        return self.eval_fn is None
+
+    def surrogate(self, x: torch.Tensor, ref: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attacked (differentiable) scores (B,), and the per-draw scores (B, n) if the score has draws."""
+        with_draws = getattr(self.score_fn, "with_draws", None)
+        if callable(with_draws):
+            scores, draws = with_draws(x, ref)
+            return scores.reshape(-1), draws
+        return self.score_fn(x, ref).reshape(-1), None
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:

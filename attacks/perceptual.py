@@ -1,9 +1,9 @@
 """A perceptually constrained attack: the perturbation hides in textured regions.
 
-After Korhonen & You, "Adversarial Attacks Against Blind Image Quality
-Assessment Models" (QoEVMA 2022): changes are far less visible in busy
-texture than in flat areas, so the perturbation is weighted by a local-activity
-mask.  Here the mask is the local standard deviation of the luminance
+Changes are far less visible in busy texture than in flat areas (the masking
+idea that Korhonen & You, QoEVMA 2022, also use; their attack, a different one,
+is :mod:`robustbench_iqa.attacks.korhonen`), so the perturbation is weighted by a
+local-activity mask.  Here the mask is the local standard deviation of the luminance
 Y = 0.299 R + 0.587 G + 0.114 B over a k x k window,
 
     sigma_loc(p) = sqrt( E_k[Y^2](p) - E_k[Y](p)^2 ),    M = (sigma_loc / max_p sigma_loc)^gamma,
@@ -15,6 +15,8 @@ for L2 the total budget is eps as usual.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,36 +44,37 @@ def texture_mask(x: torch.Tensor, *, window: int = 5, power: float = 1.0) -> tor
     return (std / _bcast(peak, std)).pow(power)
 
 
-@register_attack("texture", reference="texture masking as in Korhonen & You 2022",
+@register_attack("texture", reference="local-std texture masking (Korhonen & You's attack is 'korhonen')",
                  description="I-FGSM whose steps are masked by local texture (less visible)")
 class TextureMaskedAttack(IFGSM):
-    """Texture-masked I-FGSM: ``TextureMaskedAttack(*, eps, steps=10, step_size=None, norm="linf", window=5, power=1.0)``."""
+    """Texture-masked I-FGSM.
+
+    ``TextureMaskedAttack(*, eps, steps=10, step_size=None, norm="linf", window=5, power=1.0,
+    restarts=1, random_start=False, eval_every=0)``.
+    """
 
     name = "texture"
 
     def __init__(self, *, eps: float, steps: int = 10, step_size: float | None = None,
-                 norm: ThreatModel | str = ThreatModel.LINF, window: int = 5, power: float = 1.0) -> None:
-        super().__init__(eps=eps, steps=steps, step_size=step_size, norm=norm)
+                 norm: ThreatModel | str = ThreatModel.LINF, window: int = 5, power: float = 1.0,
+                 restarts: int = 1, random_start: bool = False, eval_every: int = 0) -> None:
+        super().__init__(eps=eps, steps=steps, step_size=step_size, norm=norm, restarts=restarts,
+                         random_start=random_start, eval_every=eval_every)
         if not (power > 0):
             raise InputError(f"power must be > 0, got {power!r}")
         self.window, self.power = int(window), float(power)
-        self._mask: torch.Tensor | None = None
+        texture_mask(torch.zeros(1, 3, 1, 1), window=self.window)  # checks the window now
 
-    def init_state(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
-        self._mask = texture_mask(x0, window=self.window, power=self.power)
-        return {"mask": self._mask}
-
-    def start(self, x0: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        self._mask = texture_mask(x0, window=self.window, power=self.power)
-        return x0.clone()
+    def init_state(self, x0: torch.Tensor, ref: torch.Tensor | None) -> dict[str, Any]:
+        return {"mask": texture_mask(x0, window=self.window, power=self.power)}
 
     def step(self, x: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor,
-             state: dict[str, torch.Tensor]) -> torch.Tensor:
+             state: dict[str, Any]) -> torch.Tensor:
         m = state["mask"]
         return x + _bcast(alpha, x) * m * normalized_direction(m * grad, self.norm)
 
-    def project(self, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        if self.norm is ThreatModel.LINF and self._mask is not None:
-            e = _bcast(eps, x) * self._mask
+    def project(self, x: torch.Tensor, x0: torch.Tensor, eps: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+        if self.norm is ThreatModel.LINF:
+            e = _bcast(eps, x) * state["mask"]
             x = torch.min(torch.max(x, x0 - e), x0 + e)
         return project(x, x0, eps, self.norm)

@@ -20,6 +20,18 @@ an image and it is **excluded** from the mean (the count is reported as
 Each per-image score is averaged with a two-sided Student-t confidence interval,
 mean +- t_{(1+c)/2, k-1} * sd / sqrt(k) (``scipy.stats.t``); NaN/inf entries are
 dropped first.
+
+**Integral score over budgets** (the suite's definition).  An attack run at
+budgets e_1 < ... < e_K gives, per image, a curve v(e) of any per-image score
+(absolute gain by default); its integral score is the mean height of that curve,
+
+    I = (1 / (e_K - e_1)) * sum_{k<K} (e_{k+1} - e_k) (v(e_k) + v(e_{k+1})) / 2
+
+(trapezoid rule), in the units of v, so one number ranks models over a whole
+range of budgets instead of one point.  It is computed per image and averaged
+with the same t-interval; an image with a non-finite value at any budget is
+dropped.  :func:`summarize_budgets` gives, per budget, the three scores above and
+the integral absolute and relative gains.
 """
 
 from __future__ import annotations
@@ -146,4 +158,66 @@ def summarize(
         n_images=int(c.size),
         n_unchanged=int(np.isinf(r).sum()),
         confidence=float(confidence),
+    )
+
+
+def integral_score(budgets: Sequence[float] | np.ndarray, values: Any) -> np.ndarray:
+    """Per-image normalized trapezoid area of ``values`` (N, K) over increasing ``budgets`` (K,)."""
+    e = np.asarray(budgets, dtype=float).reshape(-1)
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1:
+        v = v.reshape(1, -1)
+    if e.size < 2 or v.ndim != 2 or v.shape[1] != e.size:
+        raise InputError(f"integral score needs K >= 2 budgets and values of shape (N, K); got K={e.size}, "
+                         f"values {v.shape}")
+    if not np.isfinite(e).all() or not (np.diff(e) > 0).all():
+        raise InputError("budgets must be finite and strictly increasing")
+    widths = np.diff(e)
+    area = ((v[:, 1:] + v[:, :-1]) / 2 * widths).sum(axis=1)
+    return area / (e[-1] - e[0])
+
+
+@dataclass(frozen=True)
+class BudgetSummary:
+    """Scores of one attack at several budgets: one :class:`RobustnessSummary` per budget and the integrals."""
+
+    budgets: tuple[float, ...]
+    per_budget: tuple[RobustnessSummary, ...]
+    integral_absolute_gain: MeanCI
+    integral_relative_gain: MeanCI
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One flat row per budget (``eps`` first), then the integral row with ``eps = None``."""
+        out: list[dict[str, Any]] = [{"eps": e, **s.to_dict()} for e, s in zip(self.budgets, self.per_budget)]
+        integral: dict[str, Any] = {"eps": None}
+        for name in ("integral_absolute_gain", "integral_relative_gain"):
+            ci: MeanCI = getattr(self, name)
+            integral.update({name: ci.mean, f"{name}_low": ci.low, f"{name}_high": ci.high, f"{name}_n": ci.n})
+        return [*out, integral]
+
+
+def summarize_budgets(
+    budgets: Sequence[float], clean: Any, adv: Any, *, score_range: tuple[float, float],
+    lower_better: bool = False, confidence: float = 0.95,
+) -> BudgetSummary:
+    """Per-budget summaries and integral scores of ``adv`` (N, K) attacked scores at ``budgets`` (K,).
+
+    ``clean`` (N,) are the images' clean scores (the same at every budget).
+    """
+    e = np.asarray(budgets, dtype=float).reshape(-1)
+    c = np.asarray(clean, dtype=float).reshape(-1)
+    a = np.asarray(adv, dtype=float)
+    if a.shape != (c.size, e.size):
+        raise InputError(f"adv must have shape (images, budgets) = ({c.size}, {e.size}), got {a.shape}")
+    order = np.argsort(e)
+    e, a = e[order], a[:, order]
+    per = tuple(summarize(c, a[:, k], score_range=score_range, lower_better=lower_better, confidence=confidence)
+                for k in range(e.size))
+    absg = np.stack([absolute_gain(c, a[:, k], score_range=score_range, lower_better=lower_better)
+                     for k in range(e.size)], axis=1)
+    relg = np.stack([relative_gain(c, a[:, k], lower_better=lower_better) for k in range(e.size)], axis=1)
+    return BudgetSummary(
+        tuple(float(v) for v in e), per,
+        mean_ci(integral_score(e, absg), confidence=confidence),
+        mean_ci(integral_score(e, relg), confidence=confidence),
     )

@@ -71,3 +71,42 @@ def test_bad_inputs() -> None:
         robustness_score([1.0], [np.nan], score_range=(0, 1))
     with pytest.raises(InputError):
         absolute_gain([1.0], [1.0], score_range=(1, 1))
+
+
+# ------------------------------------------------------------ integral score
+def test_integral_score_closed_forms() -> None:
+    from scipy.integrate import trapezoid
+
+    from robustbench_iqa.attacks.scores import integral_score
+
+    e = np.array([0.5, 1.0, 2.0, 4.0])  # uneven budgets
+    np.testing.assert_allclose(integral_score(e, np.full((2, 4), 0.3)), [0.3, 0.3])
+    # A linear curve v = a e: the trapezoid rule is exact, mean height a (e_1 + e_K) / 2.
+    np.testing.assert_allclose(integral_score(e, np.stack([2 * e, -e])), [2 * 2.25, -2.25])
+    v = np.random.default_rng(0).normal(size=(5, 4))
+    np.testing.assert_allclose(integral_score(e, v), trapezoid(v, e, axis=1) / (4.0 - 0.5))
+    with pytest.raises(InputError):
+        integral_score([1.0], [[1.0]])
+    with pytest.raises(InputError):
+        integral_score([1.0, 1.0], [[1.0, 2.0]])
+    with pytest.raises(InputError):
+        integral_score([1.0, 2.0], [[1.0, 2.0, 3.0]])
+
+
+def test_summarize_budgets_per_budget_and_integral() -> None:
+    from robustbench_iqa.attacks.scores import integral_score, summarize_budgets
+
+    clean = np.array([20.0, 50.0, 80.0])
+    budgets = [4.0, 1.0, 2.0]  # unsorted on purpose
+    adv = np.stack([clean + 4.0, clean + 1.0, clean + 2.0], axis=1)  # columns follow the budgets
+    s = summarize_budgets(budgets, clean, adv, score_range=(0, 100))
+    assert s.budgets == (1.0, 2.0, 4.0)
+    for e, per in zip(s.budgets, s.per_budget):
+        ref = summarize(clean, clean + e, score_range=(0, 100))
+        assert per.absolute_gain.mean == pytest.approx(ref.absolute_gain.mean)
+    gains = np.array([[0.01, 0.02, 0.04]] * 3)
+    assert s.integral_absolute_gain.mean == pytest.approx(float(integral_score([1.0, 2.0, 4.0], gains)[0]))
+    rows = s.rows()
+    assert [r["eps"] for r in rows] == [1.0, 2.0, 4.0, None] and "integral_relative_gain_low" in rows[-1]
+    with pytest.raises(InputError):
+        summarize_budgets([1.0, 2.0], clean, adv, score_range=(0, 100))

@@ -338,6 +338,41 @@ def test_cli_attack_defense_table(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert rc == 0 and "robustness" in out and "img1" in out
 
 
+@pytest.mark.parametrize(("extra", "kind"), [
+    (["--attack", "pgd", "--restarts", "2", "--no-random-start", "--steps", "2"], "white"),
+    (["--attack", "square", "--queries", "15"], "black"),
+    (["--attack", "sparse", "--pixels", "3", "--queries", "10", "--eps", "1"], "black"),
+])
+def test_cli_attack_settings_and_flags(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                       extra: list[str], kind: str) -> None:
+    from robustbench_iqa.attacks.checks import IMAGE_FLAGS
+    from robustbench_iqa.cli import main
+
+    _fake_factories(monkeypatch)
+    base = ["attack", "--model", "toy-nr", "--dataset", "fake", "--limit", "3", "--json", "--no-progress"]
+    assert main([*base, *extra]) == 0
+    lines = [json.loads(s) for s in capsys.readouterr().out.strip().splitlines()]
+    rows, summary = lines[:-1], lines[-1]
+    assert all("flags" in r and "improvement" in r and r["improvement"] >= 0 for r in rows)
+    assert set(summary["flags"]) == {f.value for f in IMAGE_FLAGS}
+    assert summary["flags"]["no-progress"] == sum("no-progress" in r["flags"] for r in rows)
+    if kind == "white":
+        assert all(r["iterations"] <= 4 and r["evaluations"] == 3 for r in rows)
+    else:
+        assert all(r["zero_grad_steps"] == 0 for r in rows)
+    assert main([*base[:-2], "--no-progress", *extra]) == 0
+    assert "flags" in capsys.readouterr().out
+
+
+def test_cli_attack_settings_the_attack_does_not_take(capsys: pytest.CaptureFixture[str]) -> None:
+    from robustbench_iqa.cli import main
+
+    assert main(["attack", "--attack", "square", "--steps", "3", "--dataset", "x"]) == 2
+    assert "takes no argument 'steps'" in capsys.readouterr().err
+    assert main(["attack", "--attack", "pgd", "--restarts", "0", "--dataset", "x"]) == 2
+    assert main(["attack", "--attack", "uap", "--perturbation", "/nonexistent.safetensors", "--dataset", "x"]) == 2
+
+
 def test_cli_attack_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     from robustbench_iqa.cli import main
 

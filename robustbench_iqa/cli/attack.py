@@ -1,8 +1,10 @@
 """``robustbench-iqa attack``: attack an IQA model (or a defended one) and score its robustness.
 
-One row per image (image, clean_score, adv_score, l2, linf, iterations, gain),
-then a summary with the absolute gain, relative gain and robustness score
-(:mod:`robustbench_iqa.attacks.scores`), each with a t-interval.  With ``--defense`` the
+One row per image (image, clean_score, adv_score, l2, linf, iterations, gain,
+and the attack-strength flags of :mod:`robustbench_iqa.attacks.checks`), then a
+summary with the absolute gain, relative gain and robustness score
+(:mod:`robustbench_iqa.attacks.scores`), each with a t-interval, and how many
+images raised each flag.  With ``--defense`` the
 defense is attacked through EOT over its noise (:mod:`robustbench_iqa.attacks.eot`) and the
 recorded scores are the defense's predictions with ``--n`` draws.
 """
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
 NORMS = ("linf", "l2")
 TARGETS = ("increase", "decrease", "toward")
 
-COLUMNS = ["image", "clean_score", "adv_score", "gain", "l2", "linf", "iterations"]
+COLUMNS = ["image", "clean_score", "adv_score", "gain", "l2", "linf", "iterations", "flags"]
 SUMMARY_KEYS = ["absolute_gain", "relative_gain", "robustness"]
 
 
@@ -46,6 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="raise (increase) or lower (decrease) the apparent quality, or move toward --target-score")
     g.add_argument("--target-score", type=float, default=None, help="score for --target toward")
     g.add_argument("--confidence", type=float, default=0.95, help="confidence of the summary intervals")
+    s = p.add_argument_group("attack settings (optional; default: the attack's own)")
+    s.add_argument("--restarts", type=int, default=None, help="gradient attacks: restarts (later ones start at random)")
+    s.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
+                   help="gradient attacks: start at a random point of the ball (PGD: on, I-FGSM: off)")
+    s.add_argument("--queries", type=int, default=None, help="black-box attacks: queries per image")
+    s.add_argument("--pixels", type=int, default=None, help="sparse attack: pixels that may change")
+    s.add_argument("--perturbation", default=None, help="uap: a trained perturbation file (UniversalPerturbation.save)")
     d = p.add_argument_group("defense (optional)")
     d.add_argument("--defense", default="none", help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg")
     d.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation (default: 0.25)")
@@ -107,11 +116,14 @@ def build_objective(
 
 
 def _store_settings(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("attack", "norm", "eps", "steps", "step_size", "target", "target_score", "defense")
+    keys = ("attack", "norm", "eps", "steps", "step_size", "target", "target_score", "defense", *ATTACK_SETTINGS)
     out = {k: getattr(args, k) for k in keys}
     if args.defense != "none":
         out.update({k: getattr(args, k) for k in ("sigma", "eot", "eot_aggregate", "eot_noise", "n", "checkpoint")})
     return out
+
+
+ATTACK_SETTINGS = ("restarts", "random_start", "queries", "pixels", "perturbation")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     _check_args(args)
     c.apply_threads(args)
-    attack = create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm)
+    attack = create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm,
+                           **{k: getattr(args, k) for k in ATTACK_SETTINGS})
     with open_store(args, "attack", _store_settings(args)) as store:
         rows = _attack_all(args, attack, store)
     return _report(args, rows)
@@ -157,10 +170,12 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
                 objective, _, _ = build_objective(args, model, defense, item_generator(args, chunk[0].id, "eot"))
             x, ref = c.stack(chunk, args.device)
             result = attack.run(objective, x, ref, generator=gen)
-            for it, rec in zip(chunk, result.records):
+            for it, rec, chk in zip(chunk, result.records, result.checks):
                 row = AttackRow(rec.clean_score, rec.adv_score, rec.l2, rec.linf, rec.iterations,
                                 sign * (rec.adv_score - rec.clean_score), args.attack, args.norm, args.eps,
-                                args.target, lower_better, (float(score_range[0]), float(score_range[1])))
+                                args.target, lower_better, (float(score_range[0]), float(score_range[1])),
+                                str(chk.to_dict()["flags"]), rec.improvement, rec.evaluations, rec.zero_grad_steps,
+                                rec.nonfinite_grad_steps, rec.eot_spread)
                 shown = {"image": it.name, **row.payload(), "defense": args.defense}
                 rows.append(shown)
                 if args.json:
@@ -172,14 +187,16 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
 
 
 def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
+    from robustbench_iqa.attacks.checks import IMAGE_FLAGS
     from robustbench_iqa.attacks.scores import summarize
 
     lower_better = bool(rows[0]["lower_better"]) if rows else False
     score_range = tuple(rows[0]["score_range"]) if rows else (0.0, 1.0)
     summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],
                         score_range=score_range, lower_better=lower_better, confidence=args.confidence)  # type: ignore[arg-type]
+    flags = {f.value: sum(f.value in str(r.get("flags", "")).split(",") for r in rows) for f in IMAGE_FLAGS}
     out = {"summary": True, "model": args.model, "attack": args.attack, "norm": args.norm, "eps": args.eps,
-           "defense": args.defense, **summary.to_dict()}
+           "defense": args.defense, **summary.to_dict(), "flags": flags}
     if args.json:
         c.emit([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}],
                as_json=True, columns=[])
@@ -190,4 +207,6 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
             print(f"{key:>14}: {out[key]:.4g}  [{out[key + '_low']:.4g}, {out[key + '_high']:.4g}]  "
                   f"(n={out[key + '_n']})")
         print(f"{'unchanged':>14}: {out['n_unchanged']} of {out['n_images']} images (excluded from robustness)")
+        raised = ", ".join(f"{k} {v}" for k, v in flags.items() if v) or "none"
+        print(f"{'flags':>14}: {raised} (of {out['n_images']} images; see robustbench_iqa.attacks.checks)")
     return 0

@@ -41,6 +41,13 @@ class AttackRow(Row):
     target: str = ""
     lower_better: bool = False
     score_range: tuple[float, float] = (0.0, 1.0)
+    flags: str = ""
+    """Attack-strength flags of this image, comma-separated (:mod:`robustbench_iqa.attacks.checks`)."""
+    improvement: float = math.nan
+    evaluations: int = 0
+    zero_grad_steps: int = 0
+    nonfinite_grad_steps: int = 0
+    eot_spread: float | None = None
 
 
 @register_study
@@ -66,4 +73,9 @@ class AttackStudy(Study):
                           lower_better=bool(g["lower_better"].iloc[0]), confidence=options.confidence)
             rows.append({**dict(zip(["model", "defense", "attack", "norm", "eps", "target"], key)),
                          **s.to_dict()})
-        return StudyOutput(tables={"summary": pd.DataFrame(rows)}, details={"images": df})
+            flags = [f for v in g["flags"].fillna("").astype(str) for f in v.split(",") if f]
+            rows[-1]["flags"] = ", ".join(f"{f} {flags.count(f)}" for f in sorted(set(flags))) or "none"
+        return StudyOutput(tables={"summary": pd.DataFrame(rows)}, details={"images": df},
+                           notes=["flags: attack-strength checks per image (no-progress, zero-gradient, "
+                                  "nonfinite-gradient, eot-disagreement, black-box-stronger); a flagged attack "
+                                  "may understate the defense's weakness"])

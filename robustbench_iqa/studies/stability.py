@@ -102,9 +102,12 @@ class StabilityStudy(Study):
         return out
 
     def _table(self, data: RunData) -> Any:
+        import pandas as pd
+
         from robustbench_iqa.analysis import stability
 
         df = data.frame(StabilityRow)
+        df = df[pd.to_numeric(df["score"], errors="coerce").map(math.isfinite)]  # others fail the finite check
         if df.empty:
             return None
         return stability.summarize(stability.per_image(df))
