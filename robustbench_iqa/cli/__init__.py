@@ -16,15 +16,26 @@ import importlib
 import pkgutil
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
+from typing import NoReturn, TextIO
 
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.errors import InputError, ReproducibilityWarning
 
 _ORDER = ["certify", "predict", "train", "attack", "train-denoiser", "report", "verify", "bench", "list"]
 
 
+class _UsageError(Exception):
+    """A command line argparse refuses; :func:`main` prints it as one ``error:`` line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, like every other bad input
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="robustbench-iqa",
         description="Certify, attack and audit the adversarial robustness of IQA models.",
     )
@@ -47,13 +58,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """The suite's own warnings as one ``warning: ...`` line; others as Python shows them."""
+    if issubclass(category, ReproducibilityWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except InputError as exc:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except InputError as exc:
+        for undo in getattr(args, "on_input_error", []):
+            undo()
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

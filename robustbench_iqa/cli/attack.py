@@ -20,13 +20,13 @@ from robustbench_iqa.attacks.eot import Aggregate, NoiseMode, eot_objective
 from robustbench_iqa.attacks.objective import Objective, Target
 from robustbench_iqa.attacks.registry import create_attack, list_attacks
 from robustbench_iqa.attacks.scores import summarize
-from robustbench_iqa.attacks.threat import ThreatModel, check_eps
+from robustbench_iqa.attacks.threat import ThreatModel
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import build_defense
 from robustbench_iqa.cli._store import add_store_args, image_generator, open_store
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.store import ResultsStore, RowKey
-from robustbench_iqa.validation import check_n, check_sigma
+from robustbench_iqa.validation import check_budget, check_n, check_sigma
 
 COLUMNS = ["image", "clean_score", "adv_score", "gain", "l2", "linf", "iterations"]
 SUMMARY_KEYS = ["absolute_gain", "relative_gain", "robustness"]
@@ -40,22 +40,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="ifgsm", choices=list_attacks(), help="attack (default: ifgsm)")
     g.add_argument("--norm", default="linf", choices=[t.value for t in ThreatModel], help="threat model")
-    g.add_argument("--eps", type=float, default=4 / 255, help="budget in [0, 1] pixel units (default: 4/255)")
-    g.add_argument("--steps", type=int, default=10, help="gradient steps (default: 10)")
-    g.add_argument("--step-size", type=float, default=None, help="step size (default: per attack)")
+    g.add_argument("--eps", type=c.nonneg_float, default=4 / 255, help="budget in [0, 1] pixel units (default: 4/255)")
+    g.add_argument("--steps", type=c.positive_int, default=10, help="gradient steps (default: 10)")
+    g.add_argument("--step-size", type=c.positive_float, default=None, help="step size (default: per attack)")
     g.add_argument("--target", default="increase", choices=[t.value for t in Target],
                    help="raise (increase) or lower (decrease) the apparent quality, or move toward --target-score")
-    g.add_argument("--target-score", type=float, default=None, help="score for --target toward")
-    g.add_argument("--confidence", type=float, default=0.95, help="confidence of the summary intervals")
+    g.add_argument("--target-score", type=c.finite_float, default=None, help="score for --target toward")
+    g.add_argument("--confidence", type=c.probability, default=0.95, help="confidence of the summary intervals")
     d = p.add_argument_group("defense (optional)")
     d.add_argument("--defense", default="none", help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg")
-    d.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation (default: 0.25)")
-    d.add_argument("--eot", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
+    d.add_argument("--sigma", type=c.positive_float, default=0.25, help="noise standard deviation (default: 0.25)")
+    d.add_argument("--eot", type=c.sample_count, default=8, help="noise draws per EOT gradient (default: 8)")
     d.add_argument("--eot-aggregate", default="mean", choices=[a.value for a in Aggregate])
     d.add_argument("--eot-noise", default="fresh", choices=[m.value for m in NoiseMode])
-    d.add_argument("--n", type=int, default=500, help="noise draws of the recorded defended scores (default: 500)")
+    d.add_argument("--n", type=c.sample_count, default=500, help="noise draws of the recorded defended scores (default: 500)")
     d.add_argument("--checkpoint", default=None, help="trained FS-IQA heads, or denoiser for dms/dms-iqa")
-    d.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
+    d.add_argument("--batch-size", type=c.positive_int, default=4, help="images per batch (default: 4)")
     c.add_output_args(p)
     add_store_args(p)
     p.set_defaults(func=run)
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _check_args(args: argparse.Namespace) -> None:
     c.check_input_args(args)
-    check_eps(args.eps)
+    check_budget(args.eps, args.norm, name="--eps")
     if args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
@@ -72,8 +72,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--target toward needs --target-score")
     if args.defense != "none":
         check_sigma(args.sigma)
-        check_n(args.eot)
-        check_n(args.n)
+        check_n(args.eot, name="--eot")
+        check_n(args.n, name="--n")
 
 
 def build_objective(
@@ -139,6 +139,7 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
                 gen = image_generator(args, chunk[0].name, "attack")
                 objective, _, _ = build_objective(args, model, defense, image_generator(args, chunk[0].name, "eot"))
             x, ref = c.stack(chunk, args.device)
+            check_budget(args.eps, args.norm, hw=tuple(x.shape[-2:]), name="--eps")  # type: ignore[arg-type]
             result = attack.run(objective, x, ref, generator=gen)
             for it, rec in zip(chunk, result.records):
                 row = {"image": it.name, **rec.to_dict(), "gain": sign * (rec.adv_score - rec.clean_score),

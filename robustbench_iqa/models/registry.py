@@ -14,6 +14,7 @@ import torch
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.validation import check_device
 
 ModelFactory = Callable[..., IQAModel]
 """``factory(*, weights: str | Path | None, device: torch.device) -> IQAModel``."""
@@ -79,10 +80,11 @@ def create_model(
 
     ``weights``: ``None`` for the model's default (shipped weights for the
     embedded defaults; random initialization, without any download, for
-    published architectures), or a local checkpoint path.
+    published architectures), or a local checkpoint path.  A device this machine
+    lacks (``"cuda"`` without a GPU, ``"meta"``, a typo) raises :class:`InputError`.
     """
     _load_builtin()
-    dev = torch.device(device) if device is not None else torch.device("cpu")
+    dev = check_device(device)
     if name in _MODELS:
         model = _MODELS[name](weights=weights, device=dev)
     elif ":" in name and name.split(":", 1)[0] in _PREFIXES:

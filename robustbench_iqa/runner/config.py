@@ -7,12 +7,14 @@ editing that table in its pyproject.toml; every key has a default here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.validation import MAX_SAMPLES
 
 _KINDS: dict[str, str] = {
     "models": "strs", "defenses": "strs", "dataset": "str", "root": "str?", "size": "str?", "resize": "str?",
@@ -137,6 +139,12 @@ class VerifyConfig:
         parse_size(self.size)
         if self.resize is not None and self.resize not in [r.value for r in Resize]:
             raise InputError(f"verify: resize must be one of {[r.value for r in Resize]}, got {self.resize!r}")
+        for name in ("alpha", "tau", "eps", "max_abstain_rate", "max_stability_deviation"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise InputError(f"verify: {name} must be a finite number, got {v}")
+        if not all(math.isfinite(v) for v in (*self.sigmas(), *self.beyond_norms)):
+            raise InputError(f"verify: sigma and beyond_norms must be finite, got {self.sigma}, {self.beyond_norms}")
         if not (self.tau >= 0):
             raise InputError(f"verify: tau must be >= 0, got {self.tau}")
         if self.eps is not None and not (self.eps > 0):
@@ -160,6 +168,15 @@ class VerifyConfig:
             raise InputError(f"verify: beyond_norms must be > 0, got {self.beyond_norms}")
         if not (0 <= self.max_abstain_rate <= 1):
             raise InputError(f"verify: max_abstain_rate must lie in [0, 1], got {self.max_abstain_rate}")
+        if not 0 <= self.seed < 2**63:
+            raise InputError(f"verify: seed must lie in [0, 2^63), got {self.seed}")
+        for name in ("n", "audit_n"):
+            if int(getattr(self, name)) > MAX_SAMPLES:
+                raise InputError(f"verify: {name} must be at most {MAX_SAMPLES:,}, got {getattr(self, name)}")
+        if any(int(v) > MAX_SAMPLES for v in self.stability_n):
+            raise InputError(f"verify: stability_n must be at most {MAX_SAMPLES:,}, got {self.stability_n}")
+        if any(not 0 <= int(v) < 2**63 for v in self.accuracy_seeds):
+            raise InputError(f"verify: accuracy_seeds must lie in [0, 2^63), got {self.accuracy_seeds}")
         if self.stability_repeats < 2:
             raise InputError("verify: stability_repeats must be >= 2 (a deviation needs two predictions)")
         return self
@@ -187,31 +204,48 @@ class VerifyConfig:
 
 
 def _check_device(device: str) -> None:
-    import torch
+    from robustbench_iqa.validation import check_device
 
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"verify: unknown device {device!r} (use cpu, cuda, cuda:0, ...)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"verify: device {device!r} requested but CUDA is not available here")
+        check_device(device)
+    except InputError as exc:
+        raise InputError(f"verify: {exc}") from None
+
+
+def _verify_table(p: Path, *, required: bool) -> dict[str, Any]:
+    """The ``[tool.robustbench_iqa.verify]`` table of the TOML file ``p`` ({} if absent and not required)."""
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"config file {p} is not a UTF-8 text (TOML) file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"cannot parse {p}: {exc}") from None
+    section: Any = data
+    for key in ("tool", "robustbench_iqa", "verify"):
+        if not isinstance(section, dict) or key not in section:
+            if required:
+                raise InputError(f"{p} has no [tool.robustbench_iqa.verify] table")
+            return {}
+        section = section[key]
+    if not isinstance(section, dict):
+        raise InputError(f"{p}: tool.robustbench_iqa.verify must be a table, got {section!r}")
+    return section
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> VerifyConfig:
     """Read the verify table of ``path`` (default: ./pyproject.toml if it exists)."""
     table: dict[str, Any] = {}
     p = Path(path) if path is not None else Path("pyproject.toml")
+    if path is not None and p.is_dir():
+        raise InputError(f"config file {p} is a directory; give a pyproject.toml")
     if path is not None and not p.is_file():
         raise InputError(f"config file not found: {p}")
     if p.is_file():
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"cannot parse {p}: {exc}") from None
-        section = data.get("tool", {}).get("robustbench_iqa", {})
-        if path is not None and "verify" not in section:
-            raise InputError(f"{p} has no [tool.robustbench_iqa.verify] table")
-        table = section.get("verify", {})
+        table = _verify_table(p, required=path is not None)
     known = {f.name: f for f in dataclasses.fields(VerifyConfig)}
     unknown = sorted(set(table) - set(known))
     if unknown:
