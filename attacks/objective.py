@@ -35,6 +35,7 @@ import torch
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.validation import check_finite
 
 ScoreFn = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
@@ -68,6 +69,8 @@ class Objective:
         object.__setattr__(self, "target", as_target(self.target))
         if self.target is Target.TOWARD and self.target_score is None:
             raise InputError("target 'toward' needs a target_score")
+        if self.target_score is not None:  # NaN would stop the attack at once with a "gain" of 0
+            object.__setattr__(self, "target_score", check_finite(self.target_score, name="target_score"))
 
     @classmethod
     def from_model(

@@ -26,6 +26,7 @@ computation.)
 from __future__ import annotations
 
 import math
+import numbers
 from functools import lru_cache
 
 import numpy as np
@@ -33,11 +34,11 @@ import torch
 from scipy.stats import binom, norm
 
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.validation import check_alpha, check_sigma
+from robustbench_iqa.validation import MAX_SAMPLES, check_alpha, check_n, check_sigma
 
 
 def _check_eps(eps: float) -> float:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
+    if not (isinstance(eps, numbers.Real) and not isinstance(eps, bool) and math.isfinite(eps) and eps >= 0):
         raise InputError(f"the radius eps must be a finite number >= 0, got {eps!r}")
     return float(eps)
 
@@ -74,11 +75,9 @@ def order_statistic_indices(
     a = (1 - alpha) / 2.  Returns None (abstain) when either does not exist,
     i.e. n is too small for a bound at this radius and confidence.
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise InputError(f"the sample count n must be a positive integer, got {n!r}")
-    alpha = check_alpha(alpha)
+    n, alpha = check_n(n), check_alpha(alpha)
     p_lo, p_hi = percentile_levels(sigma=sigma, eps=eps)
-    return _indices(int(n), p_lo, p_hi, (1.0 - alpha) / 2.0)
+    return _indices(n, p_lo, p_hi, (1.0 - alpha) / 2.0)
 
 
 def min_samples(*, sigma: float, eps: float, alpha: float, n_max: int = 10_000_000) -> int:
@@ -95,10 +94,12 @@ def min_samples(*, sigma: float, eps: float, alpha: float, n_max: int = 10_000_0
     n_lo = math.ceil(math.log(a) / math.log1p(-p_lo))
     n_hi = math.ceil(math.log(a) / math.log(p_hi))
     n = max(n_lo, n_hi, 1)
+    if n > min(n_max, MAX_SAMPLES):  # beyond what any run can draw: the closed form is the answer
+        return n
     # Guard against floating-point rounding at the boundary.
     while n > 1 and order_statistic_indices(n - 1, sigma=sigma, eps=eps, alpha=alpha) is not None:
         n -= 1
-    while order_statistic_indices(n, sigma=sigma, eps=eps, alpha=alpha) is None and n <= n_max:
+    while n <= n_max and order_statistic_indices(n, sigma=sigma, eps=eps, alpha=alpha) is None:
         n += 1
     return n
 

@@ -16,3 +16,8 @@ class InputError(ValueError):
 
 class WeightsUnavailableError(InputError):
     """Pretrained weights were requested but could not be loaded or downloaded."""
+
+
+class ReproducibilityWarning(UserWarning):
+    """Results will equal a reference run only to a tolerance, not bit for bit (e.g. a run resumed
+    with another thread count).  The CLI prints it as one ``warning: ...`` line."""

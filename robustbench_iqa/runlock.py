@@ -11,6 +11,7 @@ naming the live run, before it reads, deletes or writes anything.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -32,14 +33,22 @@ class RunLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self._fd: int | None = None
+        self._created_dir = False
 
     def acquire(self) -> RunLock:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise InputError(f"run dir {self.run_dir} is not a directory")
+        self._created_dir = not self.run_dir.exists()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create run dir {self.run_dir}: {exc.strerror or exc}") from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            if self._created_dir:
+                with contextlib.suppress(OSError):
+                    self.run_dir.rmdir()
             raise InputError(f"cannot write to run dir {self.run_dir}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -69,12 +78,24 @@ class RunLock:
                 os.close(self._fd)
                 self._fd = None
 
+    def discard(self) -> None:
+        """Release the lock of a run that wrote nothing: remove the lock file (while still holding
+        it, so a process that opened it meanwhile fails to lock it rather than taking over), and the
+        run dir if this lock created it and it is now empty."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self.release()
+        if self._created_dir:
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
+
     @property
     def held(self) -> bool:
         return self._fd is not None
 
     def __enter__(self) -> RunLock:
-        return self.acquire()
+        return self if self.held else self.acquire()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -37,12 +37,16 @@ is an :class:`InputError` naming the file and the cause, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
 import platform
 import sqlite3
+import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -52,7 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.errors import InputError, ReproducibilityWarning
 
 RESULTS_FILE = "results.sqlite"
 SCHEMA_VERSION = 2
@@ -133,8 +137,10 @@ def package_versions() -> dict[str, str]:
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file (weights hash for the run configuration)."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p} is not a file: it is a directory")
     if not p.is_file():
-        raise InputError(f"cannot hash {p}: not a file")
+        raise InputError(f"{p} is not a file: not found")
     h = hashlib.sha256()
     with p.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -142,9 +148,50 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def runtime_settings() -> dict[str, Any]:
+    """Settings that change results in the last bits only: torch's CPU thread count and
+    whether deterministic algorithms are enforced.
+
+    Recorded with every run (``config["runtime"]``) but not part of its identity:
+    a resumed run whose settings differ is allowed, with a
+    :class:`~robustbench_iqa.errors.ReproducibilityWarning`, since its new rows
+    equal an uninterrupted run's only to a tolerance (reductions summed in
+    another order; ~1e-7 relative), not bit for bit.
+    """
+    import torch
+
+    return {
+        "torch_threads": int(torch.get_num_threads()),
+        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
+    }
+
+
+RUNTIME_KEY = "runtime"
+"""The key of :func:`runtime_settings` in a run configuration (compared on resume with a warning only)."""
+
+
 def run_config(**settings: Any) -> dict[str, Any]:
-    """A run configuration: the given settings plus ``versions`` (:func:`package_versions`)."""
-    return canonical_config({**settings, "versions": package_versions()})
+    """A run configuration: the given settings plus ``versions`` (:func:`package_versions`)
+    and ``runtime`` (:func:`runtime_settings`)."""
+    return canonical_config({**settings, "versions": package_versions(), RUNTIME_KEY: runtime_settings()})
+
+
+def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a config that must match on resume: everything but ``runtime``."""
+    return {k: v for k, v in config.items() if k != RUNTIME_KEY}
+
+
+def _warn_runtime(stored: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> None:
+    old, new = stored.get(RUNTIME_KEY), config.get(RUNTIME_KEY)
+    if old is None or new is None or old == new:
+        return
+    diffs = ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                      if old.get(k) != new.get(k))
+    warnings.warn(
+        f"resuming {path} with other runtime settings ({diffs}): new rows equal an uninterrupted run's "
+        f"to a tolerance (~1e-7), not bit for bit",
+        ReproducibilityWarning, stacklevel=3,
+    )
 
 
 def _json_default(o: Any) -> Any:
@@ -226,20 +273,30 @@ class ResultsStore:
             raise InputError(f"run dir {run} is not a directory")
         if not path.exists() and config is None:
             raise InputError(f"no results store in {run} (expected {RESULTS_FILE})")
+        new_dir, new_file = not run.exists(), not path.exists()
+        if new_file:
+            _make_writable_dir(run)
         try:
-            run.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"cannot create run dir {run}: {exc.strerror or exc}") from None
-        conn = _connect(path)
+            conn = _connect(path)
+        except BaseException:
+            if new_file:
+                _remove_store_files(path, remove_dir=new_dir)
+            raise
         try:
             stored = _read_config(conn, path)
             if stored is None:  # new, or killed before its creation committed
                 if config is None:
                     raise InputError(f"{path} is empty: no run configuration was ever written "
                                      f"(a run killed at its start); start over with --fresh")
-                return cls(path, conn, _initialize(conn, config, path))
+                try:
+                    return cls(path, conn, _initialize(conn, config, path))
+                except BaseException:
+                    conn.close()
+                    if new_file:  # leave nothing half-created behind
+                        _remove_store_files(path, remove_dir=new_dir)
+                    raise
             if config is not None:
-                diff = config_diff(stored, config)
+                diff = config_diff(_identity(stored), _identity(canonical_config(config)))
                 if diff:
                     raise InputError(
                         f"{path} was created with a different configuration (differs in: "
@@ -247,6 +304,7 @@ class ResultsStore:
                     )
                 if not resume:
                     raise InputError(f"{run} already holds results; pass --resume to continue that run")
+                _warn_runtime(stored, canonical_config(config), path)
         except BaseException:
             conn.close()
             raise
@@ -441,14 +499,45 @@ def _record(key: RowKey, payload: Mapping[str, Any]) -> tuple[Any, ...]:
     return (*key.astuple(), _dumps(dict(payload), f"payload of {key}"), time.time())
 
 
+def _make_writable_dir(run: Path) -> None:
+    """Create ``run`` (and parents) and check that files can be created in it; InputError naming the cause."""
+    created = not run.exists()
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create run dir {run}: {exc.strerror or exc}") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=run)
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                run.rmdir()
+        raise InputError(f"cannot write in run dir {run}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _remove_store_files(path: Path, *, remove_dir: bool) -> None:
+    """Delete a store this process has just created (and its folder, if it created that too and it is empty)."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm", path.name + "-journal"):
+        (path.parent / name).unlink(missing_ok=True)
+    if remove_dir:
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per write.
         conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(_describe(path, exc)) from None
+    try:
         conn.execute("PRAGMA busy_timeout=30000")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
     except sqlite3.DatabaseError as exc:
+        conn.close()
         raise InputError(_describe(path, exc)) from None
     return conn
 
@@ -462,11 +551,13 @@ def _describe(path: Path, exc: sqlite3.Error) -> str:
     if "readonly" in low or "read-only" in low:
         return f"cannot write results store {path}: the file or its folder is read-only ({msg})"
     if "full" in low:
-        return f"cannot write results store {path}: the disk is full ({msg}); free space, then --resume"
+        return (f"cannot write results store {path}: the disk is full ({msg}); the rows written so far are "
+                f"kept: free space, then continue with --resume")
     if "unable to open" in low:
         return f"cannot open results store {path}: {msg} (does its folder exist and is it writable?)"
     if "disk i/o" in low:
-        return f"cannot write results store {path}: disk I/O error ({msg}); check the disk, then --resume"
+        return (f"cannot write results store {path}: disk I/O error ({msg}); the rows written so far are kept: "
+                f"check the disk, then continue with --resume")
     return f"results store {path}: {msg}"
 
 
@@ -484,20 +575,18 @@ class _transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the original error is the one to report
+            if self.conn.in_transaction:  # SQLite may have rolled back already (e.g. disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 raise InputError(_describe(self.path, exc)) from None
             return
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            try:
-                self.conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            if self.conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             raise InputError(_describe(self.path, exc)) from None
 
 
@@ -514,6 +603,8 @@ def _initialize(conn: sqlite3.Connection, config: Mapping[str, Any], path: Path)
             conn.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
     except sqlite3.IntegrityError:
         raise InputError("another process created this run's store at the same time") from None
+    except sqlite3.OperationalError as exc:  # disk full, read-only, I/O error
+        raise InputError(f"cannot create results store {path}: {exc}") from None
     return cfg
 
 

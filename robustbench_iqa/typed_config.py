@@ -11,6 +11,7 @@ an :class:`~robustbench_iqa.errors.InputError` naming the key as ``where.key``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -69,6 +70,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"`{where}` must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"`{where}` must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str) or not value:

@@ -8,16 +8,27 @@ with a message that names the problem.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from robustbench_iqa.errors import InputError
 
+MAX_SAMPLES = 10_000_000
+"""Largest accepted sample count ``n`` (the search limit of :func:`robustbench_iqa.certify.bounds.min_samples`)."""
+
+IMAGE_DTYPE = torch.float32
+"""The dtype images are computed in: float64, float16 and bfloat16 images are converted to it."""
+
 
 def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     """Validate a batch of RGB images in [0, 1] with shape (B, 3, H, W).
 
-    A single image of shape (3, H, W) is promoted to a batch of one.
+    A single image of shape (3, H, W) is promoted to a batch of one.  Floating
+    dtypes other than float32 (float64, float16, bfloat16) are converted to
+    float32, the dtype every model of the suite computes in (its 24-bit
+    mantissa holds any 16-bit image exactly); integer images are refused, since
+    their scale (255? 65535?) is not known here.
     """
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -30,7 +41,10 @@ def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     if x.shape[0] == 0:
         raise InputError(f"{name} is an empty batch")
     if not x.is_floating_point():
-        raise InputError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype}")
+        raise InputError(f"{name} must be a floating-point tensor in [0, 1], got dtype {x.dtype} "
+                         f"(divide 8-bit images by 255)")
+    if x.dtype != IMAGE_DTYPE:
+        x = x.to(IMAGE_DTYPE)
     xd = x.detach()
     if not bool(torch.isfinite(xd).all()):
         raise InputError(f"{name} contains NaN or Inf values")
@@ -58,22 +72,88 @@ def check_pair(x: torch.Tensor, ref: torch.Tensor | None, *, full_reference: boo
     return x, ref
 
 
-def check_sigma(sigma: float) -> float:
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise InputError(f"sigma must be a finite number > 0, got {sigma!r}")
+def _is_real(v: object) -> bool:
+    """A real number (Python or numpy scalar), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_sigma(sigma: float, *, name: str = "sigma") -> float:
+    if not (_is_real(sigma) and math.isfinite(float(sigma)) and float(sigma) > 0):
+        raise InputError(f"{name} must be a finite number > 0, got {sigma!r}")
     return float(sigma)
 
 
-def check_alpha(alpha: float) -> float:
-    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
-        raise InputError(f"alpha (confidence level) must lie in (0, 1), got {alpha!r}")
+def check_alpha(alpha: float, *, name: str = "alpha (confidence level)") -> float:
+    if not (_is_real(alpha) and 0.0 < float(alpha) < 1.0):
+        raise InputError(f"{name} must lie in (0, 1), got {alpha!r}")
     return float(alpha)
 
 
-def check_n(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise InputError(f"the sample count n must be a positive integer, got {n!r}")
-    return n
+def check_n(n: int, *, name: str = "the sample count n") -> int:
+    """A sample count: an integer (Python or numpy) in [1, :data:`MAX_SAMPLES`]."""
+    if not (isinstance(n, numbers.Integral) and not isinstance(n, bool) and int(n) >= 1):
+        raise InputError(f"{name} must be a positive integer, got {n!r}")
+    if int(n) > MAX_SAMPLES:
+        raise InputError(f"{name} must be at most {MAX_SAMPLES:,}, got {int(n):,}")
+    return int(n)
+
+
+def check_finite(value: float, *, name: str) -> float:
+    """A finite real number (Python or numpy scalar)."""
+    if not (_is_real(value) and math.isfinite(float(value))):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_budget(eps: float, norm: str, *, hw: tuple[int, int] | None = None, name: str = "eps") -> float:
+    """An attack budget in [0, 1] pixel units that can still constrain anything.
+
+    Images live in the cube [0, 1]^(3HW), so an Linf budget of 1 already reaches
+    every image and an L2 budget of sqrt(3 H W) (the cube's diameter) does too:
+    a larger budget is a typo (e.g. 8 meant as 8/255), and is refused.  The L2
+    limit is checked once the image size ``hw`` is known.
+    """
+    eps = check_finite(eps, name=name)
+    if eps < 0:
+        raise InputError(f"{name} must be >= 0, got {eps!r}")
+    kind = str(norm).lower()
+    if kind == "linf" and eps > 1:
+        raise InputError(f"{name}={eps:g} is beyond the Linf range of [0, 1] images (at most 1; "
+                         f"budgets are in [0, 1] pixel units, e.g. 8/255 = {8 / 255:.4g})")
+    if kind == "l2" and hw is not None:
+        limit = math.sqrt(3 * int(hw[0]) * int(hw[1]))
+        if eps > limit:
+            raise InputError(f"{name}={eps:g} is beyond the L2 diameter sqrt(3HW) = {limit:.4g} of "
+                             f"{hw[0]}x{hw[1]} images in [0, 1]")
+    return eps
+
+
+def check_device(device: torch.device | str | None) -> torch.device:
+    """A device this machine has: ``cpu``, ``cuda``/``cuda:N`` with CUDA present, ``mps`` where available.
+
+    Anything else (a typo such as ``gpu0``, a GPU that is absent, ``meta``, which holds
+    no data) raises :class:`InputError` before any model is built.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise InputError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r} requested, but CUDA is not available on this machine; use cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"device {device!r} requested, but this machine has {count} CUDA device(s)")
+        return dev
+    if dev.type == "mps":
+        if torch.backends.mps.is_available():
+            return dev
+        raise InputError(f"device {device!r} requested, but MPS is not available on this machine; use cpu")
+    raise InputError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
 
 
 def check_finite_scores(scores: torch.Tensor, *, what: str = "model output") -> torch.Tensor:
@@ -81,21 +161,3 @@ def check_finite_scores(scores: torch.Tensor, *, what: str = "model output") -> 
         raise InputError(f"{what} contains NaN or Inf values")
     return scores
 
-
-def check_device(device: object) -> torch.device:
-    """A torch device that exists here: ``cpu``, ``cuda``, ``cuda:1``, ... (InputError otherwise)."""
-    if isinstance(device, torch.device):
-        dev = device
-    else:
-        try:
-            dev = torch.device(str(device))
-        except (RuntimeError, ValueError):
-            raise InputError(f"unknown device {device!r} (use cpu, cuda, cuda:0, ...)") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"device {str(device)!r} requested but CUDA is not available here")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InputError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type != "cpu":
-        raise InputError(f"device {str(device)!r} is not supported (use cpu or cuda[:N])")
-    return dev

@@ -379,7 +379,7 @@ def test_cli_attack_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["attack", "--eps", "-1", "--dataset", "x"]) == 2
     assert "eps" in capsys.readouterr().err
     assert main(["attack", "--target", "toward", "--dataset", "x"]) == 2
-    capsys.readouterr()
+    assert "--target-score" in capsys.readouterr().err
     assert main(["attack", "--attack", "ifgsn", "--dataset", "default"]) == 2
     assert "did you mean 'ifgsm'" in capsys.readouterr().err
 

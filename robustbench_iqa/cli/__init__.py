@@ -19,12 +19,23 @@ import importlib
 import pkgutil
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn, TextIO
 
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.errors import InputError, ReproducibilityWarning
 
 _ORDER = ["certify", "predict", "train", "attack", "train-denoiser", "report", "verify", "bench", "weights", "list"]
+
+
+class _UsageError(Exception):
+    """A command line argparse refuses; :func:`main` prints it as one ``error:`` line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, like every other bad input
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _commands() -> dict[str, str]:
@@ -50,7 +61,7 @@ def _summary(module: str) -> str:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (the others are listed by name and summary)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="robustbench-iqa",
         description="Certify, attack and audit the adversarial robustness of IQA models.",
     )
@@ -66,15 +77,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """The suite's own warnings as one ``warning: ...`` line; others as Python shows them."""
+    if issubclass(category, ReproducibilityWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+    args_list = [*(sys.argv[1:] if argv is None else argv)]  # (`list` is also the name of a subcommand module)
     command = next((a for a in args_list if not a.startswith("-")), None)
     parser = build_parser(command if command in _commands() else None)
-    args = parser.parse_args(args_list)
     try:
-        return int(args.func(args) or 0)
-    except InputError as exc:
+        args = parser.parse_args(args_list)
+    except _UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,9 +8,13 @@ for FR models: one reference for all images, or one per image).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
+import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +28,120 @@ if TYPE_CHECKING:  # imported where used: this module must stay light (fast --he
     from robustbench_iqa.models.base import IQAModel
 
 RESIZE_CHOICES = ("none", "resize", "center-crop")
+MAX_SAMPLES = 10_000_000
+"""The most noise draws accepted (:data:`robustbench_iqa.validation.MAX_SAMPLES`, repeated here so that
+parsing the command line imports no torch; a test keeps the two equal)."""
+
+# -- argparse types: a bad value is refused while parsing, as one `error: argument --flag: ...` line --------
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**63 - 1
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        v = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def _int_in(lo: int, hi: int, what: str = "an integer") -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        v = _number(text, int)
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be {what} in [{lo}, {hi:,}], got {text!r}")
+        return int(v)
+
+    parse.__name__ = what.replace(" ", "_")
+    return parse
+
+
+positive_int = _int_in(1, MAX_COUNT)
+"""An integer >= 1 (counts, steps, batch sizes, limits)."""
+sample_count = _int_in(1, MAX_SAMPLES, "a sample count")
+"""A number of noise draws, at most :data:`robustbench_iqa.validation.MAX_SAMPLES`."""
+seed = _int_in(0, MAX_SEED, "a seed")
+"""A seed, 0 <= seed < 2^63 (what torch and numpy generators accept)."""
+
+
+def finite_float(text: str) -> float:
+    return float(_number(text, float))
+
+
+def positive_float(text: str) -> float:
+    v = finite_float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return v
+
+
+def nonneg_float(text: str) -> float:
+    v = finite_float(text)
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return v
+
+
+def probability(text: str) -> float:
+    v = finite_float(text)
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text!r}")
+    return v
+
+
+def device(text: str) -> str:
+    """A device this machine has (:func:`robustbench_iqa.validation.check_device`), kept as given."""
+    from robustbench_iqa.validation import check_device
+
+    try:
+        check_device(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def size(text: str) -> str:
+    """``HxW`` whose image fits in memory (:func:`robustbench_iqa.data.images.parse_size`), kept as given."""
+    try:
+        parse_size(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def max_pixels(text: str) -> int:
+    return _int_in(64, MAX_SEED, "a pixel count")(text)
+
+
+def check_output_dir(path: str | Path, *, flag: str = "--out") -> Path:
+    """Check, before any work, that the folder ``path`` can be created (if absent) and written.
+
+    Nothing is created: the nearest existing ancestor must be a writable folder
+    (probed with a temporary file, so read-only file systems are caught too).
+    """
+    p = Path(path)
+    probe_dir = p
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise InputError(f"{flag} {p}: {probe_dir} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=probe_dir)
+    except OSError as exc:
+        raise InputError(f"{flag} {p} is not writable: {exc.strerror or exc} ({probe_dir})") from None
+    os.close(fd)
+    os.unlink(tmp)
+    return p
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default-nr", help="registered model name (see `robustbench-iqa list`)")
     p.add_argument("--weights", default=None, help="local checkpoint for the model (default: shipped/random)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+    p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
@@ -38,25 +150,31 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--root", default=None, help="local folder (or CSV file) of the dataset")
     g.add_argument("--split", choices=["all", "train", "test"], default="test",
                    help="which part of the seeded 80/20 split to use (default: test)")
-    g.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    g.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
     g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     g.add_argument("--ref", action="append", default=[], help="reference image for FR models (one, or one per --image)")
-    g.add_argument("--size", default=None, help="working size HxW, e.g. 384x512 (default: the dataset's)")
+    g.add_argument("--size", type=size, default=None, help="working size HxW, e.g. 384x512 (default: the dataset's)")
     g.add_argument("--resize", choices=RESIZE_CHOICES, default=None, help="resize policy")
+    g.add_argument("--max-pixels", type=max_pixels, default=None,
+                   help="downscale images with more pixels than this (aspect kept) before --size applies; "
+                        "default: none (an image whose work cannot fit in memory is refused)")
+    g.add_argument("--resize-ref", action="store_true",
+                   help="FR: resize a reference of another size to its image's size (default: refuse the pair)")
 
 
 def add_training_data_args(p: argparse.ArgumentParser) -> None:
     """Dataset flags of the training commands (the seeded 80/20 split is made inside)."""
     p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
     p.add_argument("--root", default=None, help="local folder of the dataset")
-    p.add_argument("--size", default=None, help="working size HxW (default: the dataset's)")
+    p.add_argument("--size", type=size, default=None, help="working size HxW (default: the dataset's)")
     p.add_argument("--resize", default=None, help="resize policy")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many images (before the split)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="use at most this many images (before the split)")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per line instead of a table")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise generator (default: 0)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the noise generator (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -93,6 +211,8 @@ def load_dataset(args: argparse.Namespace) -> IQADataset:
     from robustbench_iqa.data.registry import create_dataset
 
     ds = create_dataset(args.dataset, root=args.root, size=parse_size(args.size), resize=args.resize)
+    ds = dataclasses.replace(ds, max_pixels=getattr(args, "max_pixels", None),
+                             resize_ref=bool(getattr(args, "resize_ref", False)))
     if args.split != "all":
         train, test = ds.split(seed=0)
         ds = train if args.split == "train" else test
@@ -106,15 +226,54 @@ def check_input_args(args: argparse.Namespace) -> None:
         raise InputError("give either --dataset or --image, not both")
     if not args.image and not args.dataset:
         raise InputError("no input: give --dataset NAME or --image PATH")
+    hw = parse_size(args.size)
+    if hw is not None and (args.resize or "resize") != "none":
+        check_work_fits(args, hw, name=f"--size {args.size}", batch=work_batch(args, None))
+
+
+def work_kind(args: argparse.Namespace) -> str:
+    """Which row of :data:`robustbench_iqa.data.memory.WORK_BYTES_PER_PIXEL` the command's work is."""
+    if getattr(args, "defense", "none") in ("ms", "dms", "dms-iqa", "rs-reg", "cert-reg"):
+        return "noise"  # 64 noisy copies per forward pass, whatever the batch of images
+    command = getattr(args, "command", "")
+    return command if command in ("certify", "attack") else "forward"
+
+
+def work_batch(args: argparse.Namespace, total: int | None) -> int:
+    """Images whose work is in memory at once."""
+    if work_kind(args) == "noise" or getattr(args, "out", None) is not None:
+        return 1
+    b = int(getattr(args, "batch_size", 1) or 1)
+    return b if total is None else max(1, min(b, total))
+
+
+def check_work_fits(args: argparse.Namespace, hw: tuple[int, int], *, name: str, batch: int) -> None:
+    """Refuse an image whose work (:data:`~robustbench_iqa.data.memory.WORK_BYTES_PER_PIXEL`) cannot fit."""
+    from robustbench_iqa.data.memory import (
+        WORK_BYTES_PER_PIXEL,
+        available_bytes,
+        check_fits,
+        max_pixels_within,
+    )
+
+    per_pixel = WORK_BYTES_PER_PIXEL[work_kind(args)] * batch
+    need = float(hw[0]) * hw[1] * per_pixel
+    free = available_bytes()
+    hint = "use --size HxW or --max-pixels N to work at a smaller size"
+    if free is not None and need > free:
+        hint = f"use --size HxW or --max-pixels {max_pixels_within(0.8 * free, per_pixel)} to work at a smaller size"
+    what = f"{getattr(args, 'command', 'the work')} of {name} at {hw[0]}x{hw[1]} (HxW)" + (f", {batch} images per batch" if batch > 1 else "")
+    check_fits(need, what=what, hint=hint)
 
 
 def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator[Item]]:
     """The inputs named on the command line, validated against the model's FR/NR mode."""
-    from robustbench_iqa.data.images import Resize, load_image
+    from robustbench_iqa.data.images import Resize, load_image, load_pair
     from robustbench_iqa.runner.plan import input_id
 
     check_input_args(args)
     size, resize = parse_size(args.size), Resize(args.resize or Resize.RESIZE)
+    max_px, resize_ref = getattr(args, "max_pixels", None), bool(getattr(args, "resize_ref", False))
     if args.image:
         images = [Path(p) for p in args.image][: args.limit]
         refs = [Path(p) for p in args.ref]
@@ -126,13 +285,17 @@ def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator
         elif refs:
             raise InputError(f"model {args.model!r} is no-reference: --ref is not used")
 
+        batch = work_batch(args, len(images))
+
         def gen_files() -> Iterator[Item]:
             for i, p in enumerate(images):
-                x = load_image(p, size=size, resize=resize)
                 ref = None
                 if model.full_reference:
                     r = refs[0] if len(refs) == 1 else refs[i]
-                    ref = load_image(r, size=size or tuple(x.shape[-2:]), resize=resize)  # type: ignore[arg-type]
+                    x, ref = load_pair(p, r, size=size, resize=resize, max_pixels=max_px, resize_ref=resize_ref)
+                else:
+                    x = load_image(p, size=size, resize=resize, max_pixels=max_px)
+                check_work_fits(args, tuple(x.shape[-2:]), name=str(p), batch=batch)  # type: ignore[arg-type]
                 yield Item(str(p), x, ref, None, input_id(str(p), p, r if model.full_reference else None))
 
         return len(images), gen_files()
@@ -142,9 +305,12 @@ def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator
     if model.full_reference and not ds.has_references:
         raise InputError(f"model {args.model!r} is full-reference but dataset {ds.name!r} has no references")
 
+    batch = work_batch(args, len(ds))
+
     def gen_ds() -> Iterator[Item]:
         for i, s in enumerate(ds.samples):
             x, ref = ds.load(i)
+            check_work_fits(args, tuple(x.shape[-2:]), name=s.name, batch=batch)  # type: ignore[arg-type]
             yield Item(s.name, x, ref if model.full_reference else None, s.score,
                        input_id(s.name, s.image, s.ref if model.full_reference else None))
 
@@ -212,23 +378,10 @@ def progress_enabled(args: argparse.Namespace) -> bool:
     return not getattr(args, "no_progress", False) and sys.stderr is not None
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
 def default_threads() -> int:
     """Torch threads per process: 1 on machines with up to 4 cores (where more threads than cores,
     or several processes, oversubscribe them: 4x slower measured on 2 shared cores), else half the
     cores, at most 8."""
-    import os
-
     cores = os.cpu_count() or 1
     return 1 if cores <= 4 else min(8, cores // 2)
 

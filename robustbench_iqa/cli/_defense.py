@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from robustbench_iqa.cli import _common as c
 from robustbench_iqa.errors import InputError
 
 if TYPE_CHECKING:
@@ -17,21 +18,21 @@ def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
     g.add_argument("--defense", default="fs-iqa",
                    help="fs-iqa (default), ms, dms, dms-iqa, rs-reg, cert-reg (`robustbench-iqa list defenses`)"
                         + ("" if certify else ", or none"))
-    g.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation (default: 0.25)")
-    g.add_argument("--n", type=int, default=2000, help="noise draws per image (default: 2000)")
+    g.add_argument("--sigma", type=c.positive_float, default=0.25, help="noise standard deviation (default: 0.25)")
+    g.add_argument("--n", type=c.sample_count, default=2000, help="noise draws per image (default: 2000)")
     g.add_argument("--checkpoint", default=None,
                    help="trained artifact of the defense: FS-IQA heads, or the denoiser of dms/dms-iqa "
                         "(default: the shipped one)")
-    g.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
+    g.add_argument("--batch-size", type=c.positive_int, default=4, help="images per batch (default: 4)")
     if certify:
-        g.add_argument("--alpha", type=float, default=0.999, help="confidence level (default: 0.999)")
-        g.add_argument("--tau", type=float, default=None,
+        g.add_argument("--alpha", type=c.probability, default=0.999, help="confidence level (default: 0.999)")
+        g.add_argument("--tau", type=c.nonneg_float, default=None,
                        help="FS-IQA: abstain when ||J_B(x)||_2 < tau (default: 0.001)")
-        g.add_argument("--eps", type=float, default=None,
+        g.add_argument("--eps", type=c.positive_float, default=None,
                        help="input-space defenses: L2 radius to certify (default: sigma / 2)")
         g.add_argument("--method", default=None, help="FS-IQA spectral-norm method (default: lanczos)")
-        g.add_argument("--rtol", type=float, default=None, help="relative tolerance of the spectral norm")
-        g.add_argument("--max-iter", type=int, default=None, help="most Jacobian products per image")
+        g.add_argument("--rtol", type=c.positive_float, default=None, help="relative tolerance of the spectral norm")
+        g.add_argument("--max-iter", type=c.positive_int, default=None, help="most Jacobian products per image")
 
 
 def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustbench_iqa.errors import InputError
@@ -24,25 +26,42 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
 
 
 class StoreRun:
-    """The store of ``--out`` held under the run directory's lock (``None`` store without ``--out``)."""
+    """The store of ``--out`` held under the run directory's lock (``None`` store without ``--out``).
 
-    def __init__(self, store: ResultsStore | None, lock: RunLock | None) -> None:
+    A store this command created is removed again if the command fails on bad input before its
+    first row (an unreadable image, weights that do not fit), so no half-made run is left behind
+    that a rerun would have to ``--resume`` or delete.  It is removed under the lock, so never a
+    live run's.
+    """
+
+    def __init__(self, store: ResultsStore | None, lock: RunLock | None, *, created: bool = False) -> None:
         self.store, self.lock = store, lock
+        self.created = created
 
     def __enter__(self) -> ResultsStore | None:
         return self.store
 
-    def __exit__(self, *exc: object) -> None:
-        if self.store is not None:
-            self.store.close()
-        if self.lock is not None:
-            self.lock.release()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        empty = False
+        try:
+            if self.store is not None:
+                empty = exc_type is not None and issubclass(exc_type, InputError) and self.created \
+                    and self.store.count() == 0
+                self.store.close()
+                if empty:
+                    _discard(self.store.path)
+        finally:
+            if self.lock is not None:
+                if empty:
+                    self.lock.discard()
+                else:
+                    self.lock.release()
 
 
 def open_store(args: argparse.Namespace, kind: str, settings: Mapping[str, Any]) -> StoreRun:
     """The store of ``--out`` with the command's configuration (``with open_store(...) as store``)."""
     from robustbench_iqa.runlock import RunLock
-    from robustbench_iqa.store import ResultsStore, file_sha256, run_config
+    from robustbench_iqa.store import RESULTS_FILE, ResultsStore, file_sha256, run_config
 
     if args.out is None:
         if args.resume:
@@ -54,15 +73,28 @@ def open_store(args: argparse.Namespace, kind: str, settings: Mapping[str, Any])
     checkpoint = getattr(args, "checkpoint", None)
     config = run_config(kind=kind, model=args.model, weights=weights, dataset=args.dataset, root=args.root,
                         split=args.split, limit=args.limit, images=list(args.image), refs=list(args.ref),
-                        size=args.size, resize=args.resize, seed=args.seed, device=args.device,
+                        size=args.size, resize=args.resize, max_pixels=getattr(args, "max_pixels", None),
+                        resize_ref=bool(getattr(args, "resize_ref", False)), seed=args.seed, device=args.device,
                         checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, **settings)
-    lock = RunLock(args.out).acquire()
+    run = Path(args.out)
+    lock = RunLock(run).acquire()
+    new_store = not (run / RESULTS_FILE).exists()
     try:
-        store = ResultsStore.open(args.out, config, resume=args.resume)
+        store = ResultsStore.open(run, config, resume=args.resume)
     except BaseException:
-        lock.release()
+        if new_store:
+            lock.discard()
+        else:
+            lock.release()
         raise
-    return StoreRun(store, lock)
+    return StoreRun(store, lock, created=new_store)
+
+
+def _discard(path: Path) -> None:
+    """Delete the store files at ``path`` (a store this command created and never wrote a row to)."""
+    with contextlib.suppress(OSError):  # best effort: the error message matters more
+        for name in (path.name, path.name + "-wal", path.name + "-shm"):
+            (path.parent / name).unlink(missing_ok=True)
 
 
 def item_generator(args: argparse.Namespace, *parts: object) -> torch.Generator:

@@ -41,31 +41,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     g = p.add_argument_group("attack")
     g.add_argument("--attack", default="ifgsm", help="attack (default: ifgsm; `robustbench-iqa list attacks`)")
     g.add_argument("--norm", default="linf", choices=NORMS, help="threat model")
-    g.add_argument("--eps", type=float, default=4 / 255, help="budget in [0, 1] pixel units (default: 4/255)")
-    g.add_argument("--steps", type=int, default=None, help="gradient steps (default: the attack's, 10 for iterative ones)")
-    g.add_argument("--step-size", type=float, default=None, help="step size (default: per attack)")
+    g.add_argument("--eps", type=c.nonneg_float, default=4 / 255, help="budget in [0, 1] pixel units (default: 4/255)")
+    g.add_argument("--steps", type=c.positive_int, default=None, help="gradient steps (default: the attack's, 10 for iterative ones)")
+    g.add_argument("--step-size", type=c.positive_float, default=None, help="step size (default: per attack)")
     g.add_argument("--target", default="increase", choices=TARGETS,
                    help="raise (increase) or lower (decrease) the apparent quality, or move toward --target-score")
-    g.add_argument("--target-score", type=float, default=None, help="score for --target toward")
-    g.add_argument("--confidence", type=float, default=0.95, help="confidence of the summary intervals")
+    g.add_argument("--target-score", type=c.finite_float, default=None, help="score for --target toward")
+    g.add_argument("--confidence", type=c.probability, default=0.95, help="confidence of the summary intervals")
     s = p.add_argument_group("attack settings (optional; default: the attack's own)")
-    s.add_argument("--restarts", type=int, default=None, help="gradient attacks: restarts (later ones start at random)")
+    s.add_argument("--restarts", type=c.positive_int, default=None, help="gradient attacks: restarts (later ones start at random)")
     s.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient attacks: start at a random point of the ball (PGD: on, I-FGSM: off)")
-    s.add_argument("--queries", type=int, default=None, help="black-box attacks: queries per image")
-    s.add_argument("--pixels", type=int, default=None, help="sparse attack: pixels that may change")
+    s.add_argument("--queries", type=c.positive_int, default=None, help="black-box attacks: queries per image")
+    s.add_argument("--pixels", type=c.positive_int, default=None, help="sparse attack: pixels that may change")
     s.add_argument("--perturbation", default=None, help="uap: a trained perturbation file (UniversalPerturbation.save)")
     d = p.add_argument_group("defense (optional)")
     d.add_argument("--defense", default="none", help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg")
-    d.add_argument("--sigma", type=float, default=0.25, help="noise standard deviation (default: 0.25)")
-    d.add_argument("--eot", type=int, default=8, help="noise draws per EOT gradient (default: 8)")
+    d.add_argument("--sigma", type=c.positive_float, default=0.25, help="noise standard deviation (default: 0.25)")
+    d.add_argument("--eot", type=c.sample_count, default=8, help="noise draws per EOT gradient (default: 8)")
     d.add_argument("--eot-aggregate", default=None, choices=("mean", "soft-median"),
                    help="how EOT aggregates the noisy scores (default: the defense's own, e.g. soft-median "
                         "for median smoothing)")
     d.add_argument("--eot-noise", default="fresh", choices=("fresh", "fixed"))
-    d.add_argument("--n", type=int, default=500, help="noise draws of the recorded defended scores (default: 500)")
+    d.add_argument("--n", type=c.sample_count, default=500, help="noise draws of the recorded defended scores (default: 500)")
     d.add_argument("--checkpoint", default=None, help="trained FS-IQA heads, or denoiser for dms/dms-iqa")
-    d.add_argument("--batch-size", type=int, default=4, help="images per batch (default: 4)")
+    d.add_argument("--batch-size", type=c.positive_int, default=4, help="images per batch (default: 4)")
     c.add_output_args(p)
     c.add_threads_arg(p)
     add_store_args(p)
@@ -73,11 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from robustbench_iqa.attacks.threat import check_eps
-    from robustbench_iqa.validation import check_n, check_sigma
+    from robustbench_iqa.validation import check_budget, check_n, check_sigma
 
     c.check_input_args(args)
-    check_eps(args.eps)
+    check_budget(args.eps, args.norm, name="--eps")
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     if args.batch_size < 1:
@@ -86,8 +85,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--target toward needs --target-score")
     if args.defense != "none":
         check_sigma(args.sigma)
-        check_n(args.eot)
-        check_n(args.n)
+        check_n(args.eot, name="--eot")
+        check_n(args.n, name="--n")
 
 
 def build_objective(
@@ -145,6 +144,7 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
 
     from robustbench_iqa.store import RowKey
     from robustbench_iqa.studies.attack import AttackRow
+    from robustbench_iqa.validation import check_budget
 
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)
@@ -169,6 +169,7 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
                 gen = item_generator(args, chunk[0].id, "attack")
                 objective, _, _ = build_objective(args, model, defense, item_generator(args, chunk[0].id, "eot"))
             x, ref = c.stack(chunk, args.device)
+            check_budget(args.eps, args.norm, hw=tuple(x.shape[-2:]), name="--eps")  # type: ignore[arg-type]
             result = attack.run(objective, x, ref, generator=gen)
             for it, rec, chk in zip(chunk, result.records, result.checks):
                 row = AttackRow(rec.clean_score, rec.adv_score, rec.l2, rec.linf, rec.iterations,

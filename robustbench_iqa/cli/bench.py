@@ -12,7 +12,14 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from robustbench_iqa.cli._common import parse_size
+from robustbench_iqa.cli._common import (
+    device,
+    parse_size,
+    positive_float,
+    positive_int,
+    sample_count,
+    seed,
+)
 from robustbench_iqa.errors import InputError
 
 if TYPE_CHECKING:
@@ -34,23 +41,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"comma-separated model names (default: {','.join(DEFAULT_MODELS)}; unregistered ones are reported)")
     p.add_argument("--size", default=None, help="main input size HxW (default 384x512, as in the FS-IQA study)")
     p.add_argument("--exact-size", default=None, help="input size for the exact-Jacobian comparison (default 48x64)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per case; the median is reported (default 3)")
+    p.add_argument("--device", type=device, default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--repeats", type=positive_int, default=None, help="timed runs per case; the median is reported (default 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs per case (default 1)")
-    p.add_argument("--fs-n", type=int, default=None, help="FS-IQA noise draws N (default 2000)")
-    p.add_argument("--ms-n", type=int, default=None, help="MS noise draws N (default 2000)")
-    p.add_argument("--dms-n", type=int, default=None, help="DMS noise draws N (default 2000)")
-    p.add_argument("--batch-size", type=int, default=None, help="noisy images per forward for MS/DMS (default 16)")
+    p.add_argument("--fs-n", type=sample_count, default=None, help="FS-IQA noise draws N (default 2000)")
+    p.add_argument("--ms-n", type=sample_count, default=None, help="MS noise draws N (default 2000)")
+    p.add_argument("--dms-n", type=sample_count, default=None, help="DMS noise draws N (default 2000)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="noisy images per forward for MS/DMS (default 16)")
     p.add_argument("--denoiser", default=None, help="DnCNN DEPTHxWIDTH for DMS (default 17x64, the paper's)")
     p.add_argument("--memory-n", default=None, help="comma-separated N for the memory cases (default 500,2000,8000)")
     p.add_argument("--methods", default=None, help="spectral-norm methods to compare (default power,lanczos)")
-    p.add_argument("--rtol", type=float, default=None, help="spectral-norm relative tolerance (default 1e-3)")
-    p.add_argument("--max-iter", type=int, default=None, help="spectral-norm iteration limit (default 200)")
-    p.add_argument("--budget-s", type=float, default=None, help="stop repeating a case after this many seconds (default 60)")
+    p.add_argument("--rtol", type=positive_float, default=None, help="spectral-norm relative tolerance (default 1e-3)")
+    p.add_argument("--max-iter", type=positive_int, default=None, help="spectral-norm iteration limit (default 200)")
+    p.add_argument("--budget-s", type=positive_float, default=None, help="stop repeating a case after this many seconds (default 60)")
     p.add_argument("--clock", choices=["wall", "cpu"], default=None,
                    help="wall-clock time (default) or this process' CPU time (stable on a busy CPU, with --threads 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the run (default: torch's)")
-    p.add_argument("--seed", type=int, default=None, help="seed of weights, input and noise (default 0)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads for the run (default: torch's)")
+    p.add_argument("--seed", type=seed, default=None, help="seed of weights, input and noise (default 0)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-exact", action="store_true", help="skip the exact-Jacobian comparison")
     p.add_argument("--quick", action="store_true", help="tiny preset for tests and smoke runs")

@@ -16,12 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding results.sqlite")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/report)")
-    p.add_argument("--confidence", type=float, default=0.95,
+    p.add_argument("--confidence", type=c.probability, default=0.95,
                    help="level of Clopper-Pearson intervals and confidence bands (default: 0.95)")
-    p.add_argument("--bins", type=int, default=10, help="quantile bins of eps_x (default: 10)")
+    p.add_argument("--bins", type=c.positive_int, default=10, help="quantile bins of eps_x (default: 10)")
     p.add_argument("--interval", choices=["t", "bootstrap"], default="t",
                    help="confidence band of the beyond-certificate curves (default: t)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default: 0)")
+    p.add_argument("--seed", type=c.seed, default=0, help="seed of the bootstrap (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 

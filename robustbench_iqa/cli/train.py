@@ -18,11 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Train FS-IQA heads on the seeded 80/20 split and report held-out SRCC/PLCC.")
     c.add_model_args(p)
     c.add_training_data_args(p)
-    p.add_argument("--sigma", type=float, nargs="+", default=[0.25], help="one or more sigma_f values")
-    p.add_argument("--epochs", type=int, default=300)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0, help="split and training seed")
-    p.add_argument("--n-eval", type=int, default=2000, help="noise draws for the held-out evaluation")
+    p.add_argument("--sigma", type=c.positive_float, nargs="+", default=[0.25], help="one or more sigma_f values")
+    p.add_argument("--epochs", type=c.positive_int, default=300)
+    p.add_argument("--lr", type=c.positive_float, default=3e-3)
+    p.add_argument("--seed", type=c.seed, default=0, help="split and training seed")
+    p.add_argument("--n-eval", type=c.sample_count, default=2000, help="noise draws for the held-out evaluation")
     p.add_argument("--out", default="checkpoints", help="output folder (default: ./checkpoints)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     sigmas = [check_sigma(s) for s in args.sigma]
     c.check_limit(args.limit)
+    c.check_output_dir(args.out)  # before hours of training, not at the end
     model = c.build_model(args)
     from robustbench_iqa.data.registry import create_dataset
 

@@ -24,21 +24,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     c.add_model_args(p)
     c.add_training_data_args(p)
-    p.add_argument("--sigma", type=float, default=0.25, help="input-noise sigma (default: 0.25)")
+    p.add_argument("--sigma", type=c.positive_float, default=0.25, help="input-noise sigma (default: 0.25)")
     p.add_argument("--loss", choices=("dms", "dms-iqa"), default="dms", help="dms (pixel MSE) or dms-iqa (composite)")
-    p.add_argument("--w-pix", type=float, default=None, help="weight of the pixel MSE (dms-iqa; default 1)")
-    p.add_argument("--w-score", type=float, default=None, help="weight of the score MSE (dms-iqa; default 0.1)")
-    p.add_argument("--w-rank", type=float, default=None, help="weight of the rank loss (dms-iqa; default 0.01)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8, help="images per training step (default: 8)")
-    p.add_argument("--depth", type=int, default=5, help="DnCNN conv layers (default 5; the paper's is 17)")
-    p.add_argument("--width", type=int, default=32, help="DnCNN channels (default 32; the paper's is 64)")
-    p.add_argument("--n-eval", type=int, default=8, help="noise draws per held-out image for SRCC/PLCC (default 8)")
-    p.add_argument("--eval-limit", type=int, default=64, help="held-out images used for the report (default 64)")
-    p.add_argument("--patch-size", type=int, default=None,
+    p.add_argument("--w-pix", type=c.nonneg_float, default=None, help="weight of the pixel MSE (dms-iqa; default 1)")
+    p.add_argument("--w-score", type=c.nonneg_float, default=None, help="weight of the score MSE (dms-iqa; default 0.1)")
+    p.add_argument("--w-rank", type=c.nonneg_float, default=None, help="weight of the rank loss (dms-iqa; default 0.01)")
+    p.add_argument("--epochs", type=c.positive_int, default=10)
+    p.add_argument("--lr", type=c.positive_float, default=1e-3)
+    p.add_argument("--batch-size", type=c.positive_int, default=8, help="images per training step (default: 8)")
+    p.add_argument("--depth", type=c.positive_int, default=5, help="DnCNN conv layers (default 5; the paper's is 17)")
+    p.add_argument("--width", type=c.positive_int, default=32, help="DnCNN channels (default 32; the paper's is 64)")
+    p.add_argument("--n-eval", type=c.sample_count, default=8, help="noise draws per held-out image for SRCC/PLCC (default 8)")
+    p.add_argument("--eval-limit", type=c.positive_int, default=64, help="held-out images used for the report (default 64)")
+    p.add_argument("--patch-size", type=c.positive_int, default=None,
                    help="dms only: train on random crops of this size (default 48)")
-    p.add_argument("--seed", type=int, default=0, help="split, initialization and noise seed")
+    p.add_argument("--seed", type=c.seed, default=0, help="split, initialization and noise seed")
     p.add_argument("--out", required=True,
                    help="checkpoint file (*.safetensors) or folder (file named denoiser-LOSS-MODEL-sigmaS.safetensors)")
     p.add_argument("--no-progress", action="store_true")
@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     ds = create_dataset(args.dataset, root=args.root, size=c.parse_size(args.size), resize=args.resize)
     ds = ds.head(args.limit)
     path = output_path(args.out, loss=args.loss, model=model.name, sigma=args.sigma)
+    c.check_output_dir(path.parent)  # before the training, not at its end
     from robustbench_iqa.certify.denoiser_training import train_denoiser
 
     _, report = train_denoiser(

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--defenses", nargs="+", default=None, help="override the defenses")
     p.add_argument("--limit", type=c.positive_int, default=None, help="override the number of images")
     p.add_argument("--batch-size", type=c.positive_int, default=None, help="images per unit of work")
-    p.add_argument("--device", default=None, help="torch device (default: the config's, cpu)")
+    p.add_argument("--device", type=c.device, default=None, help="torch device (default: the config's, cpu)")
     c.add_threads_arg(p)
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where units run: in this process (default) or on a Ray cluster (pip install "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustbench_iqa.data.images import Resize, load_image
+from robustbench_iqa.data.images import Resize, load_image, load_pair
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class IQADataset:
     ``higher_better``: whether a larger subjective score means better quality
     (MOS: yes; DMOS: also yes for KADID-10k's ``dmos`` column, which is a MOS-like
     score in [1, 5]).  ``size``/``resize``: working size and policy, recorded in
-    results (FS-IQA study: 384x512).
+    results (FS-IQA study: 384x512).  ``max_pixels``: downscale larger images first
+    (None: never).  ``resize_ref``: resize a reference of another size to its
+    image's (default: refuse the pair, see :func:`~robustbench_iqa.data.images.load_pair`).
     """
 
     name: str
@@ -47,6 +49,8 @@ class IQADataset:
     resize: Resize = Resize.RESIZE
     root: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    max_pixels: int | None = None
+    resize_ref: bool = False
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -61,9 +65,10 @@ class IQADataset:
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Image (3, H, W) and reference (or None) of sample ``i``, in [0, 1]."""
         s = self.samples[i]
-        x = load_image(s.image, size=self.size, resize=self.resize)
-        ref = load_image(s.ref, size=self.size, resize=self.resize) if s.ref is not None else None
-        return x, ref
+        if s.ref is None:
+            return load_image(s.image, size=self.size, resize=self.resize, max_pixels=self.max_pixels), None
+        return load_pair(s.image, s.ref, size=self.size, resize=self.resize, max_pixels=self.max_pixels,
+                         resize_ref=self.resize_ref)
 
     def subset(self, indices: Sequence[int]) -> IQADataset:
         return dataclasses.replace(self, samples=tuple(self.samples[i] for i in indices))
@@ -95,4 +100,6 @@ class IQADataset:
             "size": list(self.size) if self.size else None,
             "resize": self.resize.value,
             "root": str(self.root) if self.root else None,
+            **({"max_pixels": self.max_pixels} if self.max_pixels is not None else {}),
+            **({"resize_ref": True} if self.resize_ref else {}),
         }

@@ -140,24 +140,76 @@ def load_weights(model: IQAModel, weights: str | Path | None) -> IQAModel:
     """Load a safetensors state dict (``None``: the shipped file) into ``model``, strictly.
 
     Raises :class:`InputError` naming the file when it is missing, not a
-    safetensors file, or does not match the architecture.
+    safetensors file (saying what it looks like instead), or does not match the
+    architecture (naming the first missing, unexpected and mis-shaped keys).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = shipped_weights(model.name) if weights is None else Path(weights).expanduser()
+    if path.is_dir():
+        raise InputError(f"weights path {path} is a directory; give the .safetensors file of {model.name}")
     if not path.is_file():
         raise InputError(f"weights file not found for {model.name}: {path}")
+    kind = _file_kind(path)
+    if kind != "safetensors":
+        raise InputError(
+            f"weights file {path} is not a safetensors file ({kind}); {model.name} loads safetensors "
+            f"state dicts: convert a PyTorch state dict with safetensors.torch.save_file"
+        )
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise InputError(f"cannot read weights file {path}: {exc}") from None
+    problems = _state_dict_problems(model.state_dict(), state)
+    if problems:
+        raise InputError(f"weights file {path} does not fit {model.name}: {problems}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"weights file {path} does not fit {model.name}: {first}") from None
+        text = " ".join(str(exc).split())
+        raise InputError(f"weights file {path} does not fit {model.name}: {text[:400]}") from None
     return model
+
+
+def _file_kind(path: Path) -> str:
+    """``"safetensors"``, or what the file looks like instead (for the error message)."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if len(head) == 0:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, e.g. a PyTorch .pt/.pth checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle, e.g. a legacy PyTorch checkpoint"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file"
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    size = path.stat().st_size
+    if 2 <= n <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    return "not a recognised weights format"
+
+
+def _state_dict_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], shown: int = 5) -> str:
+    """Missing, unexpected and mis-shaped keys, the first few of each; "" when they match."""
+
+    def first(keys: list[str]) -> str:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        return ", ".join(keys[:shown]) + more
+
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} (expected {tuple(own[k].shape)})"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {first(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {first(unexpected)}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {first(shapes)}")
+    return "; ".join(parts)
 
 
 @register_model("default-nr", mode="nr", lower_better=False, score_range=(0.0, 1.0),

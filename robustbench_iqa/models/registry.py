@@ -87,7 +87,8 @@ def create_model(
     embedded defaults; random initialization, without any download, for
     published architectures), ``"pretrained"``, or a local checkpoint path.
     ``options``: the model's own settings (e.g. an evaluation protocol); a keyword
-    the model does not take raises :class:`InputError`.
+    the model does not take raises :class:`InputError`.  A device this machine
+    lacks (``"cuda"`` without a GPU, ``"meta"``, a typo) raises :class:`InputError`.
     """
     from robustbench_iqa.validation import check_device
 

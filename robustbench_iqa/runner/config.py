@@ -21,6 +21,7 @@ from typing import Any
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.typed_config import build
+from robustbench_iqa.validation import MAX_SAMPLES
 
 MOVED: dict[str, str] = {
     "audit_n": "audit.n", "attack_steps": "audit.steps (and beyond.steps)", "eot": "audit.eot (and beyond.eot)",
@@ -167,7 +168,9 @@ class VerifyConfig:
             if int(getattr(self, name)) < 1:
                 raise InputError(f"verify: {name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.seed < 2**63:
-            raise InputError(f"verify: seed must lie in [0, 2**63), got {self.seed}")
+            raise InputError(f"verify: seed must lie in [0, 2^63), got {self.seed}")
+        if self.n > MAX_SAMPLES:
+            raise InputError(f"verify: n must be at most {MAX_SAMPLES:,}, got {self.n}")
         for name in self.active_studies():
             if name not in STUDIES:
                 STUDIES.entry(name)  # raises with a did-you-mean
@@ -225,6 +228,30 @@ def default_config() -> VerifyConfig:
     return VerifyConfig.from_mapping({})
 
 
+def _verify_table(p: Path, *, required: bool) -> dict[str, Any]:
+    """The ``[tool.robustbench_iqa.verify]`` table of the TOML file ``p`` ({} if absent and not required)."""
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"config file {p} is not a UTF-8 text (TOML) file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read config file {p}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"cannot parse {p}: {exc}") from None
+    section: Any = data
+    for key in ("tool", "robustbench_iqa", "verify"):
+        if not isinstance(section, dict) or key not in section:
+            if required:
+                raise InputError(f"{p} has no [tool.robustbench_iqa.verify] table")
+            return {}
+        section = section[key]
+    if not isinstance(section, dict):
+        raise InputError(f"{p}: tool.robustbench_iqa.verify must be a table, got {section!r}")
+    return section
+
+
 def load_config(path: str | Path | None = None, **overrides: Any) -> VerifyConfig:
     """Read the verify table of ``path`` (default: ./pyproject.toml if it exists).
 
@@ -232,21 +259,12 @@ def load_config(path: str | Path | None = None, **overrides: Any) -> VerifyConfi
     """
     table: dict[str, Any] = {}
     p = Path(path) if path is not None else Path("pyproject.toml")
+    if path is not None and p.is_dir():
+        raise InputError(f"config file {p} is a directory; give a pyproject.toml")
     if path is not None and not p.is_file():
         raise InputError(f"config file not found: {p}" if not p.exists() else f"config path {p} is not a file")
     if p.is_file():
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError:
-            raise InputError(f"cannot parse {p}: not a UTF-8 text (TOML) file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InputError(f"cannot parse {p}: {exc}") from None
-        except OSError as exc:
-            raise InputError(f"cannot read {p}: {exc.strerror or exc}") from None
-        section = data.get("tool", {}).get("robustbench_iqa", {})
-        if path is not None and "verify" not in section:
-            raise InputError(f"{p} has no [tool.robustbench_iqa.verify] table")
-        table = dict(section.get("verify", {}))
+        table = dict(_verify_table(p, required=path is not None))
     try:
         cfg = VerifyConfig.from_mapping(table)
     except InputError as exc:

@@ -123,10 +123,18 @@ def run_verify(
     t0 = time.perf_counter()
     out = Path(out_dir)
     notes: list[str] = []
-    with RunLock(out):
+    lock = RunLock(out).acquire()
+    try:
         ws = Workspace(cfg)
         plan = preflight(cfg, ws)
         config = verify_run_config(cfg, ws)
+    except BaseException:
+        if not (out / RESULTS_FILE).exists():
+            lock.discard()  # nothing was written: leave no lock file (or run dir) behind
+        else:
+            lock.release()
+        raise
+    with lock:
         runner = executor if executor is not None else LocalExecutor(ws)
         with open_run(out, config, resume=resume, fresh=fresh) as store:
             try:

@@ -27,6 +27,12 @@ class AccuracyConfig:
     seeds: tuple[int, ...] = ()
     """Further seeds of the defended predictions (the run's own seed is the certify study's)."""
 
+    def validate(self, where: str) -> None:
+        from robustbench_iqa.errors import InputError
+
+        if any(not 0 <= s < 2**63 for s in self.seeds):
+            raise InputError(f"{where}.seeds must lie in [0, 2**63), got {list(self.seeds)}")
+
 
 @register_study
 class AccuracyStudy(Study):

@@ -56,6 +56,7 @@ from robustbench_iqa.studies.base import (
     record,
     register_study,
 )
+from robustbench_iqa.validation import MAX_SAMPLES
 
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
@@ -119,6 +120,9 @@ class AuditConfig:
                 raise InputError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
         if self.resample_n < 0:
             raise InputError(f"{where}.resample_n must be >= 0, got {self.resample_n}")
+        for name in ("n", "resample_n"):
+            if getattr(self, name) > MAX_SAMPLES:
+                raise InputError(f"{where}.{name} must be at most {MAX_SAMPLES:,}, got {getattr(self, name)}")
         for name in ("confidence", "level"):
             if not 0.5 <= getattr(self, name) < 1:
                 raise InputError(f"{where}.{name} must lie in [0.5, 1), got {getattr(self, name)}")

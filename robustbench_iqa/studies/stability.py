@@ -29,6 +29,7 @@ from robustbench_iqa.studies.base import (
     record,
     register_study,
 )
+from robustbench_iqa.validation import MAX_SAMPLES
 
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
@@ -61,8 +62,8 @@ class StabilityConfig:
             raise InputError(f"{where}.repeats must be >= 2 (a deviation needs two predictions), got {self.repeats}")
         if self.limit < 1:
             raise InputError(f"{where}.limit must be >= 1, got {self.limit}")
-        if not self.n or any(v < 1 for v in self.n):
-            raise InputError(f"{where}.n must be positive sample counts, got {list(self.n)}")
+        if not self.n or any(not 1 <= v <= MAX_SAMPLES for v in self.n):
+            raise InputError(f"{where}.n must be sample counts in [1, {MAX_SAMPLES:,}], got {list(self.n)}")
         if not self.max_deviation >= 0:
             raise InputError(f"{where}.max_deviation must be >= 0, got {self.max_deviation}")
 
