@@ -199,21 +199,30 @@ class Attack(ABC):
     def run(
         self, objective: Objective, x: torch.Tensor, ref: torch.Tensor | None = None, *,
         eps: float | torch.Tensor | None = None, generator: torch.Generator | None = None,
-        progress: bool = False,
+        progress: bool = False, clean: torch.Tensor | None = None,
     ) -> AttackResult:
-        """Attack a batch; returns the adversarial images and per-image records."""
+        """Attack a batch; returns the adversarial images and per-image records.
+
+        ``clean``: the recorded scores of ``x`` (``objective.evaluate(x, ref)``) when the caller
+        already has them, e.g. attacking one batch at several budgets; computed otherwise.
+        """
 
     def __call__(
         self, objective: Objective, x: torch.Tensor, ref: torch.Tensor | None = None, *,
         eps: float | torch.Tensor | None = None, generator: torch.Generator | None = None,
-        progress: bool = False,
+        progress: bool = False, clean: torch.Tensor | None = None,
     ) -> AttackResult:
-        return self.run(objective, x, ref, eps=eps, generator=generator, progress=progress)
+        return self.run(objective, x, ref, eps=eps, generator=generator, progress=progress, clean=clean)
 
 
-def start_best(objective: Objective, x0: torch.Tensor, ref: torch.Tensor | None) -> Best:
-    """The clean image as the first candidate, with its recorded score."""
-    clean = check_finite_scores(objective.evaluate(x0, ref), what="score of the clean images")
+def start_best(objective: Objective, x0: torch.Tensor, ref: torch.Tensor | None,
+               clean: torch.Tensor | None = None) -> Best:
+    """The clean image as the first candidate, with its recorded score (given, or evaluated here)."""
+    if clean is None:
+        clean = objective.evaluate(x0, ref)
+    elif tuple(clean.reshape(-1).shape) != (x0.shape[0],):
+        raise InputError(f"clean scores have shape {tuple(clean.shape)}; expected ({x0.shape[0]},)")
+    clean = check_finite_scores(clean.detach().reshape(-1).to(x0.device), what="score of the clean images")
     return Best(x0, clean, objective.gain(clean))
 
 
@@ -299,7 +308,7 @@ class GradientAttack(Attack):
     def run(
         self, objective: Objective, x: torch.Tensor, ref: torch.Tensor | None = None, *,
         eps: float | torch.Tensor | None = None, generator: torch.Generator | None = None,
-        progress: bool = False,
+        progress: bool = False, clean: torch.Tensor | None = None,
     ) -> AttackResult:
         """Attack a batch; returns the best iterate per image and its record (see the module doc)."""
         x0 = check_images(x).detach()
@@ -307,7 +316,7 @@ class GradientAttack(Attack):
             ref = check_images(ref, name="ref").detach()
         budget = per_image_eps(self.eps if eps is None else eps, x0)
         alpha = self.alpha(budget)
-        best = start_best(objective, x0, ref)
+        best = start_best(objective, x0, ref, clean)
         evaluations = 1
         b = x0.shape[0]
         iterations = torch.zeros(b, dtype=torch.long)

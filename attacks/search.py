@@ -120,14 +120,14 @@ class QueryAttack(Attack):
     def run(
         self, objective: Objective, x: torch.Tensor, ref: torch.Tensor | None = None, *,
         eps: float | torch.Tensor | None = None, generator: torch.Generator | None = None,
-        progress: bool = False,
+        progress: bool = False, clean: torch.Tensor | None = None,
     ) -> AttackResult:
         """Attack a batch with Q queries per image; returns the best candidate (see the module doc)."""
         x0 = check_images(x).detach()
         if ref is not None:
             ref = check_images(ref, name="ref").detach()
         budget = per_image_eps(self.eps if eps is None else eps, x0)
-        best = start_best(objective, x0, ref)
+        best = start_best(objective, x0, ref, clean)
         with torch.no_grad():
             state = self.init(x0, budget, generator)
             s = check_finite_scores(objective.evaluate(state["x"], ref), what="attacked score")

@@ -141,14 +141,14 @@ class UniversalPerturbation(Attack):
     def run(
         self, objective: Objective, x: torch.Tensor, ref: torch.Tensor | None = None, *,
         eps: float | torch.Tensor | None = None, generator: torch.Generator | None = None,
-        progress: bool = False,
+        progress: bool = False, clean: torch.Tensor | None = None,
     ) -> AttackResult:
         """Apply the trained perturbation to ``x`` (no search; see the module doc)."""
         x0 = check_images(x).detach()
         if ref is not None:
             ref = check_images(ref, name="ref").detach()
         budget = per_image_eps(self.eps if eps is None else eps, x0)
-        result = start_best(objective, x0, ref)
+        result = start_best(objective, x0, ref, clean)
         adv = (x0 + self.perturbation_for(x0, budget)).clamp(0.0, 1.0)
         s = check_finite_scores(objective.evaluate(adv, ref), what="attacked score")
         result.replace(adv, s, objective.gain(s))

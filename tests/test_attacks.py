@@ -432,3 +432,16 @@ def test_cli_attack_out_resumes_to_the_same_rows(tmp_path: Path, capsys: pytest.
             return sorted(json.dumps(r, sort_keys=True) for r in st.iter_rows("attack"))
 
     assert rows(a) == rows(b) and len(rows(a)) == 3
+
+
+def test_given_clean_scores_are_used_and_checked() -> None:
+    """A caller attacking one batch at several budgets hands the clean scores on: same result."""
+    model = ToyNR()
+    x = random_images(3, 16, 16, seed=4)
+    obj = Objective.from_model(model)
+    clean = obj.evaluate(x, None)
+    a = IFGSM(eps=0.05, steps=3).run(obj, x)
+    b = IFGSM(eps=0.05, steps=3).run(obj, x, clean=clean)
+    assert torch.equal(a.adv, b.adv) and [r.clean_score for r in a.records] == [r.clean_score for r in b.records]
+    with pytest.raises(InputError, match="clean scores"):
+        IFGSM(eps=0.05, steps=3).run(obj, x, clean=clean[:2])

@@ -169,12 +169,15 @@ class AuditStudy(Study):
             attack = PGD(eps=float(eps.max()), steps=sec.steps, norm="l2")
             best: list[tuple[float, Any]] = [(math.inf, None)] * len(todo)
             best_x = sub.x.clone()
+            clean = None  # the recorded clean scores (common random numbers): the same for both targets
             for target in (Target.INCREASE, Target.DECREASE):
                 gen = ws.generator(unit, "audit-attack", target.value)
                 obj = eot_objective(defense, n=sec.eot, aggregate=defense.eot_aggregate, generator=gen,
                                     target=target, eval_n=sec.eot, eval_seed=cfg.seed)
+                if clean is None:
+                    clean = obj.evaluate(sub.x, sub.ref)
                 with ws.timed(f"audit.attack-{target.value}"):
-                    adv = attack.run(obj, sub.x, sub.ref, eps=eps, generator=gen).adv
+                    adv = attack.run(obj, sub.x, sub.ref, eps=eps, generator=gen, clean=clean).adv
                 with ws.timed("audit.estimate"):
                     ests = defense.estimate(adv, sub.ref, n=sec.n, confidence=sec.confidence,
                                             generator=ws.generator(unit, "audit-estimate", target.value))

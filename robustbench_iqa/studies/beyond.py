@@ -79,30 +79,39 @@ class BeyondStudy(Study):
     def units(self, plan: Plan) -> list[Unit]:
         cfg, sec = plan.cfg, plan.cfg.section(self.name)
         cases = [("none", 0.0)] + [(d, float(s)) for s in cfg.sigmas() for d in cfg.defenses]
-        return [Unit(self.name, m, d, s, ids, f"l2={norm:g}")
-                for m in cfg.models for d, s in cases for norm in sec.norms
+        return [Unit(self.name, m, d, s, ids)
+                for m in cfg.models for d, s in cases
                 for ids in batched(plan.images(m, sec.limit), cfg.batch_size)]
 
     def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+        """Every norm on one batch; the clean scores are evaluated once (common random numbers)."""
         from robustbench_iqa.attacks.eot import eot_objective
         from robustbench_iqa.attacks.gradient import IFGSM
         from robustbench_iqa.attacks.objective import Objective, Target
 
         cfg, sec = ws.cfg, ws.cfg.section(self.name)
         b = ws.batch(unit.model, unit.images)
-        norm = float(unit.part.split("=", 1)[1])
-        gen = ws.generator(unit, "attack")
-        if unit.defense == "none":
-            obj = Objective.from_model(ws.model(unit.model), target=Target.INCREASE)
-        else:
-            defense = ws.defense(unit.model, unit.defense, unit.sigma)
-            obj = eot_objective(defense, n=sec.eot, aggregate=defense.eot_aggregate, generator=gen,
-                                target=Target.INCREASE, eval_n=cfg.n, eval_seed=cfg.seed)
-        with ws.timed(f"beyond.attack-{'undefended' if unit.defense == 'none' else 'defended'}"):
-            res = IFGSM(eps=norm, steps=sec.steps, norm="l2").run(obj, b.x, b.ref, generator=gen)
-        return [record(BeyondRow(norm, r.clean_score, r.adv_score, r.l2, bool(obj.lower_better)), unit, image,
-                       unit.part)
-                for image, r in zip(b.ids, res.records)]
+        step = f"beyond.attack-{'undefended' if unit.defense == 'none' else 'defended'}"
+        clean = None
+        out: list[Record] = []
+        for k, norm in enumerate(sec.norms):
+            gen = ws.generator(unit, "attack", f"l2={norm:g}")
+            if unit.defense == "none":
+                obj = Objective.from_model(ws.model(unit.model), target=Target.INCREASE)
+            else:
+                defense = ws.defense(unit.model, unit.defense, unit.sigma)
+                obj = eot_objective(defense, n=sec.eot, aggregate=defense.eot_aggregate, generator=gen,
+                                    target=Target.INCREASE, eval_n=cfg.n, eval_seed=cfg.seed)
+            if clean is None:
+                clean = obj.evaluate(b.x, b.ref)
+            with ws.timed(step):
+                res = IFGSM(eps=float(norm), steps=sec.steps, norm="l2").run(obj, b.x, b.ref, generator=gen,
+                                                                             clean=clean)
+            out += [record(BeyondRow(float(norm), r.clean_score, r.adv_score, r.l2, bool(obj.lower_better)), unit,
+                           image, f"l2={norm:g}")
+                    for image, r in zip(b.ids, res.records)]
+            ws.tick((k + 1) / len(sec.norms))
+        return out
 
     def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
         from robustbench_iqa.analysis import beyond
