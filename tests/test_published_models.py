@@ -20,9 +20,11 @@ from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
 from robustbench_iqa.certify.heads import FTN, Scorer
 from robustbench_iqa.errors import InputError, WeightsUnavailableError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
-from robustbench_iqa.models.dreamsim import _CLIP, _IMAGENET, DreamSim, Extractor
-from robustbench_iqa.models.pyiqa_adapters import HyperIQA, parse_pyiqa_name, parse_score_range
-from robustbench_iqa.models.registry import create_model, list_models
+from robustbench_iqa.models.dreamsim import _CLIP, _IMAGENET, DreamSim, Member
+from robustbench_iqa.models.hyperiqa import HyperIQA
+from robustbench_iqa.models.pyiqa_adapters import parse_score_range
+from robustbench_iqa.models.pyiqa_metrics import parse_pyiqa_name
+from robustbench_iqa.models.registry import create_model, list_models, model_info
 from robustbench_iqa.models.weights import building, read_state_dict
 from tests.toy_models import random_images
 
@@ -59,21 +61,31 @@ SPECS: dict[str, tuple[int, Mode, bool, int]] = {
     "dists": (64, Mode.FR, True, 2 * (3 + 64 + 128 + 256 + 512 + 512)),
     "dreamsim-tiny": (48, Mode.FR, True, 2 * (192 + 64)),
 }
-# The DreamSim adapter with two ViT-Tiny extractors: the adapter logic, fast.  The real
-# ensemble (3 x ViT-B) runs in the slow test below.
+# The DreamSim adapter with two small ViTs (a DINO-like and a CLIP-like member): the adapter
+# logic, fast.  The real ensemble (3 x ViT-B/16) runs in its own test below.
 TINY_ENSEMBLE = (
-    Extractor("vit_tiny_patch16_224", "augreg_in21k", 0, *_IMAGENET),
-    Extractor("vit_tiny_patch16_224", "augreg_in21k", 64, *_CLIP),
+    Member("dino", "dino.pth", *_IMAGENET, quick_gelu=False, pre_norm=False, ln_eps=1e-6, proj_dim=0,
+           width=192, depth=2, heads=3),
+    Member("clip", "clip.pth", *_CLIP, quick_gelu=True, pre_norm=True, ln_eps=1e-5, proj_dim=64,
+           width=96, depth=2, heads=3),
 )
+# Fast protocols for the contract tests (HyperIQA: one resized patch instead of 25 crops;
+# KonCept512: the image as given instead of 384x512).
+FAST_OPTIONS: dict[str, dict[str, object]] = {"hyperiqa": {"crops": "resize"}, "koncept": {"input_size": "native"}}
 _CACHE: dict[str, IQAModel] = {}
 
 
 def get_model(name: str) -> IQAModel:
     if name not in _CACHE:
         if name == "dreamsim-tiny":
-            _CACHE[name] = DreamSim(img_size=32, ensemble=TINY_ENSEMBLE).eval()
+            model = DreamSim(input_size=32, ensemble=TINY_ENSEMBLE).eval()
+            with torch.no_grad():  # zero-initialised tokens make every image alike
+                for p in model.parameters():
+                    if p.ndim >= 2 or p.shape[-1] > 3:
+                        p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            _CACHE[name] = model
         else:
-            _CACHE[name] = create_model(name)
+            _CACHE[name] = create_model(name, **FAST_OPTIONS.get(name, {}))  # type: ignore[arg-type]
     return _CACHE[name]
 
 
@@ -158,18 +170,24 @@ def test_dreamsim_distance_is_cosine_of_embeddings() -> None:
     model = get_model("dreamsim-tiny")
     x, ref = _inputs("dreamsim-tiny")
     with torch.no_grad():
-        assert [ext(x).shape[1] for ext in model.extractors] == [192, 64]
-        feats = model.features(x, ref).numpy().astype(np.float64)
-        ex, er = feats[:, :256], feats[:, 256:]
+        assert [vit(x).shape[1] for vit in model.members] == [192, 64]
+        raw = torch.cat([torch.cat([vit(torch.nn.functional.interpolate(
+            im, size=(32, 32), mode="bicubic", antialias=True)) for vit in model.members], dim=1) for im in (x, ref)])
+        centred = raw - raw.mean(dim=1, keepdim=True)
+        torch.testing.assert_close(model.features(x, ref), torch.cat((centred / centred.norm(dim=1, keepdim=True)).chunk(2), dim=1))
+        feats = raw.numpy().astype(np.float64)
+        ex, er = feats[:2] - feats[:2].mean(1, keepdims=True), feats[2:] - feats[2:].mean(1, keepdims=True)
         cos = (ex * er).sum(1) / np.linalg.norm(ex, axis=1) / np.linalg.norm(er, axis=1)
         np.testing.assert_allclose(model(x, ref).numpy(), 1 - cos, rtol=1e-4, atol=1e-5)
         assert float(model(x, x).abs().max()) < 1e-5  # identical images: distance 0
 
 
+@pytest.mark.slow
 def test_dreamsim_full_ensemble_contract() -> None:
     model = create_model("dreamsim")
-    assert [type(e.vit).__name__ for e in model.extractors] == ["VisionTransformer"] * 3
-    assert [e.vit.patch_embed.patch_size for e in model.extractors] == [(16, 16), (16, 16), (32, 32)]
+    assert [v.member.name for v in model.members] == ["dino_vitb16", "clip_vitb16", "open_clip_vitb16"]
+    assert [v.patch_embed.proj.kernel_size for v in model.members] == [(16, 16)] * 3
+    assert [tuple(v.pos_embed.shape) for v in model.members] == [(1, 197, 768)] * 3
     x, ref = random_images(2, 64, 64, seed=0), random_images(2, 64, 64, seed=1)
     _check_contract(model, x, ref, 2 * (768 + 512 + 512))
 
@@ -265,12 +283,22 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 
 
 def test_head_only_checkpoint_needs_the_imagenet_trunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pyiqa's LPIPS file holds only the lin layers: the trunk must then come from torchvision."""
+    """pyiqa's LPIPS file holds only the lin layers: the trunk must then come from torchvision's
+    file, at trunk=PATH or in $TORCH_HOME; the message names the file, the URL and both ways."""
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # empty cache
     state = get_model("lpips").net.state_dict()
     torch.save({k: v for k, v in state.items() if k.startswith("lin")}, tmp_path / "LPIPS_v0.1_alex.pth")
-    with pytest.raises(WeightsUnavailableError, match=r"alexnet.*\.pth.*weights=PATH"):
+    expected = (r"holds only the calibrated head of lpips.*alexnet-owt-7be5be79\.pth \(https://\S+\).*"
+                + str(tmp_path / "hub" / "checkpoints").replace(".", r"\.") + r".*trunk=PATH")
+    with pytest.raises(InputError, match=expected):
         create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth")
+    with pytest.raises(InputError, match=r"alexnet-owt-7be5be79\.pth.*was not found at .*nope\.pth"):
+        create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth", trunk=tmp_path / "nope.pth")
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "not_alexnet.pth")
+    with pytest.raises(InputError, match=r"not the torchvision trunk alexnet-owt-7be5be79\.pth.*lacks"):
+        create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth", trunk=tmp_path / "not_alexnet.pth")
+    with pytest.raises(InputError, match="trunk=PATH completes a head-only checkpoint"):
+        create_model("lpips", trunk=tmp_path / "not_alexnet.pth")
 
 
 def test_pretrained_without_network_names_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,11 +306,12 @@ def test_pretrained_without_network_names_the_url(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     monkeypatch.setattr(du, "DEFAULT_CACHE_DIR", str(tmp_path / "pyiqa"))
-    with pytest.raises(WeightsUnavailableError, match=r"'lpips' from https://\S+.*weights=PATH"):
+    with pytest.raises(WeightsUnavailableError,
+                       match=r"'lpips': \S+\.pth \(https://\S+\) \(URLError.*copy that file to .*hub.*weights=PATH"):
         create_model("lpips", weights="pretrained")
-    with pytest.raises(WeightsUnavailableError, match="Keras.*weights=PATH"):
+    with pytest.raises(WeightsUnavailableError, match=r"Keras file koncep512-trained-model\.h5.*weights=PATH"):
         create_model("koncept", weights="pretrained")
-    with pytest.raises(WeightsUnavailableError, match="dreamsim package.*weights=PATH"):
+    with pytest.raises(WeightsUnavailableError, match=r"dreamsim_ensemble_checkpoint\.zip.*weights=PATH"):
         create_model("dreamsim", weights="pretrained")
 
 
@@ -317,7 +346,8 @@ def test_building_blocks_downloads_and_restores_patches() -> None:
 
     original = torch.hub.download_url_to_file
     with building("toy"):
-        with pytest.raises(WeightsUnavailableError, match="random weights tried to download https://x.invalid/w.pth"):
+        with pytest.raises(WeightsUnavailableError,
+                           match=r"random weights offline.*w\.pth \(https://x\.invalid/w\.pth\).*/nonexistent-dir/w\.pth"):
             torch.hub.load_state_dict_from_url("https://x.invalid/w.pth", model_dir="/nonexistent-dir")
         assert VGG16_Weights.verify("IMAGENET1K_V1") is None
         with pytest.raises(WeightsUnavailableError):
@@ -364,3 +394,75 @@ def test_name_and_range_parsing() -> None:
     assert parse_score_range("1, 5") == (1.0, 5.0)
     assert parse_score_range("0, ~") == (0.0, float("inf"))
     assert parse_score_range("quality: 0, 1; rank: 0, 2") == (0.0, 1.0)
+
+
+# ------------------------------------------------------------ metadata and protocol
+@pytest.mark.parametrize("name", ["dbcnn", "hyperiqa", "koncept", "lpips", "dists"])
+def test_registered_metadata_equals_the_built_model(name: str) -> None:
+    info, model = model_info(name), get_model(name)
+    assert (info.mode, info.lower_better, info.score_range) == (model.mode, model.lower_better, model.score_range)
+
+
+def test_dreamsim_registered_metadata() -> None:
+    info = model_info("dreamsim")
+    assert (info.mode, info.lower_better, info.score_range) == (DreamSim.mode, DreamSim.lower_better,
+                                                                DreamSim.score_range)
+
+
+def test_koncept_score_scale_is_its_training_scale() -> None:
+    """KonCept512 was trained on the 0-100 MOS of koniq10k_distributions_sets.csv, higher = better."""
+    info = model_info("koncept")
+    assert info.score_range == (0.0, 100.0) and not info.lower_better
+    bns = [m for m in get_model("koncept").fc if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [bn.eps for bn in bns] == [1e-3] * 3  # Keras' BatchNormalization default
+
+
+@pytest.mark.parametrize("name", ["dbcnn", "hyperiqa", "koncept", "lpips", "dists"])
+def test_protocol_is_recorded_and_rebuilds_the_same_model(name: str) -> None:
+    model = get_model(name)
+    protocol = model.protocol
+    assert protocol and all(isinstance(v, (str, int, float)) for v in protocol.values())
+    assert create_model(name, **protocol).protocol == protocol  # type: ignore[arg-type]
+
+
+def test_default_protocols() -> None:
+    assert create_model("hyperiqa").protocol == {"crops": "uniform", "num_crops": 25, "input_size": "native"}
+    assert create_model("koncept").protocol == {"input_size": "384x512"}
+    assert DreamSim(ensemble=TINY_ENSEMBLE).protocol["input_size"] == "224x224"
+    with pytest.raises(InputError, match="crops must be one of"):
+        create_model("hyperiqa", crops="center")
+    with pytest.raises(InputError, match="exactly 1 with crops='resize'"):
+        create_model("hyperiqa", crops="resize", num_crops=4)
+    with pytest.raises(InputError, match="input_size must be HxW"):
+        create_model("koncept", input_size="big")
+    with pytest.raises(InputError, match="takes no argument 'num_crop'.*did you mean 'num_crops'"):
+        create_model("hyperiqa", num_crop=4)
+
+
+def test_koncept_resizes_to_its_protocol_size() -> None:
+    native = get_model("koncept")
+    sized = create_model("koncept", input_size=(96, 128))
+    sized.load_state_dict(native.state_dict())
+    x = random_images(1, 120, 100, seed=3)
+    small = torch.nn.functional.interpolate(x, size=(96, 128), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        torch.testing.assert_close(sized(x), native(small))
+
+
+def test_hyperiqa_random_crops_are_the_authors_protocol_made_deterministic() -> None:
+    net = get_model("hyperiqa").net
+    model = HyperIQA(net, "hyperiqa", "hyperiqa", crops="random", num_crops=3, input_size="512x384",
+                     crop_seed=5)
+    assert model.protocol == {"crops": "random", "num_crops": 3, "input_size": "512x384", "crop_seed": 5}
+    origins = model.crop_origins(512, 384)
+    assert origins == model.crop_origins(512, 384) and len(set(origins)) == 3
+    assert all(0 <= t <= 512 - 224 and 0 <= s <= 384 - 224 for t, s in origins)
+    x = random_images(2, 300, 260, seed=9)
+    resized = torch.nn.functional.interpolate(x, size=(512, 384), mode="bilinear", antialias=True)
+    patches = torch.stack([resized[..., t:t + 224, s:s + 224] for t, s in origins], dim=1).reshape(-1, 3, 224, 224)
+    with torch.no_grad():
+        expected = net.forward_patch(patches).reshape(2, 3).mean(dim=1)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+        other = HyperIQA(net, "hyperiqa", "hyperiqa", crops="random", num_crops=3, input_size="512x384",
+                         crop_seed=6)
+        assert not torch.allclose(other(x), model(x))

@@ -77,14 +77,23 @@ def save_image(x: torch.Tensor, path: str | Path) -> None:
     Image.fromarray(arr).save(path)
 
 
-def parse_size(text: str | None) -> tuple[int, int] | None:
-    """``"384x512"`` -> (384, 512); None stays None (the dataset's own size)."""
-    if text is None:
+DEFAULT_SIZE = "default"
+"""``size="default"``: the dataset's own working size (KonIQ-10k, KADID-10k: 384x512)."""
+NATIVE_SIZE = "native"
+"""``size="native"`` (or ``size=None`` in the API): every image at its own size, not resized."""
+
+
+def parse_size(text: str | None) -> tuple[int, int] | str | None:
+    """A ``--size`` value: ``"384x512"`` -> (384, 512); ``"native"`` -> None (no resize);
+    ``"default"`` or no value -> :data:`DEFAULT_SIZE` (the dataset's own working size)."""
+    if text is None or text.strip().lower() == DEFAULT_SIZE:
+        return DEFAULT_SIZE
+    if text.strip().lower() == NATIVE_SIZE:
         return None
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise InputError(f"size must look like HxW (e.g. 384x512), got {text!r}") from None
+        raise InputError(f"size must look like HxW (e.g. 384x512), 'native' or 'default', got {text!r}") from None
     if h < 8 or w < 8:
         raise InputError(f"size is too small: {text}")
     return h, w

@@ -76,7 +76,11 @@ class Member:
     quick_gelu: bool
     pre_norm: bool  # CLIP's ln_pre (the official code puts it in place of pos_drop)
     ln_eps: float
-    proj_dim: int  # 0: the block-11 class token (DINO); else the projected, normed class token
+    proj_dim: int  # 0: the last block's class token (DINO); else the projected, normed class token
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    patch: int = 16
 
 
 ENSEMBLE: tuple[Member, ...] = (
@@ -96,7 +100,8 @@ class QuickGELU(nn.Module):
 
 
 class ViT(nn.Module):
-    """A ViT-B/16 (12 blocks, width 768, 12 heads, qkv bias) returning one embedding per image.
+    """A ViT (DreamSim's: ViT-B/16, 12 blocks, width 768, 12 heads, qkv bias) returning one
+    embedding per image.
 
     The parameter names follow the official checkpoints (``patch_embed.proj``, ``cls_token``,
     ``pos_embed``, ``blocks.<i>.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``,
@@ -105,13 +110,14 @@ class ViT(nn.Module):
 
     proj: torch.Tensor | None
 
-    def __init__(self, member: Member, *, patch: int = 16, dim: int = 768, depth: int = 12,
-                 heads: int = 12, grid: int = IMAGE_SIZE // 16) -> None:
+    def __init__(self, member: Member) -> None:
         super().__init__()
         from timm.models.vision_transformer import Block
 
         norm = partial(nn.LayerNorm, eps=member.ln_eps)
         act = QuickGELU if member.quick_gelu else nn.GELU
+        patch, dim, depth, heads = member.patch, member.width, member.depth, member.heads
+        grid = IMAGE_SIZE // patch
         self.member, self.patch = member, patch
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, dim, patch, stride=patch)

@@ -299,9 +299,12 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
 
     allowed = backbone or checkpoint
     patches: list[_Patch] = []
+    active = [0]  # guarded calls in progress: a download's own urlopen is not guarded twice
 
     def guard(fn: Callable[..., Any], *, dst_arg: int | None = None, hf: bool = False) -> Callable[..., Any]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if active[0]:
+                return fn(*args, **kwargs)
             if hf:
                 what = _hf_what(args, kwargs)
                 place = "place it in the HuggingFace cache ($HF_HOME, read offline)"
@@ -317,6 +320,7 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
                     f"{model!r} cannot be built with random weights offline: its constructor loads "
                     f"{what} even without pretrained weights; {place}"
                 )
+            active[0] += 1
             try:
                 return fn(*args, **kwargs)
             except (OSError, RuntimeError, ValueError) as exc:
@@ -325,6 +329,8 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
                     f"cannot download the weights of {model!r}: {what} ({reason}); {place}, "
                     f"or pass a local checkpoint as weights=PATH"
                 ) from None
+            finally:
+                active[0] -= 1
 
         return wrapped
 
