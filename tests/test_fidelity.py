@@ -185,8 +185,7 @@ def test_lpips_matches_the_lpips_package(tmp_path: Path, monkeypatch: pytest.Mon
     theirs = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False).eval()
     head = Path(lpips.__file__).parent / "weights" / "v0.1" / "alex.pth"
     features = torchvision.models.alexnet(weights=None).features
-    for i, sl in enumerate([theirs.net.slice1, theirs.net.slice2, theirs.net.slice3, theirs.net.slice4,
-                            theirs.net.slice5]):
+    for sl in (theirs.net.slice1, theirs.net.slice2, theirs.net.slice3, theirs.net.slice4, theirs.net.slice5):
         for name, module in sl.named_children():
             features[int(name)].load_state_dict(module.state_dict())
     trunk = _torchvision_file(features, tmp_path / "alexnet-owt-7be5be79.pth")
@@ -232,9 +231,9 @@ def test_dists_matches_the_dists_pytorch_package(tmp_path: Path, monkeypatch: py
 def _dreamsim_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A DreamSim cache folder as ``dreamsim()`` leaves it, with random weights: the CLIP and
     OpenCLIP ``*_pretrain.pth.tar``, the DINO files, and a LoRA adapter saved by peft."""
+    from dreamsim.config import dreamsim_args
     from dreamsim.feature_extraction import vision_transformer as dvit
     from dreamsim.model import PerceptualModel
-    from dreamsim.config import dreamsim_args
     from peft import LoraConfig, get_peft_model
 
     cache = tmp_path / "dreamsim-cache"

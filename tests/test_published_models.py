@@ -466,3 +466,69 @@ def test_hyperiqa_random_crops_are_the_authors_protocol_made_deterministic() -> 
         other = HyperIQA(net, "hyperiqa", "hyperiqa", crops="random", num_crops=3, input_size="512x384",
                          crop_seed=6)
         assert not torch.allclose(other(x), model(x))
+
+
+# ------------------------------------------------------------ DreamSim release files
+def test_dreamsim_lora_merge_is_w_plus_scaled_ba() -> None:
+    from robustbench_iqa.models.dreamsim import _merge_lora
+
+    g = torch.Generator().manual_seed(0)
+    w, a, b = torch.randn(6, 4, generator=g), torch.randn(2, 4, generator=g), torch.randn(6, 2, generator=g)
+    key = "base_model.model.extractor_list.1.model.blocks.0.attn.qkv"
+    for config, scale in (({"r": 2, "lora_alpha": 8}, 4.0), ({"r": 2, "lora_alpha": 8, "use_rslora": True}, 8 / 2**0.5)):
+        state = {"members.1.blocks.0.attn.qkv.weight": w.clone()}
+        assert _merge_lora(state, {f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}, config, 3) == 1
+        torch.testing.assert_close(state["members.1.blocks.0.attn.qkv.weight"], w + scale * b @ a)
+    with pytest.raises(InputError, match="names no ensemble member"):
+        _merge_lora({}, {key.replace("list.1", "list.7") + ".lora_A.weight": a,
+                         key.replace("list.1", "list.7") + ".lora_B.weight": b}, {"r": 2, "lora_alpha": 8}, 3)
+    with pytest.raises(InputError, match="without its lora_B"):
+        _merge_lora({}, {f"{key}.lora_A.weight": a}, {"r": 2, "lora_alpha": 8}, 3)
+
+
+def test_dreamsim_release_folder_and_zip_read_alike(tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    from safetensors.torch import save_file
+
+    from robustbench_iqa.models.dreamsim import dreamsim_state_from_release
+
+    folder = tmp_path / "cache"
+    (folder / "ensemble_lora").mkdir(parents=True)
+    model = DreamSim(input_size=32, ensemble=TINY_ENSEMBLE)
+    own = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) for i, (k, v) in
+           enumerate(model.state_dict().items())}
+    dino = {k[len("members.0."):]: v for k, v in own.items() if k.startswith("members.0.")}
+    dino["norm.weight"] = torch.ones(192)  # the hub file has DINO's final norm; DreamSim does not use it
+    torch.save(dino, folder / "dino.pth")
+    clip = {k[len("members.1."):].replace("norm_pre.", "pos_drop."): v for k, v in own.items()
+            if k.startswith("members.1.")}
+    torch.save({"state_dict": clip}, folder / "clip.pth")
+    key = "base_model.model.extractor_list.1.model.blocks.1.attn.qkv"
+    a, b = torch.randn(4, 96), torch.randn(288, 4)
+    save_file({f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}, str(folder / "ensemble_lora" / "adapter_model.safetensors"))
+    (folder / "ensemble_lora" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 2}))
+    with zipfile.ZipFile(tmp_path / "release.zip", "w") as z:
+        for p in folder.rglob("*"):
+            z.write(p, p.relative_to(folder))
+    from_dir, _ = dreamsim_state_from_release(folder, ensemble=TINY_ENSEMBLE)
+    from_zip, _ = dreamsim_state_from_release(tmp_path / "release.zip", ensemble=TINY_ENSEMBLE)
+    assert from_dir.keys() == from_zip.keys() == own.keys()
+    for k, v in own.items():
+        expected = v + 0.5 * b @ a if k == "members.1.blocks.1.attn.qkv.weight" else v
+        torch.testing.assert_close(from_dir[k], expected)
+        torch.testing.assert_close(from_zip[k], from_dir[k], rtol=0, atol=0)
+
+
+def test_dreamsim_missing_dino_backbone_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    (tmp_path / "ensemble_lora").mkdir()
+    for f in ("clip_vitb16_pretrain.pth.tar", "open_clip_vitb16_pretrain.pth.tar", "ensemble_lora/adapter_config.json",
+              "ensemble_lora/adapter_model.bin"):
+        (tmp_path / f).write_bytes(b"")
+    with pytest.raises(InputError, match=r"DINO backbone dino_vitbase16_pretrain\.pth \(https://dl\.fbaipublicfiles.*"
+                                         r"checkpoints/dino_vitbase16_pretrain\.pth.*dino=PATH"):
+        create_model("dreamsim", weights=tmp_path)
+    with pytest.raises(InputError, match="DINO backbone file not found"):
+        create_model("dreamsim", weights=tmp_path, dino=tmp_path / "nope.pth")

@@ -311,6 +311,13 @@ def dreamsim_state_from_release(path: Path, *, dino: Path | None = None,
     rel = _Release(path)
     extra: list[Path] = []
     state: dict[str, torch.Tensor] = {}
+    needed = [m.file for m in ensemble if m.file != DINO_FILE] + [f"{LORA_DIR}/adapter_config.json"]
+    absent = [n for n in needed if rel.find(n) is None]
+    if not (rel.find(f"{LORA_DIR}/adapter_model.safetensors") or rel.find(f"{LORA_DIR}/adapter_model.bin")):
+        absent.append(f"{LORA_DIR}/adapter_model.safetensors (or .bin)")
+    if absent:
+        raise InputError(f"{path} is not DreamSim's release (zip or dreamsim() cache folder): it lacks "
+                         f"{', '.join(absent)} (all in {DREAMSIM_URL})")
     for i, member in enumerate(ensemble):
         if member.file == DINO_FILE:
             candidates = ([dino] if dino is not None else []) + [

@@ -17,6 +17,7 @@ from robustbench_iqa.models.base import IQAModel, Mode
 from robustbench_iqa.models.pyiqa_adapters import PyiqaAdapter, build_pyiqa_net
 from robustbench_iqa.models.registry import register_prefix
 
+
 class PyiqaMetric(PyiqaAdapter):
     """Any pyiqa metric, with b(x) read by a forward hook on one submodule.
 
