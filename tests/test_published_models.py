@@ -347,7 +347,7 @@ def test_building_blocks_downloads_and_restores_patches() -> None:
     original = torch.hub.download_url_to_file
     with building("toy"):
         with pytest.raises(WeightsUnavailableError,
-                           match=r"random weights offline.*w\.pth \(https://x\.invalid/w\.pth\).*/nonexistent-dir/w\.pth"):
+                           match=r"cannot be built offline without its published weights.*w\.pth \(https://x\.invalid/w\.pth\).*/nonexistent-dir/w\.pth"):
             torch.hub.load_state_dict_from_url("https://x.invalid/w.pth", model_dir="/nonexistent-dir")
         assert VGG16_Weights.verify("IMAGENET1K_V1") is None
         with pytest.raises(WeightsUnavailableError):
@@ -356,38 +356,8 @@ def test_building_blocks_downloads_and_restores_patches() -> None:
     assert VGG16_Weights.verify("IMAGENET1K_V1") is VGG16_Weights.IMAGENET1K_V1
 
 
-# ------------------------------------------------------------- pyiqa:<name>
-def test_pyiqa_prefix_default_layer_is_input_of_last_linear() -> None:
-    model = create_model("pyiqa:cnniqa")
-    assert model.mode is Mode.NR and model.name == "pyiqa:cnniqa"
-    x = random_images(2, 40, 40, seed=5)
-    with torch.no_grad():
-        feats = model.features(x)
-        assert feats.shape == (2, 800)
-        torch.testing.assert_close(model.head(feats), model.net(x).flatten())
-        torch.testing.assert_close(model(x), model.net(x).flatten())
-    _check_contract(model, x, None, 800)
-
-
-def test_pyiqa_prefix_named_layer_and_errors() -> None:
-    model = create_model("pyiqa:cnniqa@conv1")
-    x = random_images(2, 20, 20, seed=6)
-    with torch.no_grad():
-        assert model.features(x).shape == (2, 50 * 14 * 14)
-        torch.testing.assert_close(model.features(x), model.net.conv1(x).flatten(1))
-        with pytest.raises(InputError, match="no standalone head"):
-            model.head(model.features(x))
-    with pytest.raises(InputError, match="no submodule 'nope'"):
-        create_model("pyiqa:cnniqa@nope")
-    with pytest.raises(InputError, match="unknown pyiqa metric 'nosuchmetric'"):
-        create_model("pyiqa:nosuchmetric")
-    fr = create_model("pyiqa:lpips")  # default: input of the last 1x1 conv (lin4)
-    xr, rr = random_images(1, 64, 64, seed=7), random_images(1, 64, 64, seed=8)
-    assert fr.mode is Mode.FR and fr.lower_better and fr.features(xr, rr).shape[0] == 1
-
-
 def test_name_and_range_parsing() -> None:
-    assert parse_pyiqa_name("dbcnn") == ("dbcnn", None, "input")
+    assert parse_pyiqa_name("dbcnn") == ("dbcnn", None, "input")  # no layer: the table's cut
     assert parse_pyiqa_name("dbcnn@fc") == ("dbcnn", "fc", "output")
     assert parse_pyiqa_name("dbcnn@fc:input") == ("dbcnn", "fc", "input")
     assert parse_score_range("~0, ~1") == (0.0, 1.0)

@@ -312,13 +312,16 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
                 target = args[0] if args else kwargs.get("url", "?")
                 url = str(getattr(target, "full_url", target))  # urllib Request objects
                 dst = _where(args, kwargs, dst_arg=dst_arg)
-                what = f"{Path(url.split('?')[0]).name} ({url})"
+                filename = Path(url.split("?")[0]).name
+                if not dst and "openaipublic.azureedge.net/clip/" in url:  # openai-clip's own download
+                    dst = str(Path("~/.cache/clip").expanduser() / filename)
+                what = f"{filename} ({url})"
                 place = f"copy that file to {dst} (read from there offline)" if dst else \
                     "this download has no local cache to read offline"
             if not allowed:
                 raise WeightsUnavailableError(
-                    f"{model!r} cannot be built with random weights offline: its constructor loads "
-                    f"{what} even without pretrained weights; {place}"
+                    f"{model!r} cannot be built offline without its published weights: its constructor "
+                    f"loads {what} even so; {place}"
                 )
             active[0] += 1
             try:
