@@ -132,7 +132,7 @@ def _authors_state(fixture: dict) -> dict[str, torch.Tensor]:
 @pytest.mark.fidelity
 def test_hyperiqa_authors_pkl_matches_the_authors_code(tmp_path: Path, hyperiqa_fixture: dict) -> None:
     """The authors' koniq_pretrained.pkl layout, converted, == their HyperNet + TargetNet on
-    224x224 patches: scores and target-network inputs to 1e-5 relative."""
+    224x224 patches: scores (their 0-100 scale / 100) and target-network inputs to 1e-5 relative."""
     pkl = tmp_path / "koniq_pretrained.pkl"
     torch.save(_authors_state(hyperiqa_fixture), pkl)
     model = create_model("hyperiqa", weights=pkl, crops="resize")
@@ -142,7 +142,7 @@ def test_hyperiqa_authors_pkl_matches_the_authors_code(tmp_path: Path, hyperiqa_
         with torch.no_grad():
             feats = model.features(x)
             scores = model.head(feats)
-        assert _rel_err(scores, torch.tensor(case["scores"])) < 1e-5
+        assert _rel_err(scores, torch.tensor(case["scores"]) / 100) < 1e-5
         target_in = torch.tensor(case["target_in_vec"], dtype=torch.float32)
         assert _rel_err(feats[:, : target_in.shape[1]], target_in) < 1e-5
 

@@ -19,8 +19,10 @@ target network, and the mean over crops (``head(features(x)) == pyiqa's forward`
 **Weights**: pyiqa's checkpoint (``HyperIQA-resnet50-koniq10k-*.pth``, ``{"params": ...}``) or
 the authors' ``koniq_pretrained.pkl`` (a state dict of their ``HyperNet``: ``res.*``,
 ``conv1.*``, ``fc<i>w_conv``, ``fc<i>b_fc``), converted by :func:`hyperiqa_state_from_authors`.
-The authors' model predicts on their 0-100 scale (``MOS_zscore`` of KonIQ-10k); pyiqa's
-checkpoint predicts on 0-1.
+The authors' model predicts on their 0-100 scale (``MOS_zscore`` of KonIQ-10k), pyiqa's
+checkpoint on 0-1, the registered range of ``hyperiqa``: the conversion divides the authors'
+last target layer (weights and bias, both generated linearly by ``fc5w_fc``/``fc5b_fc``) by
+100, so the converted model is exactly the authors' score / 100.
 """
 
 from __future__ import annotations
@@ -146,17 +148,27 @@ def _rename(key: str) -> str:
     return key  # conv1.* has the same names
 
 
+AUTHORS_SCALE = 100.0
+"""The authors' scores are ``AUTHORS_SCALE`` times the 0-1 scale of pyiqa's checkpoint."""
+
+
 def hyperiqa_state_from_authors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The authors' ``HyperNet`` state dict in pyiqa's ``HyperNet`` names.
+    """The authors' ``HyperNet`` state dict in pyiqa's ``HyperNet`` names, on the 0-1 scale.
 
     ``res.<resnet>`` -> ``base_model.<resnet>``; ``res.lda<i>_pool.0`` -> ``lda_modules.<i-1>.0``;
     ``res.lda<i>_fc`` -> ``lda_modules.<i-1>.3`` (``.2`` for the 4th, which has no convolution);
     ``fc<i>w_conv`` -> ``fc_w_modules.<i-1>``; ``fc5w_fc`` -> ``fc_w_modules.4.2``;
     ``fc<i>b_fc`` -> ``fc_b_modules.<i-1>.2``; ``conv1.*`` unchanged.  The generated target
     weights are reshaped the same way in both codes, so outputs agree (tested against the
-    authors' code).
+    authors' code) up to the factor :data:`AUTHORS_SCALE`: the last target layer's generators
+    (``fc5w_fc``, ``fc5b_fc``: weight and bias) are divided by it.
     """
     out = {_rename(k): v for k, v in state.items()}
     if len(out) != len(state):
         raise InputError("the authors' HyperIQA checkpoint has colliding keys after renaming")
+    for key in ("fc_w_modules.4.2.weight", "fc_w_modules.4.2.bias", "fc_b_modules.4.2.weight",
+                "fc_b_modules.4.2.bias"):
+        if key not in out:
+            raise InputError(f"the authors' HyperIQA checkpoint lacks the last target layer ({key})")
+        out[key] = out[key] / AUTHORS_SCALE
     return out

@@ -55,7 +55,8 @@ def _dbcnn(*, weights: Weights = None, device: torch.device | None = None,
 
 def _hyperiqa_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     if is_authors_layout(state):
-        return hyperiqa_state_from_authors(state), "the authors' HyperNet state dict (koniq_pretrained.pkl layout)"
+        return hyperiqa_state_from_authors(state), ("the authors' HyperNet state dict (koniq_pretrained.pkl "
+                                                    "layout), scores divided by 100 to pyiqa's 0-1 scale")
     return state, "state dict in pyiqa's layout"
 
 
