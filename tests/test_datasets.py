@@ -130,7 +130,7 @@ def test_koniq_metadata_choice_and_errors(tmp_path: Path) -> None:
 
 
 def test_size_none_is_native_and_default_is_explicit(tmp_path: Path) -> None:
-    from robustbench_iqa.data.images import parse_size
+    from robustbench_iqa.data.images import parse_dataset_size, parse_size
 
     _fake_koniq(tmp_path, n=3)
     for size in (None, "native"):
@@ -140,7 +140,8 @@ def test_size_none_is_native_and_default_is_explicit(tmp_path: Path) -> None:
     for ds in (create_dataset("koniq10k", root=tmp_path), create_dataset("koniq10k", root=tmp_path, size="default")):
         assert ds.size == (384, 512) and ds.load(0)[0].shape == (3, 384, 512)
     assert create_dataset("koniq10k", root=tmp_path, size="24x32").load(0)[0].shape == (3, 24, 32)
-    assert parse_size(None) == "default" and parse_size("native") is None and parse_size("8x16") == (8, 16)
+    assert parse_dataset_size(None) == "default" and parse_dataset_size("native") is None
+    assert parse_dataset_size("8x16") == parse_size("8x16") == (8, 16) and parse_size(None) is None
 
 
 def test_koniq_split_is_deterministic_80_20(tmp_path: Path) -> None:

@@ -83,17 +83,24 @@ NATIVE_SIZE = "native"
 """``size="native"`` (or ``size=None`` in the API): every image at its own size, not resized."""
 
 
-def parse_size(text: str | None) -> tuple[int, int] | str | None:
-    """A ``--size`` value: ``"384x512"`` -> (384, 512); ``"native"`` -> None (no resize);
-    ``"default"`` or no value -> :data:`DEFAULT_SIZE` (the dataset's own working size)."""
+def parse_dataset_size(text: str | None) -> tuple[int, int] | str | None:
+    """A dataset ``--size`` value: ``"384x512"`` -> (384, 512); ``"native"`` -> None (no
+    resize); ``"default"`` or no value -> :data:`DEFAULT_SIZE` (the dataset's own size)."""
     if text is None or text.strip().lower() == DEFAULT_SIZE:
         return DEFAULT_SIZE
     if text.strip().lower() == NATIVE_SIZE:
         return None
+    return parse_size(text)
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """``"384x512"`` -> (384, 512); None stays None."""
+    if text is None:
+        return None
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise InputError(f"size must look like HxW (e.g. 384x512), 'native' or 'default', got {text!r}") from None
+        raise InputError(f"size must look like HxW (e.g. 384x512), got {text!r}") from None
     if h < 8 or w < 8:
         raise InputError(f"size is too small: {text}")
     return h, w

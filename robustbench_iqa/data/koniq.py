@@ -102,14 +102,14 @@ def koniq10k(
 ) -> IQADataset:
     """KonIQ-10k from ``root`` (see the module docstring for ``score_column``, ``split``, ``metadata``)."""
     if split not in SPLITS:
-        raise InputError(f"koniq10k split must be one of {list(SPLITS)}, got {split!r}{did_you_mean(split, SPLITS)}")
+        raise InputError(f"koniq10k split must be one of {list(SPLITS)}, got {split!r}{did_you_mean(split, list(SPLITS))}")
     official = SPLITS[split]
     base = require_root(root, "koniq10k")
     which = _choose_metadata(base, metadata, official)
     ranges = SCORE_RANGES[which]
     if score_column not in ranges:
         raise InputError(f"koniq10k score_column must be one of {list(ranges)} in {METADATA[which]}, "
-                         f"got {score_column!r}{did_you_mean(score_column, ranges)}")
+                         f"got {score_column!r}{did_you_mean(score_column, list(ranges))}")
     csv_path, images = find_koniq_files(base, which)
     columns = ("image_name", score_column) + (("set",) if which == "sets" else ())
     table = read_table(csv_path, columns, dataset="koniq10k")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from robustbench_iqa.data.base import IQADataset
-from robustbench_iqa.data.images import DEFAULT_SIZE, parse_size
+from robustbench_iqa.data.images import DEFAULT_SIZE, parse_dataset_size
 from robustbench_iqa.registry import Registry
 
 DATASETS: Registry[IQADataset] = Registry("dataset", package="robustbench_iqa.data")
@@ -58,7 +58,7 @@ def create_dataset(
     """
     kwargs: dict[str, Any] = {"root": Path(root) if root is not None else None, **options}
     if isinstance(size, str):
-        size = parse_size(size)
+        size = parse_dataset_size(size)
     if size != DEFAULT_SIZE:
         kwargs["size"] = size
     if resize is not None:

@@ -38,7 +38,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -125,7 +125,8 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
         self.norm_pre = norm(dim) if member.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm, act_layer=act) for _ in range(depth)
+            Block(dim, heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm,  # type: ignore[arg-type]
+                  act_layer=act) for _ in range(depth)
         )
         self.norm = norm(dim) if member.proj_dim else nn.Identity()
         if member.proj_dim:
@@ -160,7 +161,7 @@ class ViT(nn.Module):
         h, w = x.shape[-2:]
         if min(h, w) < self.patch:
             raise InputError(f"DreamSim needs images of at least {self.patch}x{self.patch}, got {h}x{w}")
-        t = self.patch_embed.proj((x - self.mean) / self.std)
+        t = cast(nn.Conv2d, self.patch_embed.proj)((x - self.mean) / self.std)
         rows, cols = t.shape[-2:]
         t = t.flatten(2).transpose(1, 2)
         t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1)
@@ -188,14 +189,16 @@ class DreamSim(IQAModel):
     def __init__(self, *, input_size: Size = IMAGE_SIZE, ensemble: tuple[Member, ...] = ENSEMBLE) -> None:
         super().__init__()
         self.input_size = parse_size(input_size, what="dreamsim input_size")
-        self.members = nn.ModuleList(ViT(m) for m in ensemble)
-        self.embed_dim = sum(v.embed_dim for v in self.members)
+        vits = [ViT(m) for m in ensemble]
+        self.members = nn.ModuleList(vits)
+        self.embed_dim = sum(v.embed_dim for v in vits)
         for p in self.parameters():
             p.requires_grad_(False)
 
     @property
     def protocol(self) -> dict[str, object]:
-        return {"input_size": size_text(self.input_size), "resize": "bicubic, antialiased"}
+        """``input_size``: both images are resized to it (bicubic, antialiased), or ``native``."""
+        return {"input_size": size_text(self.input_size)}
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The DreamSim embedding e(x) (B, 1792): concatenated, centred, unit length."""

@@ -148,7 +148,7 @@ def build_pyiqa_net(
         how = {WeightsKind.RANDOM: "random initialisation (no download)",
                WeightsKind.PRETRAINED: "pyiqa's published weights (download or pyiqa's cache)",
                WeightsKind.PRETRAINED_BASE: "ImageNet backbone only (download or torchvision's cache)"}[kind]
-        net.weights_source = WeightsSource(kind, how)
+        net.weights_source = WeightsSource(kind, how)  # type: ignore[assignment]
         return net
     assert path is not None
     state = read_state_dict(path)
@@ -177,7 +177,7 @@ def build_pyiqa_net(
         )
     elif trunk_file is not None:
         raise InputError(f"{path} already holds the trunk of {name}; trunk=PATH is for head-only files")
-    net.weights_source = WeightsSource(kind, fmt, tuple(files))
+    net.weights_source = WeightsSource(kind, fmt, tuple(files))  # type: ignore[assignment]
     return net
 
 
