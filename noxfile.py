@@ -31,6 +31,14 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def fidelity(session: nox.Session) -> None:
+    """The published models against their official implementations (the `fidelity` extra)."""
+    _install(session, "dev", "fidelity")
+    args = session.posargs or SETTINGS["fidelity"][1:]
+    session.run(SETTINGS["fidelity"][0], *args)
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff on the sources; mypy on an installed (non-editable) copy of the package.
 

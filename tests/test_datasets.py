@@ -78,6 +78,72 @@ def test_koniq_zscore_and_native_size(tmp_path: Path) -> None:
     assert torch.allclose(x, torch.from_numpy(expected).permute(2, 0, 1).float() / 255)
 
 
+def _fake_koniq_sets(root: Path, sets: tuple[str, ...] = ("training", "training", "validation", "test", "test"),
+                     folder: str = "512x384") -> list[float]:
+    """koniq10k_distributions_sets.csv (0-100 MOS, official ``set`` column) and its images."""
+    lines = ["image_name,c1,c2,c3,c4,c5,c_total,MOS,SD,set"]
+    mos = []
+    for i, name in enumerate(sets):
+        _png(root / folder / f"{2000 + i}.jpg", seed=50 + i)
+        mos.append(10.0 + 17.5 * i)
+        lines.append(f"{2000 + i}.jpg,0,0,0.5,0.5,0,100,{mos[-1]},0.5,{name}")
+    (root / "koniq10k_distributions_sets.csv").write_text("\n".join(lines) + "\n")
+    return mos
+
+
+def test_koniq_official_split_and_0_100_scores(tmp_path: Path) -> None:
+    mos = _fake_koniq_sets(tmp_path)
+    full = create_dataset("koniq10k", root=tmp_path)  # only the sets file: it is used
+    assert [s.score for s in full] == pytest.approx(mos) and full.score_range == (0.0, 100.0)
+    test = create_dataset("koniq10k", root=tmp_path, split="test")
+    assert [s.name for s in test] == ["2003.jpg", "2004.jpg"]
+    train = create_dataset("koniq10k", root=tmp_path, split="train")  # alias of "training"
+    assert [s.name for s in train] == ["2000.jpg", "2001.jpg"]
+    assert [s.name for s in create_dataset("koniq10k", root=tmp_path, split="validation")] == ["2002.jpg"]
+    d = test.describe()
+    assert d["official_split"] == "test" and d["score_column"] == "MOS" and d["score_range"] == [0.0, 100.0]
+    assert d["csv"].endswith("koniq10k_distributions_sets.csv")
+
+
+def test_koniq_metadata_choice_and_errors(tmp_path: Path) -> None:
+    _fake_koniq(tmp_path, n=4)
+    with pytest.raises(InputError, match="koniq10k_distributions_sets.csv not found"):
+        create_dataset("koniq10k", root=tmp_path, split="test")
+    _fake_koniq_sets(tmp_path, sets=("training", "test"), folder="1024x768")
+    scores = create_dataset("koniq10k", root=tmp_path)  # both files: the scores file, 1-5 MOS
+    assert scores.score_range == (1.0, 5.0) and len(scores) == 4
+    z = create_dataset("koniq10k", root=tmp_path, score_column="MOS_zscore")
+    assert z.score_range == (0.0, 100.0) and z.describe()["score_column"] == "MOS_zscore"
+    sets = create_dataset("koniq10k", root=tmp_path, metadata="sets")
+    assert len(sets) == 2 and sets.score_range == (0.0, 100.0)
+    with pytest.raises(InputError, match="did you mean 'test'"):
+        create_dataset("koniq10k", root=tmp_path, split="tset")
+    with pytest.raises(InputError, match=r"score_column must be one of \['MOS'\] in koniq10k_distributions_sets"):
+        create_dataset("koniq10k", root=tmp_path, split="test", score_column="MOS_zscore")
+    with pytest.raises(InputError, match="official split is in koniq10k_distributions_sets.csv"):
+        create_dataset("koniq10k", root=tmp_path, metadata="scores", split="test")
+    with pytest.raises(InputError, match="takes no argument 'score_colum'.*did you mean 'score_column'"):
+        create_dataset("koniq10k", root=tmp_path, score_colum="MOS")
+    (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n1000.png,50,training\n")
+    with pytest.raises(InputError, match="no image of set 'test'.*training"):
+        create_dataset("koniq10k", root=tmp_path, split="test")
+
+
+def test_size_none_is_native_and_default_is_explicit(tmp_path: Path) -> None:
+    from robustbench_iqa.data.images import parse_dataset_size, parse_size
+
+    _fake_koniq(tmp_path, n=3)
+    for size in (None, "native"):
+        ds = create_dataset("koniq10k", root=tmp_path, size=size)
+        assert ds.size is None and ds.load(0)[0].shape == (3, H, W)
+        assert ds.describe()["size"] == "native" and ds.describe()["resize"] == "none"
+    for ds in (create_dataset("koniq10k", root=tmp_path), create_dataset("koniq10k", root=tmp_path, size="default")):
+        assert ds.size == (384, 512) and ds.load(0)[0].shape == (3, 384, 512)
+    assert create_dataset("koniq10k", root=tmp_path, size="24x32").load(0)[0].shape == (3, 24, 32)
+    assert parse_dataset_size(None) == "default" and parse_dataset_size("native") is None
+    assert parse_dataset_size("8x16") == parse_size("8x16") == (8, 16) and parse_size(None) is None
+
+
 def test_koniq_split_is_deterministic_80_20(tmp_path: Path) -> None:
     _fake_koniq(tmp_path, n=20)
     ds = create_dataset("koniq10k", root=tmp_path)

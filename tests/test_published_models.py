@@ -20,9 +20,11 @@ from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
 from robustbench_iqa.certify.heads import FTN, Scorer
 from robustbench_iqa.errors import InputError, WeightsUnavailableError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
-from robustbench_iqa.models.dreamsim import _CLIP, _IMAGENET, DreamSim, Extractor
-from robustbench_iqa.models.pyiqa_adapters import HyperIQA, parse_pyiqa_name, parse_score_range
-from robustbench_iqa.models.registry import create_model, list_models
+from robustbench_iqa.models.dreamsim import _CLIP, _IMAGENET, DreamSim, Member
+from robustbench_iqa.models.hyperiqa import HyperIQA
+from robustbench_iqa.models.pyiqa_adapters import parse_score_range
+from robustbench_iqa.models.pyiqa_metrics import parse_pyiqa_name
+from robustbench_iqa.models.registry import create_model, list_models, model_info
 from robustbench_iqa.models.weights import building, read_state_dict
 from tests.toy_models import random_images
 
@@ -59,21 +61,31 @@ SPECS: dict[str, tuple[int, Mode, bool, int]] = {
     "dists": (64, Mode.FR, True, 2 * (3 + 64 + 128 + 256 + 512 + 512)),
     "dreamsim-tiny": (48, Mode.FR, True, 2 * (192 + 64)),
 }
-# The DreamSim adapter with two ViT-Tiny extractors: the adapter logic, fast.  The real
-# ensemble (3 x ViT-B) runs in the slow test below.
+# The DreamSim adapter with two small ViTs (a DINO-like and a CLIP-like member): the adapter
+# logic, fast.  The real ensemble (3 x ViT-B/16) runs in its own test below.
 TINY_ENSEMBLE = (
-    Extractor("vit_tiny_patch16_224", "augreg_in21k", 0, *_IMAGENET),
-    Extractor("vit_tiny_patch16_224", "augreg_in21k", 64, *_CLIP),
+    Member("dino", "dino.pth", *_IMAGENET, quick_gelu=False, pre_norm=False, ln_eps=1e-6, proj_dim=0,
+           width=192, depth=2, heads=3),
+    Member("clip", "clip.pth", *_CLIP, quick_gelu=True, pre_norm=True, ln_eps=1e-5, proj_dim=64,
+           width=96, depth=2, heads=3),
 )
+# Fast protocols for the contract tests (HyperIQA: one resized patch instead of 25 crops;
+# KonCept512: the image as given instead of 384x512).
+FAST_OPTIONS: dict[str, dict[str, object]] = {"hyperiqa": {"crops": "resize"}, "koncept": {"input_size": "native"}}
 _CACHE: dict[str, IQAModel] = {}
 
 
 def get_model(name: str) -> IQAModel:
     if name not in _CACHE:
         if name == "dreamsim-tiny":
-            _CACHE[name] = DreamSim(img_size=32, ensemble=TINY_ENSEMBLE).eval()
+            model = DreamSim(input_size=32, ensemble=TINY_ENSEMBLE).eval()
+            with torch.no_grad():  # zero-initialised tokens make every image alike
+                for p in model.parameters():
+                    if p.ndim >= 2 or p.shape[-1] > 3:
+                        p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+            _CACHE[name] = model
         else:
-            _CACHE[name] = create_model(name)
+            _CACHE[name] = create_model(name, **FAST_OPTIONS.get(name, {}))  # type: ignore[arg-type]
     return _CACHE[name]
 
 
@@ -158,18 +170,24 @@ def test_dreamsim_distance_is_cosine_of_embeddings() -> None:
     model = get_model("dreamsim-tiny")
     x, ref = _inputs("dreamsim-tiny")
     with torch.no_grad():
-        assert [ext(x).shape[1] for ext in model.extractors] == [192, 64]
-        feats = model.features(x, ref).numpy().astype(np.float64)
-        ex, er = feats[:, :256], feats[:, 256:]
+        assert [vit(x).shape[1] for vit in model.members] == [192, 64]
+        raw = torch.cat([torch.cat([vit(torch.nn.functional.interpolate(
+            im, size=(32, 32), mode="bicubic", antialias=True)) for vit in model.members], dim=1) for im in (x, ref)])
+        centred = raw - raw.mean(dim=1, keepdim=True)
+        torch.testing.assert_close(model.features(x, ref), torch.cat((centred / centred.norm(dim=1, keepdim=True)).chunk(2), dim=1))
+        feats = raw.numpy().astype(np.float64)
+        ex, er = feats[:2] - feats[:2].mean(1, keepdims=True), feats[2:] - feats[2:].mean(1, keepdims=True)
         cos = (ex * er).sum(1) / np.linalg.norm(ex, axis=1) / np.linalg.norm(er, axis=1)
         np.testing.assert_allclose(model(x, ref).numpy(), 1 - cos, rtol=1e-4, atol=1e-5)
         assert float(model(x, x).abs().max()) < 1e-5  # identical images: distance 0
 
 
+@pytest.mark.slow
 def test_dreamsim_full_ensemble_contract() -> None:
     model = create_model("dreamsim")
-    assert [type(e.vit).__name__ for e in model.extractors] == ["VisionTransformer"] * 3
-    assert [e.vit.patch_embed.patch_size for e in model.extractors] == [(16, 16), (16, 16), (32, 32)]
+    assert [v.member.name for v in model.members] == ["dino_vitb16", "clip_vitb16", "open_clip_vitb16"]
+    assert [v.patch_embed.proj.kernel_size for v in model.members] == [(16, 16)] * 3
+    assert [tuple(v.pos_embed.shape) for v in model.members] == [(1, 197, 768)] * 3
     x, ref = random_images(2, 64, 64, seed=0), random_images(2, 64, 64, seed=1)
     _check_contract(model, x, ref, 2 * (768 + 512 + 512))
 
@@ -265,12 +283,22 @@ def test_checkpoint_errors(tmp_path: Path) -> None:
 
 
 def test_head_only_checkpoint_needs_the_imagenet_trunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pyiqa's LPIPS file holds only the lin layers: the trunk must then come from torchvision."""
+    """pyiqa's LPIPS file holds only the lin layers: the trunk must then come from torchvision's
+    file, at trunk=PATH or in $TORCH_HOME; the message names the file, the URL and both ways."""
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))  # empty cache
     state = get_model("lpips").net.state_dict()
     torch.save({k: v for k, v in state.items() if k.startswith("lin")}, tmp_path / "LPIPS_v0.1_alex.pth")
-    with pytest.raises(WeightsUnavailableError, match=r"alexnet.*\.pth.*weights=PATH"):
+    expected = (r"holds only the calibrated head of lpips.*alexnet-owt-7be5be79\.pth \(https://\S+\).*"
+                + str(tmp_path / "hub" / "checkpoints").replace(".", r"\.") + r".*trunk=PATH")
+    with pytest.raises(InputError, match=expected):
         create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth")
+    with pytest.raises(InputError, match=r"alexnet-owt-7be5be79\.pth.*was not found at .*nope\.pth"):
+        create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth", trunk=tmp_path / "nope.pth")
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "not_alexnet.pth")
+    with pytest.raises(InputError, match=r"not the torchvision trunk alexnet-owt-7be5be79\.pth.*lacks"):
+        create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth", trunk=tmp_path / "not_alexnet.pth")
+    with pytest.raises(InputError, match="trunk=PATH completes a head-only checkpoint"):
+        create_model("lpips", trunk=tmp_path / "not_alexnet.pth")
 
 
 def test_pretrained_without_network_names_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -278,11 +306,12 @@ def test_pretrained_without_network_names_the_url(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
     monkeypatch.setattr(du, "DEFAULT_CACHE_DIR", str(tmp_path / "pyiqa"))
-    with pytest.raises(WeightsUnavailableError, match=r"'lpips' from https://\S+.*weights=PATH"):
+    with pytest.raises(WeightsUnavailableError,
+                       match=r"'lpips': \S+\.pth \(https://\S+\) \(URLError.*copy that file to .*hub.*weights=PATH"):
         create_model("lpips", weights="pretrained")
-    with pytest.raises(WeightsUnavailableError, match="Keras.*weights=PATH"):
+    with pytest.raises(WeightsUnavailableError, match=r"Keras file koncep512-trained-model\.h5.*weights=PATH"):
         create_model("koncept", weights="pretrained")
-    with pytest.raises(WeightsUnavailableError, match="dreamsim package.*weights=PATH"):
+    with pytest.raises(WeightsUnavailableError, match=r"dreamsim_ensemble_checkpoint\.zip.*weights=PATH"):
         create_model("dreamsim", weights="pretrained")
 
 
@@ -317,7 +346,8 @@ def test_building_blocks_downloads_and_restores_patches() -> None:
 
     original = torch.hub.download_url_to_file
     with building("toy"):
-        with pytest.raises(WeightsUnavailableError, match="random weights tried to download https://x.invalid/w.pth"):
+        with pytest.raises(WeightsUnavailableError,
+                           match=r"cannot be built offline without its published weights.*w\.pth \(https://x\.invalid/w\.pth\).*/nonexistent-dir/w\.pth"):
             torch.hub.load_state_dict_from_url("https://x.invalid/w.pth", model_dir="/nonexistent-dir")
         assert VGG16_Weights.verify("IMAGENET1K_V1") is None
         with pytest.raises(WeightsUnavailableError):
@@ -326,41 +356,149 @@ def test_building_blocks_downloads_and_restores_patches() -> None:
     assert VGG16_Weights.verify("IMAGENET1K_V1") is VGG16_Weights.IMAGENET1K_V1
 
 
-# ------------------------------------------------------------- pyiqa:<name>
-def test_pyiqa_prefix_default_layer_is_input_of_last_linear() -> None:
-    model = create_model("pyiqa:cnniqa")
-    assert model.mode is Mode.NR and model.name == "pyiqa:cnniqa"
-    x = random_images(2, 40, 40, seed=5)
-    with torch.no_grad():
-        feats = model.features(x)
-        assert feats.shape == (2, 800)
-        torch.testing.assert_close(model.head(feats), model.net(x).flatten())
-        torch.testing.assert_close(model(x), model.net(x).flatten())
-    _check_contract(model, x, None, 800)
-
-
-def test_pyiqa_prefix_named_layer_and_errors() -> None:
-    model = create_model("pyiqa:cnniqa@conv1")
-    x = random_images(2, 20, 20, seed=6)
-    with torch.no_grad():
-        assert model.features(x).shape == (2, 50 * 14 * 14)
-        torch.testing.assert_close(model.features(x), model.net.conv1(x).flatten(1))
-        with pytest.raises(InputError, match="no standalone head"):
-            model.head(model.features(x))
-    with pytest.raises(InputError, match="no submodule 'nope'"):
-        create_model("pyiqa:cnniqa@nope")
-    with pytest.raises(InputError, match="unknown pyiqa metric 'nosuchmetric'"):
-        create_model("pyiqa:nosuchmetric")
-    fr = create_model("pyiqa:lpips")  # default: input of the last 1x1 conv (lin4)
-    xr, rr = random_images(1, 64, 64, seed=7), random_images(1, 64, 64, seed=8)
-    assert fr.mode is Mode.FR and fr.lower_better and fr.features(xr, rr).shape[0] == 1
-
-
 def test_name_and_range_parsing() -> None:
-    assert parse_pyiqa_name("dbcnn") == ("dbcnn", None, "input")
+    assert parse_pyiqa_name("dbcnn") == ("dbcnn", None, "input")  # no layer: the table's cut
     assert parse_pyiqa_name("dbcnn@fc") == ("dbcnn", "fc", "output")
     assert parse_pyiqa_name("dbcnn@fc:input") == ("dbcnn", "fc", "input")
     assert parse_score_range("~0, ~1") == (0.0, 1.0)
     assert parse_score_range("1, 5") == (1.0, 5.0)
     assert parse_score_range("0, ~") == (0.0, float("inf"))
     assert parse_score_range("quality: 0, 1; rank: 0, 2") == (0.0, 1.0)
+
+
+# ------------------------------------------------------------ metadata and protocol
+@pytest.mark.parametrize("name", ["dbcnn", "hyperiqa", "koncept", "lpips", "dists"])
+def test_registered_metadata_equals_the_built_model(name: str) -> None:
+    info, model = model_info(name), get_model(name)
+    assert (info.mode, info.lower_better, info.score_range) == (model.mode, model.lower_better, model.score_range)
+
+
+def test_dreamsim_registered_metadata() -> None:
+    info = model_info("dreamsim")
+    assert (info.mode, info.lower_better, info.score_range) == (DreamSim.mode, DreamSim.lower_better,
+                                                                DreamSim.score_range)
+
+
+def test_koncept_score_scale_is_its_training_scale() -> None:
+    """KonCept512 was trained on the 0-100 MOS of koniq10k_distributions_sets.csv, higher = better."""
+    info = model_info("koncept")
+    assert info.score_range == (0.0, 100.0) and not info.lower_better
+    bns = [m for m in get_model("koncept").fc if isinstance(m, torch.nn.BatchNorm1d)]
+    assert [bn.eps for bn in bns] == [1e-3] * 3  # Keras' BatchNormalization default
+
+
+@pytest.mark.parametrize("name", ["dbcnn", "hyperiqa", "koncept", "lpips", "dists"])
+def test_protocol_is_recorded_and_rebuilds_the_same_model(name: str) -> None:
+    model = get_model(name)
+    protocol = model.protocol
+    assert protocol and all(isinstance(v, (str, int, float)) for v in protocol.values())
+    assert create_model(name, **protocol).protocol == protocol  # type: ignore[arg-type]
+
+
+def test_default_protocols() -> None:
+    assert create_model("hyperiqa").protocol == {"crops": "uniform", "num_crops": 25, "input_size": "native"}
+    assert create_model("koncept").protocol == {"input_size": "384x512"}
+    assert DreamSim(ensemble=TINY_ENSEMBLE).protocol["input_size"] == "224x224"
+    with pytest.raises(InputError, match="crops must be one of"):
+        create_model("hyperiqa", crops="center")
+    with pytest.raises(InputError, match="exactly 1 with crops='resize'"):
+        create_model("hyperiqa", crops="resize", num_crops=4)
+    with pytest.raises(InputError, match="input_size must be HxW"):
+        create_model("koncept", input_size="big")
+    with pytest.raises(InputError, match="takes no argument 'num_crop'.*did you mean 'num_crops'"):
+        create_model("hyperiqa", num_crop=4)
+
+
+def test_koncept_resizes_to_its_protocol_size() -> None:
+    native = get_model("koncept")
+    sized = create_model("koncept", input_size=(96, 128))
+    sized.load_state_dict(native.state_dict())
+    x = random_images(1, 120, 100, seed=3)
+    small = torch.nn.functional.interpolate(x, size=(96, 128), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        torch.testing.assert_close(sized(x), native(small))
+
+
+def test_hyperiqa_random_crops_are_the_authors_protocol_made_deterministic() -> None:
+    net = get_model("hyperiqa").net
+    model = HyperIQA(net, "hyperiqa", "hyperiqa", crops="random", num_crops=3, input_size="512x384",
+                     crop_seed=5)
+    assert model.protocol == {"crops": "random", "num_crops": 3, "input_size": "512x384", "crop_seed": 5}
+    origins = model.crop_origins(512, 384)
+    assert origins == model.crop_origins(512, 384) and len(set(origins)) == 3
+    assert all(0 <= t <= 512 - 224 and 0 <= s <= 384 - 224 for t, s in origins)
+    x = random_images(2, 300, 260, seed=9)
+    resized = torch.nn.functional.interpolate(x, size=(512, 384), mode="bilinear", antialias=True)
+    patches = torch.stack([resized[..., t:t + 224, s:s + 224] for t, s in origins], dim=1).reshape(-1, 3, 224, 224)
+    with torch.no_grad():
+        expected = net.forward_patch(patches).reshape(2, 3).mean(dim=1)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-6)
+        other = HyperIQA(net, "hyperiqa", "hyperiqa", crops="random", num_crops=3, input_size="512x384",
+                         crop_seed=6)
+        assert not torch.allclose(other(x), model(x))
+
+
+# ------------------------------------------------------------ DreamSim release files
+def test_dreamsim_lora_merge_is_w_plus_scaled_ba() -> None:
+    from robustbench_iqa.models.dreamsim import _merge_lora
+
+    g = torch.Generator().manual_seed(0)
+    w, a, b = torch.randn(6, 4, generator=g), torch.randn(2, 4, generator=g), torch.randn(6, 2, generator=g)
+    key = "base_model.model.extractor_list.1.model.blocks.0.attn.qkv"
+    for config, scale in (({"r": 2, "lora_alpha": 8}, 4.0), ({"r": 2, "lora_alpha": 8, "use_rslora": True}, 8 / 2**0.5)):
+        state = {"members.1.blocks.0.attn.qkv.weight": w.clone()}
+        assert _merge_lora(state, {f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}, config, 3) == 1
+        torch.testing.assert_close(state["members.1.blocks.0.attn.qkv.weight"], w + scale * b @ a)
+    with pytest.raises(InputError, match="names no ensemble member"):
+        _merge_lora({}, {key.replace("list.1", "list.7") + ".lora_A.weight": a,
+                         key.replace("list.1", "list.7") + ".lora_B.weight": b}, {"r": 2, "lora_alpha": 8}, 3)
+    with pytest.raises(InputError, match="without its lora_B"):
+        _merge_lora({}, {f"{key}.lora_A.weight": a}, {"r": 2, "lora_alpha": 8}, 3)
+
+
+def test_dreamsim_release_folder_and_zip_read_alike(tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    from safetensors.torch import save_file
+
+    from robustbench_iqa.models.dreamsim import dreamsim_state_from_release
+
+    folder = tmp_path / "cache"
+    (folder / "ensemble_lora").mkdir(parents=True)
+    model = DreamSim(input_size=32, ensemble=TINY_ENSEMBLE)
+    own = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) for i, (k, v) in
+           enumerate(model.state_dict().items())}
+    dino = {k[len("members.0."):]: v for k, v in own.items() if k.startswith("members.0.")}
+    dino["norm.weight"] = torch.ones(192)  # the hub file has DINO's final norm; DreamSim does not use it
+    torch.save(dino, folder / "dino.pth")
+    clip = {k[len("members.1."):].replace("norm_pre.", "pos_drop."): v for k, v in own.items()
+            if k.startswith("members.1.")}
+    torch.save({"state_dict": clip}, folder / "clip.pth")
+    key = "base_model.model.extractor_list.1.model.blocks.1.attn.qkv"
+    a, b = torch.randn(4, 96), torch.randn(288, 4)
+    save_file({f"{key}.lora_A.weight": a, f"{key}.lora_B.weight": b}, str(folder / "ensemble_lora" / "adapter_model.safetensors"))
+    (folder / "ensemble_lora" / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 2}))
+    with zipfile.ZipFile(tmp_path / "release.zip", "w") as z:
+        for p in folder.rglob("*"):
+            z.write(p, p.relative_to(folder))
+    from_dir, _ = dreamsim_state_from_release(folder, ensemble=TINY_ENSEMBLE)
+    from_zip, _ = dreamsim_state_from_release(tmp_path / "release.zip", ensemble=TINY_ENSEMBLE)
+    assert from_dir.keys() == from_zip.keys() == own.keys()
+    for k, v in own.items():
+        expected = v + 0.5 * b @ a if k == "members.1.blocks.1.attn.qkv.weight" else v
+        torch.testing.assert_close(from_dir[k], expected)
+        torch.testing.assert_close(from_zip[k], from_dir[k], rtol=0, atol=0)
+
+
+def test_dreamsim_missing_dino_backbone_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    (tmp_path / "ensemble_lora").mkdir()
+    for f in ("clip_vitb16_pretrain.pth.tar", "open_clip_vitb16_pretrain.pth.tar", "ensemble_lora/adapter_config.json",
+              "ensemble_lora/adapter_model.bin"):
+        (tmp_path / f).write_bytes(b"")
+    with pytest.raises(InputError, match=r"DINO backbone dino_vitbase16_pretrain\.pth \(https://dl\.fbaipublicfiles.*"
+                                         r"checkpoints/dino_vitbase16_pretrain\.pth.*dino=PATH"):
+        create_model("dreamsim", weights=tmp_path)
+    with pytest.raises(InputError, match="DINO backbone file not found"):
+        create_model("dreamsim", weights=tmp_path, dino=tmp_path / "nope.pth")

@@ -105,7 +105,7 @@ def device(text: str) -> str:
 def size(text: str) -> str:
     """``HxW`` whose image fits in memory (:func:`robustbench_iqa.data.images.parse_size`), kept as given."""
     try:
-        parse_size(text)
+        parse_dataset_size(text)
     except InputError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -153,7 +153,8 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
     g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     g.add_argument("--ref", action="append", default=[], help="reference image for FR models (one, or one per --image)")
-    g.add_argument("--size", type=size, default=None, help="working size HxW, e.g. 384x512 (default: the dataset's)")
+    g.add_argument("--size", type=size, default=None,
+                   help="working size HxW, e.g. 384x512; `native` keeps each image's size (default: the dataset's)")
     g.add_argument("--resize", choices=RESIZE_CHOICES, default=None, help="resize policy")
     g.add_argument("--max-pixels", type=max_pixels, default=None,
                    help="downscale images with more pixels than this (aspect kept) before --size applies; "
@@ -195,6 +196,13 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
     return parse(text)
 
 
+def parse_dataset_size(text: str | None) -> tuple[int, int] | str | None:
+    """``--size``: ``HxW``, ``native`` (None: each image's own size) or ``default`` / absent (the dataset's)."""
+    from robustbench_iqa.data.images import parse_dataset_size as parse
+
+    return parse(text)
+
+
 @dataclass
 class Item:
     """One input: a name, the image (3, H, W), its reference (or None), a score (or None), and its
@@ -210,7 +218,7 @@ class Item:
 def load_dataset(args: argparse.Namespace) -> IQADataset:
     from robustbench_iqa.data.registry import create_dataset
 
-    ds = create_dataset(args.dataset, root=args.root, size=parse_size(args.size), resize=args.resize)
+    ds = create_dataset(args.dataset, root=args.root, size=parse_dataset_size(args.size), resize=args.resize)
     ds = dataclasses.replace(ds, max_pixels=getattr(args, "max_pixels", None),
                              resize_ref=bool(getattr(args, "resize_ref", False)))
     if args.split != "all":
@@ -226,8 +234,8 @@ def check_input_args(args: argparse.Namespace) -> None:
         raise InputError("give either --dataset or --image, not both")
     if not args.image and not args.dataset:
         raise InputError("no input: give --dataset NAME or --image PATH")
-    hw = parse_size(args.size)
-    if hw is not None and (args.resize or "resize") != "none":
+    hw = parse_dataset_size(args.size)
+    if isinstance(hw, tuple) and (args.resize or "resize") != "none":
         check_work_fits(args, hw, name=f"--size {args.size}", batch=work_batch(args, None))
 
 
@@ -272,7 +280,8 @@ def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator
     from robustbench_iqa.runner.plan import input_id
 
     check_input_args(args)
-    size, resize = parse_size(args.size), Resize(args.resize or Resize.RESIZE)
+    wanted = parse_dataset_size(args.size)  # files: "default" and "native" are each file's own size
+    size, resize = (wanted if isinstance(wanted, tuple) else None), Resize(args.resize or Resize.RESIZE)
     max_px, resize_ref = getattr(args, "max_pixels", None), bool(getattr(args, "resize_ref", False))
     if args.image:
         images = [Path(p) for p in args.image][: args.limit]

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     model = c.build_model(args)
     from robustbench_iqa.data.registry import create_dataset
 
-    ds = create_dataset(args.dataset, root=args.root, size=c.parse_size(args.size), resize=args.resize)
+    ds = create_dataset(args.dataset, root=args.root, size=c.parse_dataset_size(args.size), resize=args.resize)
     ds = ds.head(args.limit)
     train, test = ds.split(seed=args.seed)
     if len(train) < 2 or len(test) < 3:

@@ -36,9 +36,11 @@ class IQADataset:
     ``higher_better``: whether a larger subjective score means better quality
     (MOS: yes; DMOS: also yes for KADID-10k's ``dmos`` column, which is a MOS-like
     score in [1, 5]).  ``size``/``resize``: working size and policy, recorded in
-    results (FS-IQA study: 384x512).  ``max_pixels``: downscale larger images first
-    (None: never).  ``resize_ref``: resize a reference of another size to its
-    image's (default: refuse the pair, see :func:`~robustbench_iqa.data.images.load_pair`).
+    results (FS-IQA study: 384x512); ``size=None`` is the native size of each image.
+    ``max_pixels``: downscale larger images first (None: never).  ``resize_ref``: resize a
+    reference of another size to its image's (default: refuse the pair, see
+    :func:`~robustbench_iqa.data.images.load_pair`).  ``extra``: the dataset's own settings
+    (score column, official split, files), recorded too.
     """
 
     name: str
@@ -93,13 +95,18 @@ class IQADataset:
         return self.subset(train), self.subset(test)
 
     def describe(self) -> dict[str, object]:
-        """Settings to record next to results."""
+        """Settings to record next to results: size (``[H, W]`` or ``"native"``), resize policy,
+        score range and direction, and the dataset's own settings (``extra``: score column,
+        official split, files)."""
         return {
             "dataset": self.name,
             "n_samples": len(self),
-            "size": list(self.size) if self.size else None,
-            "resize": self.resize.value,
+            "size": list(self.size) if self.size else "native",
+            "resize": self.resize.value if self.size else "none",
+            "score_range": list(self.score_range),
+            "higher_better": self.higher_better,
             "root": str(self.root) if self.root else None,
             **({"max_pixels": self.max_pixels} if self.max_pixels is not None else {}),
             **({"resize_ref": True} if self.resize_ref else {}),
+            **self.extra,
         }

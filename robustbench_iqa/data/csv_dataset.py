@@ -1,6 +1,7 @@
 """The generic ``csv`` dataset, and the table checks shared by the file-based datasets.
 
-A CSV file with a column ``image`` (a path), a column ``score`` (a number) and
+A CSV file with a column ``image`` (a path), a score column (``score_column``, default
+``score``; a number) and
 optionally ``ref`` (the reference image, for FR models) and ``group`` (the
 source content, kept on one side of a split; default: the reference, else the
 image).  Paths are relative to the folder of the CSV.  ``root`` is the CSV file
@@ -117,11 +118,12 @@ def csv_dataset(
     size: tuple[int, int] | None = PAPER_SIZE,
     resize: Resize | str = Resize.RESIZE,
     higher_better: bool = True,
+    score_column: str = "score",
 ) -> IQADataset:
     """A dataset described by a CSV file (see the module docstring for the format)."""
     path = find_csv(require_root(root, "csv"), dataset="csv")
-    table = read_table(path, ("image", "score"), dataset="csv")
-    scores = numeric_column(table, "score", path=path, dataset="csv")
+    table = read_table(path, ("image", score_column), dataset="csv")
+    scores = numeric_column(table, score_column, path=path, dataset="csv")
     base = path.parent
     has_ref = "ref" in table.columns
     has_group = "group" in table.columns
@@ -145,5 +147,5 @@ def csv_dataset(
         name="csv", samples=tuple(samples), higher_better=bool(higher_better),
         score_range=(float(scores.min()), float(scores.max())),
         size=working_size(size), resize=resize_policy(resize), root=base,
-        extra={"csv": str(path), "score_column": "score"},
+        extra={"csv": str(path), "score_column": score_column},
     )

@@ -196,7 +196,10 @@ def embedded_dataset(
     resize: Resize | str = Resize.RESIZE,
     progress: bool = True,
 ) -> IQADataset:
-    """The embedded dataset; ``root`` overrides the cache folder.  Builds it on first use."""
+    """The embedded dataset; ``root`` overrides the cache folder.  Builds it on first use.
+
+    Its images are all 96x128 (:data:`CROP`), so the native size (``size=None``) is recorded as
+    that size."""
     folder = ensure_built(root, progress=progress)
     rows = read_index(folder)
     if rows is None:
@@ -209,5 +212,5 @@ def embedded_dataset(
     extra = {"labels": WEAK_LABEL_NOTE, "version": VERSION, "source": "skimage.data",
              "distortions": ",".join(DISTORTIONS), "levels": ",".join(map(str, LEVELS))}
     return IQADataset(name="default", samples=samples, higher_better=True, score_range=(0.0, 1.0),
-                      size=(int(size[0]), int(size[1])) if size is not None else None, resize=Resize(resize),
+                      size=(int(size[0]), int(size[1])) if size is not None else CROP, resize=Resize(resize),
                       root=folder, extra=extra)

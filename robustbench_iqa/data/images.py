@@ -142,6 +142,22 @@ def save_image(x: torch.Tensor, path: str | Path) -> None:
     Image.fromarray(arr).save(path)
 
 
+DEFAULT_SIZE = "default"
+"""``size="default"``: the dataset's own working size (KonIQ-10k, KADID-10k: 384x512)."""
+NATIVE_SIZE = "native"
+"""``size="native"`` (or ``size=None`` in the API): every image at its own size, not resized."""
+
+
+def parse_dataset_size(text: str | None) -> tuple[int, int] | str | None:
+    """A dataset ``--size`` value: ``"384x512"`` -> (384, 512); ``"native"`` -> None (no
+    resize); ``"default"`` or no value -> :data:`DEFAULT_SIZE` (the dataset's own size)."""
+    if text is None or text.strip().lower() == DEFAULT_SIZE:
+        return DEFAULT_SIZE
+    if text.strip().lower() == NATIVE_SIZE:
+        return None
+    return parse_size(text)
+
+
 def parse_size(text: str | None) -> tuple[int, int] | None:
     """``"384x512"`` -> (384, 512); None stays None (the dataset's own size).
 

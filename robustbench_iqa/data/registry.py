@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from robustbench_iqa.data.base import IQADataset
+from robustbench_iqa.data.images import DEFAULT_SIZE, parse_dataset_size
 from robustbench_iqa.registry import Registry
 
 DATASETS: Registry[IQADataset] = Registry("dataset", package="robustbench_iqa.data")
@@ -43,17 +44,22 @@ def create_dataset(
     name: str,
     *,
     root: str | Path | None = None,
-    size: tuple[int, int] | None = None,
+    size: tuple[int, int] | str | None = DEFAULT_SIZE,
     resize: str | None = None,
     **options: Any,
 ) -> IQADataset:
     """Build dataset ``name``; ``root`` is its local folder where one is needed.
 
-    ``size``/``resize`` left at None keep the dataset's own defaults; ``options`` are
-    the dataset's own keyword arguments (a keyword it does not take raises).
+    ``size``: ``(H, W)`` (or ``"HxW"``) to bring every image to; ``None`` or ``"native"``: each
+    image at its own size (no resize); ``"default"`` (the default): the dataset's own working
+    size (384x512 for KonIQ-10k and KADID-10k, as in the FS-IQA study).  ``resize`` left at
+    None keeps the dataset's resize policy.  ``options`` are the dataset's own keyword
+    arguments, e.g. KonIQ-10k's ``score_column`` and ``split`` (a keyword it does not take raises).
     """
     kwargs: dict[str, Any] = {"root": Path(root) if root is not None else None, **options}
-    if size is not None:
+    if isinstance(size, str):
+        size = parse_dataset_size(size)
+    if size != DEFAULT_SIZE:
         kwargs["size"] = size
     if resize is not None:
         kwargs["resize"] = resize

@@ -14,6 +14,7 @@ quality, and the nominal score range.  Attacks read ``lower_better`` so that
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,10 +42,24 @@ class IQAModel(nn.Module):
     mode: Mode = Mode.NR
     lower_better: bool = False
     score_range: tuple[float, float] = (0.0, 1.0)
+    weights_source: Any = None
+    """A :class:`~robustbench_iqa.models.weights.WeightsSource` for the published models (what
+    their weights were read from, with SHA-256), None otherwise."""
 
     @property
     def full_reference(self) -> bool:
         return self.mode is Mode.FR
+
+    @property
+    def protocol(self) -> dict[str, Any]:
+        """The model's evaluation protocol (input resize, crops, ...), JSON-serialisable.
+
+        Every setting that changes the score of an image, beyond the weights, is listed here
+        with its value, so that a run can record it.  The keys are the keyword options of
+        the model's factory (``create_model(name, **protocol)`` rebuilds the same protocol).
+        Models without options return ``{}``.
+        """
+        return {}
 
     def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """Backbone output b(x) (or b(x, ref) for FR), flattened to shape (B, D)."""

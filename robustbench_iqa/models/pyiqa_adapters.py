@@ -7,10 +7,7 @@ float rounding (the tests check this against pyiqa's own forward):
 
 * DBCNN (Zhang et al. 2020): b(x) = the l2-normalised, signed-sqrt bilinear pool
   of VGG-16 and SCNN features (D = 512 * 128); head = the final linear layer.
-* HyperIQA (Su et al. 2020): b(x) = [multi-scale local-distortion features
-  (224), hyper-network input map (112 x 7 x 7)] per 224 x 224 crop; head = the
-  hyper network that generates the target network's weights, the target network,
-  and the mean over crops.
+* HyperIQA: see :mod:`robustbench_iqa.models.hyperiqa`.
 * LPIPS (Zhang et al. 2018, Eq. 1-3): ``d = sum_l w_l . mean_hw (n(y_l) - n(r_l))^2``;
   because the 1x1 "lin" layers are linear, b(x, ref) = the per-channel squared
   differences of unit-normalised trunk features, averaged over space
@@ -19,15 +16,18 @@ float rounding (the tests check this against pyiqa's own forward):
   texture similarities S1, S2 of all stages (D = 2 * 1475); head =
   ``1 - (alpha . S1 + beta . S2) / (sum alpha + sum beta)``.
 
-Plus :class:`PyiqaMetric` for ``pyiqa:<metric>[@layer[:input]]``: any pyiqa metric,
-with the feature layer chosen by a forward hook.  Inputs are RGB in [0, 1]; the
-normalisation each network expects happens inside (as in pyiqa).
+Any other pyiqa metric: :mod:`robustbench_iqa.models.pyiqa_metrics`.  Inputs are RGB in
+[0, 1]; the normalisation each network expects happens inside (as in pyiqa).  Each adapter
+takes ``input_size`` (default ``"native"``: the image as given), its evaluation protocol.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,12 +36,15 @@ from torch import nn
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel, Mode
+from robustbench_iqa.models.protocol import Size, parse_size, resize_to, size_text
 from robustbench_iqa.models.weights import (
     WeightsKind,
+    WeightsSource,
     building,
     load_state_into,
     parse_weights,
     read_state_dict,
+    weights_file,
 )
 
 
@@ -69,48 +72,112 @@ def parse_score_range(text: str | None) -> tuple[float, float]:
     return (lo, hi)
 
 
+@dataclass(frozen=True)
+class Trunk:
+    """The torchvision ImageNet trunk of a metric whose published checkpoint holds only its
+    calibrated head (pyiqa's and the ``lpips``/``DISTS_pytorch`` packages' LPIPS and DISTS files).
+
+    ``url``: torchvision's download URL (its file name is what ``$TORCH_HOME/hub/checkpoints``
+    holds); ``pattern``/``template``: how a trunk key of the metric maps to the torchvision key
+    (``re.sub(pattern, template, key)``).
+    """
+
+    url: str
+    pattern: str
+    template: str
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def cached(self) -> Path:
+        import torch.hub
+
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.filename
+
+    def state_for(self, keys: list[str], source: Path) -> dict[str, torch.Tensor]:
+        """The metric's trunk entries ``keys`` read from the torchvision checkpoint ``source``."""
+        tv = read_state_dict(source)
+        out, absent = {}, []
+        for k in keys:
+            tk = re.sub(self.pattern, self.template, k)
+            if tk in tv:
+                out[k] = tv[tk]
+            else:
+                absent.append(tk)
+        if absent:
+            raise InputError(f"{source} is not the torchvision trunk {self.filename}: it lacks {absent[:3]}")
+        return out
+
+
 def build_pyiqa_net(
     metric: str,
     weights: str | Any | None,
     *,
     name: str,
-    trunk_prefixes: tuple[str, ...] = (),
+    trunk: Trunk | None = None,
+    trunk_file: str | Path | None = None,
+    convert: Callable[[dict[str, torch.Tensor]], tuple[dict[str, torch.Tensor], str]] | None = None,
     **overrides: Any,
 ) -> nn.Module:
     """Build pyiqa's network for ``metric`` with the suite's ``weights`` semantics.
 
-    ``trunk_prefixes``: parameter prefixes of the ImageNet trunk.  A local
-    checkpoint that covers everything except the trunk (pyiqa's LPIPS and DISTS
-    files hold only the calibrated head) gets the trunk from torchvision.
+    A local checkpoint is read (safetensors, or ``torch.load(weights_only=True)``: pyiqa's
+    ``{"params": ...}`` files, the authors' ``.pkl``) and, if ``convert`` is given, passed
+    through it (it returns the state in pyiqa's names and a description of the format).  A
+    checkpoint that covers everything but the ImageNet ``trunk`` (pyiqa's LPIPS and DISTS
+    files, the ``lpips``/``DISTS_pytorch`` head files) gets the trunk from ``trunk_file`` or,
+    without it, from torchvision's cache ``$TORCH_HOME/hub/checkpoints/<file>``; nothing is
+    downloaded.  The built network carries a :class:`WeightsSource` as ``net.weights_source``.
     """
     from pyiqa.archs import build_network
 
     opts = copy.deepcopy(dict(pyiqa_config(metric)["metric_opts"]))
     opts.update(overrides)
     kind, path = parse_weights(weights)
+    if trunk_file is not None and kind is not WeightsKind.PATH:
+        raise InputError(f"{name}: trunk=PATH completes a head-only checkpoint given as weights=PATH; "
+                         f"got weights={weights!r}")
 
     def build(*, backbone: bool, checkpoint: bool) -> nn.Module:
         with building(name, backbone=backbone, checkpoint=checkpoint):
             return build_network(copy.deepcopy(opts))
 
-    if kind is WeightsKind.RANDOM:
-        return build(backbone=False, checkpoint=False)
-    if kind is WeightsKind.PRETRAINED:
-        return build(backbone=True, checkpoint=True)
-    if kind is WeightsKind.PRETRAINED_BASE:
-        return build(backbone=True, checkpoint=False)
+    if kind is not WeightsKind.PATH:
+        net = build(backbone=kind is not WeightsKind.RANDOM, checkpoint=kind is WeightsKind.PRETRAINED)
+        how = {WeightsKind.RANDOM: "random initialisation (no download)",
+               WeightsKind.PRETRAINED: "pyiqa's published weights (download or pyiqa's cache)",
+               WeightsKind.PRETRAINED_BASE: "ImageNet backbone only (download or torchvision's cache)"}[kind]
+        net.weights_source = WeightsSource(kind, how)  # type: ignore[assignment]
+        return net
     assert path is not None
     state = read_state_dict(path)
+    fmt = "state dict in pyiqa's layout"
+    if convert is not None:
+        state, fmt = convert(state)
     net = build(backbone=False, checkpoint=False)
     what = f"the {name} architecture"
     missing = load_state_into(net, state, what=what, source=str(path), strip_prefixes=("net.",))
-    if missing and trunk_prefixes and all(m.startswith(trunk_prefixes) for m in missing):
-        net = build(backbone=True, checkpoint=False)
-        load_state_into(net, state, what=what, source=str(path), strip_prefixes=("net.",))
+    files = [weights_file(f"{name} weights", path)]
+    if missing and trunk is not None and all(re.match(trunk.pattern, m) for m in missing):
+        source = Path(trunk_file).expanduser() if trunk_file is not None else trunk.cached()
+        if not source.is_file():
+            raise InputError(
+                f"{path} holds only the calibrated head of {name} ({len(state)} tensors); its ImageNet "
+                f"trunk, torchvision's {trunk.filename} ({trunk.url}), "
+                + (f"was not found at {source}" if trunk_file is not None else
+                   f"is read from {source}, which does not exist: copy it there or pass trunk=PATH")
+            )
+        load_state_into(net, trunk.state_for(missing, source), what=what, source=str(source))
+        files.append(weights_file("ImageNet trunk", source))
+        fmt += " (head only) + torchvision ImageNet trunk"
     elif missing:
         raise InputError(
             f"checkpoint {path} does not match {what}: {len(missing)} missing keys, e.g. {missing[:3]}"
         )
+    elif trunk_file is not None:
+        raise InputError(f"{path} already holds the trunk of {name}; trunk=PATH is for head-only files")
+    net.weights_source = WeightsSource(kind, fmt, tuple(files))  # type: ignore[assignment]
     return net
 
 
@@ -119,10 +186,12 @@ class PyiqaAdapter(IQAModel):
 
     net: Any  # pyiqa's architecture; its submodules are reached by name
 
-    def __init__(self, net: nn.Module, metric: str, name: str) -> None:
+    def __init__(self, net: nn.Module, metric: str, name: str, *, input_size: Size = None) -> None:
         super().__init__()
         cfg = pyiqa_config(metric)
         self.net = net
+        self.weights_source = getattr(net, "weights_source", None)
+        self.input_size = parse_size(input_size, what=f"{name} input_size")
         self.metric = metric
         self.name = name
         mode = cfg.get("metric_mode")
@@ -134,13 +203,23 @@ class PyiqaAdapter(IQAModel):
         for p in self.parameters():
             p.requires_grad_(False)
 
+    @property
+    def protocol(self) -> dict[str, object]:
+        """``input_size``: the size images are resized to before the network (``native``: none)."""
+        return {"input_size": size_text(self.input_size)}
+
+    def _inputs(self, x: torch.Tensor, ref: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validated inputs, resized to the protocol's ``input_size``."""
+        x, ref = self.check_inputs(x, ref)
+        return resize_to(x, self.input_size), (None if ref is None else resize_to(ref, self.input_size))
+
 
 # ------------------------------------------------------------------------ DBCNN
 class DBCNN(PyiqaAdapter):
     """DBCNN: bilinear pool of VGG-16 (authentic) x SCNN (synthetic) features -> linear."""
 
     def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        x, _ = self.check_inputs(x, ref)
+        x, _ = self._inputs(x, ref)
         net = self.net
         h = net.preprocess(x)
         a, s = net.features1(h), net.features2(h)
@@ -155,64 +234,6 @@ class DBCNN(PyiqaAdapter):
         return self.net.fc(feats).squeeze(-1)
 
 
-# --------------------------------------------------------------------- HyperIQA
-_HYPER_PATCH = 224
-_HYPER_GRID = 7  # spatial size of the hyper-network input map for a 224 patch
-
-
-class HyperIQA(PyiqaAdapter):
-    """HyperIQA with b = ResNet-50 + local-distortion-aware modules + hyper input reducer.
-
-    ``num_crops = 1`` resizes the whole image to 224 x 224 (bilinear, antialiased);
-    ``num_crops > 1`` takes pyiqa's uniform 224 x 224 crops (pyiqa evaluates 25)
-    and the head averages the crop scores.  D = num_crops * (224 + 112 * 7 * 7).
-    """
-
-    def __init__(self, net: Any, metric: str, name: str, *, num_crops: int = 1) -> None:
-        super().__init__(net, metric, name)
-        if num_crops < 1:
-            raise InputError(f"num_crops must be >= 1, got {num_crops}")
-        self.num_crops = int(num_crops)
-        self.lda_dim = sum(m[-1].out_features for m in net.lda_modules)
-        self.hyper_channels = net.conv1[-2].out_channels
-
-    def _patches(self, x: torch.Tensor) -> torch.Tensor:
-        if self.num_crops == 1:
-            if x.shape[-2:] == (_HYPER_PATCH, _HYPER_PATCH):
-                return x
-            return F.interpolate(
-                x, size=(_HYPER_PATCH, _HYPER_PATCH), mode="bilinear", align_corners=False, antialias=True
-            )
-        from pyiqa.archs.arch_util import uniform_crop
-
-        return uniform_crop([x], _HYPER_PATCH, self.num_crops)
-
-    def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        x, _ = self.check_inputs(x, ref)
-        net = self.net
-        patches = net.preprocess(self._patches(x))
-        stages = net.base_model(patches)[1:]
-        lda = torch.cat([m(f) for f, m in zip(stages, net.lda_modules)], dim=1)
-        hyper_in = net.conv1(stages[-1])
-        per_patch = torch.cat([lda, hyper_in.flatten(1)], dim=1)
-        return per_patch.reshape(x.shape[0], -1)
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        net = self.net
-        b = feats.shape[0]
-        per_patch = feats.reshape(b * self.num_crops, -1)
-        h = per_patch[:, : self.lda_dim].unsqueeze(1)
-        hyper_in = per_patch[:, self.lda_dim :].reshape(-1, self.hyper_channels, _HYPER_GRID, _HYPER_GRID)
-        layers = len(net.fc_w_modules)
-        for i in range(layers):
-            w = net.fc_w_modules[i](hyper_in).reshape(hyper_in.shape[0], net.hyper_fc_channels[i], -1)
-            bias = net.fc_b_modules[i](hyper_in).unsqueeze(1)
-            h = torch.bmm(h, w.transpose(1, 2)) + bias
-            if i < layers - 1:
-                h = torch.sigmoid(h)
-        return h.reshape(b, self.num_crops).mean(dim=1)
-
-
 # ------------------------------------------------------------------------ LPIPS
 class LPIPS(PyiqaAdapter):
     """LPIPS (v0.1): per-channel spatially averaged squared unit-feature differences."""
@@ -221,7 +242,7 @@ class LPIPS(PyiqaAdapter):
         return torch.cat([lin.model[-1].weight.flatten() for lin in self.net.lins])
 
     def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        x, ref = self.check_inputs(x, ref)
+        x, ref = self._inputs(x, ref)
         assert ref is not None
         net = self.net
         pair = torch.cat([x, ref]) * 2 - 1
@@ -247,7 +268,7 @@ class DISTS(PyiqaAdapter):
     """DISTS: structure (S1) and texture (S2) similarities per channel, weighted by alpha, beta."""
 
     def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        x, ref = self.check_inputs(x, ref)
+        x, ref = self._inputs(x, ref)
         assert ref is not None
         b = x.shape[0]
         s1, s2 = [], []
@@ -265,99 +286,3 @@ class DISTS(PyiqaAdapter):
         alpha, beta = self.net.alpha.flatten(), self.net.beta.flatten()
         w = torch.cat([alpha, beta]) / (alpha.sum() + beta.sum())
         return 1 - feats @ w
-
-
-# ------------------------------------------------------------- any pyiqa metric
-class PyiqaMetric(PyiqaAdapter):
-    """Any pyiqa metric, with b(x) read by a forward hook on one submodule.
-
-    ``layer``: a dotted submodule name of the pyiqa network (``net.named_modules()``);
-    ``take``: ``"output"`` or ``"input"`` of that module.  Default: the *input* of
-    the last ``nn.Linear``/``nn.Conv2d`` (where a regression head usually begins).
-    If the module runs several times in one forward pass (siamese FR trunks,
-    multi-crop), the activations of all calls are concatenated in call order.
-
-    ``forward`` is pyiqa's own score.  ``head`` exists only when the hook takes
-    the input of an ``nn.Linear`` (the layer applied to the features, averaged
-    over its outputs); it equals ``forward`` when that layer produces the score.
-    """
-
-    def __init__(self, net: nn.Module, metric: str, name: str, *, layer: str | None = None,
-                 take: str = "input") -> None:
-        super().__init__(net, metric, name)
-        modules = dict(net.named_modules())
-        if layer is None:
-            heads = [n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]
-            if not heads:
-                raise InputError(f"pyiqa metric {metric!r} has no Linear/Conv2d layer; name one with @layer")
-            layer, take = heads[-1], "input"
-        if layer not in modules or layer == "":
-            shown = [n for n in modules if n][-8:]
-            raise InputError(f"pyiqa metric {metric!r} has no submodule {layer!r}; last ones: {shown}")
-        if take not in ("input", "output"):
-            raise InputError(f"feature take must be 'input' or 'output', got {take!r}")
-        self.layer, self.take = layer, take
-        self._module = modules[layer]
-        self._captured: list[torch.Tensor] | None = None
-        self._module.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if self._captured is None:
-            return
-        value = args[0] if self.take == "input" else output
-        if isinstance(value, (tuple, list)):
-            value = value[0]
-        if not isinstance(value, torch.Tensor):
-            raise InputError(f"layer {self.layer!r} {self.take} is not a tensor")
-        self._captured.append(value)
-
-    def _run(self, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
-        out = self.net(x) if self.mode is Mode.NR else self.net(x, ref)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return out.reshape(x.shape[0], -1).mean(dim=1)
-
-    def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        x, ref = self.check_inputs(x, ref)
-        self._captured = []
-        try:
-            self._run(x, ref)
-            caps = self._captured
-        finally:
-            self._captured = None
-        if not caps:
-            raise InputError(f"layer {self.layer!r} of pyiqa metric {self.metric!r} was not called")
-        b = x.shape[0]
-        return torch.cat([c.reshape(b, -1) for c in caps], dim=1)
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        mod = self._module
-        if not (self.take == "input" and isinstance(mod, nn.Linear)):
-            raise InputError(
-                f"pyiqa:{self.metric}@{self.layer} has no standalone head (only the input of a Linear "
-                "layer has one); use forward() or train an FS-IQA scorer on the features"
-            )
-        out = mod(feats.reshape(feats.shape[0], -1, mod.in_features))
-        return out.reshape(feats.shape[0], -1).mean(dim=1)
-
-    def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        x, ref = self.check_inputs(x, ref)
-        return self._run(x, ref)
-
-
-AdapterFactory = Callable[..., PyiqaAdapter]
-
-
-def parse_pyiqa_name(sub: str) -> tuple[str, str | None, str]:
-    """``'<metric>[@<layer>[:input|:output]]'`` -> (metric, layer, take).
-
-    A layer without suffix means its output; no layer means the input of the
-    last Linear/Conv2d.
-    """
-    metric, _, rest = sub.partition("@")
-    if not metric:
-        raise InputError("expected pyiqa:<metric>[@<layer>[:input|:output]], got an empty metric name")
-    if not rest:
-        return metric, None, "input"
-    layer, _, take = rest.partition(":")
-    return metric, layer, take or "output"

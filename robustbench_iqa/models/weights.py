@@ -22,6 +22,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ class WeightsKind(StrEnum):
 
 
 def parse_weights(weights: str | Path | None) -> tuple[WeightsKind, Path | None]:
-    """Classify the ``weights`` argument; a path must name an existing file."""
+    """Classify the ``weights`` argument; a path must name an existing file or folder."""
     if weights is None:
         return WeightsKind.RANDOM, None
     if isinstance(weights, str) and weights in {k.value for k in WeightsKind} - {"path"}:
@@ -48,11 +49,63 @@ def parse_weights(weights: str | Path | None) -> tuple[WeightsKind, Path | None]
     if not isinstance(weights, (str, Path)):
         raise InputError(f"weights must be None, 'pretrained' or a file path, got {type(weights).__name__}")
     path = Path(weights).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise InputError(
-            f"weights file not found: {path} (use weights=None for random weights or 'pretrained')"
+            f"weights file not found: {path} (weights=None builds random weights, "
+            "'pretrained' downloads the published ones)"
         )
     return WeightsKind.PATH, path
+
+
+# ------------------------------------------------------------------- provenance
+@dataclass(frozen=True)
+class WeightsFile:
+    """One file a model's weights were read from."""
+
+    role: str
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WeightsSource:
+    """What a model was built from: how (:class:`WeightsKind`), in which checkpoint format,
+    from which files (with their SHA-256), and anything worth knowing about the conversion."""
+
+    kind: WeightsKind
+    format: str
+    files: tuple[WeightsFile, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-serialisable record (for run configurations)."""
+        return {"kind": self.kind.value, "format": self.format,
+                "files": [{"role": f.role, "path": str(f.path), "sha256": f.sha256} for f in self.files],
+                "notes": list(self.notes)}
+
+    def lines(self) -> list[str]:
+        """Human-readable lines: format, one line per file, notes."""
+        out = [f"weights: {self.kind.value}, {self.format}"]
+        out += [f"  {f.role}: {f.path}  sha256={f.sha256}" for f in self.files]
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+
+def weights_file(role: str, path: str | Path) -> WeightsFile:
+    """A :class:`WeightsFile` for ``path`` with its SHA-256."""
+    from robustbench_iqa.store import file_sha256
+
+    p = Path(path).expanduser().resolve()
+    return WeightsFile(role, p, file_sha256(p))
+
+
+def is_hdf5(path: Path) -> bool:
+    """Whether ``path`` is an HDF5 file (Keras ``.h5``), by its signature."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------- checkpoints
@@ -69,8 +122,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     dropped.
     """
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"weights {p} is a folder; this model takes a checkpoint file")
     if not p.is_file():
         raise InputError(f"weights file not found: {p}")
+    if is_hdf5(p):
+        raise InputError(f"checkpoint {p} is an HDF5 (Keras .h5) file, which this model does not read")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -147,7 +204,8 @@ def load_state_into(
     if wrong:
         raise InputError(f"checkpoint {source} does not match {what}: shape mismatch in {wrong[:3]}")
     param_names = {k for k, _ in module.named_parameters(remove_duplicate=False)}
-    needed = param_names | _batchnorm_buffers(module)
+    # BatchNorm statistics are needed; its step counter is not (converted checkpoints omit it).
+    needed = param_names | {k for k in _batchnorm_buffers(module) if not k.endswith("num_batches_tracked")}
     missing = sorted(
         k for k in own if k in needed and not any(a in state for a in aliases[k])
     )
@@ -177,8 +235,6 @@ class _Patch:
     wherever the fake is found, so nothing leaks past the context.
     """
 
-    _ROOTS = ("torch", "torchvision", "timm", "pyiqa", "urllib", "huggingface_hub")
-
     def __init__(self, owner: object, name: str, fake: Any) -> None:
         self.name, self.fake, self.owner = name, fake, owner
         # For a class, keep the raw descriptor (a classmethod stays a classmethod).
@@ -187,23 +243,42 @@ class _Patch:
         self.scan = not isinstance(owner, type)
         for mod in self._modules() if self.scan else []:
             if vars(mod).get(name) is self.original:
-                setattr(mod, name, fake)
+                _set(mod, name, fake)
 
-    def _modules(self) -> list[Any]:
-        return [
-            m for key, m in list(sys.modules.items())
-            if key.split(".", 1)[0] in self._ROOTS and hasattr(m, "__dict__")
-        ]
+    @staticmethod
+    def _modules() -> list[Any]:
+        # Every loaded module: third-party packages (facexlib, clip, open_clip, ...) bind
+        # ``from torch.hub import download_url_to_file`` too.
+        return [m for m in list(sys.modules.values()) if m is not None and hasattr(m, "__dict__")]
 
     def undo(self) -> None:
         setattr(self.owner, self.name, self.original)
         for mod in self._modules() if self.scan else []:
             if vars(mod).get(self.name) is self.fake:
-                setattr(mod, self.name, self.original)
+                _set(mod, self.name, self.original)
 
 
-def _suggest(model: str) -> str:
-    return f"download it where there is network and pass weights=PATH to {model!r}, or use weights=None"
+def _set(mod: Any, name: str, value: Any) -> None:
+    try:
+        setattr(mod, name, value)
+    except (AttributeError, TypeError):  # read-only module proxies
+        pass
+
+
+def _where(args: tuple[Any, ...], kwargs: dict[str, Any], *, dst_arg: int | None) -> str:
+    """Where the interrupted download would have put its file (the cache read offline)."""
+    if dst_arg is None:
+        return ""
+    dst = args[dst_arg] if len(args) > dst_arg else kwargs.get("dst")
+    if dst is None:
+        return ""
+    return str(dst)
+
+
+def _hf_what(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    repo = args[0] if args else kwargs.get("repo_id", "?")
+    filename = args[1] if len(args) > 1 else kwargs.get("filename", "?")
+    return f"{filename} of the HuggingFace repository {repo!r}"
 
 
 @contextmanager
@@ -215,7 +290,8 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
     (``load_pretrained_network``).  With both off nothing is fetched: the
     network is randomly initialized and any remaining download attempt raises
     :class:`WeightsUnavailableError`.  Failed downloads that are allowed also
-    raise :class:`WeightsUnavailableError` naming the URL.
+    raise :class:`WeightsUnavailableError`.  Both messages name the file, its URL
+    and the local path where it is read from without network.
     """
     import urllib.request
 
@@ -223,29 +299,46 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
 
     allowed = backbone or checkpoint
     patches: list[_Patch] = []
+    active = [0]  # guarded calls in progress: a download's own urlopen is not guarded twice
 
-    def guard(fn: Callable[..., Any], url_arg: int = 0) -> Callable[..., Any]:
+    def guard(fn: Callable[..., Any], *, dst_arg: int | None = None, hf: bool = False) -> Callable[..., Any]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            target = args[url_arg] if len(args) > url_arg else kwargs.get("url", "?")
-            url = str(getattr(target, "full_url", target))  # urllib Request objects
+            if active[0]:
+                return fn(*args, **kwargs)
+            if hf:
+                what = _hf_what(args, kwargs)
+                place = "place it in the HuggingFace cache ($HF_HOME, read offline)"
+            else:
+                target = args[0] if args else kwargs.get("url", "?")
+                url = str(getattr(target, "full_url", target))  # urllib Request objects
+                dst = _where(args, kwargs, dst_arg=dst_arg)
+                filename = Path(url.split("?")[0]).name
+                if not dst and "openaipublic.azureedge.net/clip/" in url:  # openai-clip's own download
+                    dst = str(Path("~/.cache/clip").expanduser() / filename)
+                what = f"{filename} ({url})"
+                place = f"copy that file to {dst} (read from there offline)" if dst else \
+                    "this download has no local cache to read offline"
             if not allowed:
                 raise WeightsUnavailableError(
-                    f"building {model!r} with random weights tried to download {url}; "
-                    "this architecture cannot be built offline, " + _suggest(model)
+                    f"{model!r} cannot be built offline without its published weights: its constructor "
+                    f"loads {what} even so; {place}"
                 )
+            active[0] += 1
             try:
                 return fn(*args, **kwargs)
-            except (OSError, RuntimeError) as exc:
+            except (OSError, RuntimeError, ValueError) as exc:
+                reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 raise WeightsUnavailableError(
-                    f"cannot download pretrained weights for {model!r} from {url} "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                    + _suggest(model)
+                    f"cannot download the weights of {model!r}: {what} ({reason}); {place}, "
+                    f"or pass a local checkpoint as weights=PATH"
                 ) from None
+            finally:
+                active[0] -= 1
 
         return wrapped
 
     try:
-        patches.append(_Patch(torch.hub, "download_url_to_file", guard(torch.hub.download_url_to_file)))
+        patches.append(_Patch(torch.hub, "download_url_to_file", guard(torch.hub.download_url_to_file, dst_arg=1)))
         patches.append(_Patch(urllib.request, "urlopen", guard(urllib.request.urlopen)))
         try:
             import timm
@@ -254,7 +347,7 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
             timm = None  # type: ignore[assignment]
         if timm is not None:
             if timm_hub.hf_hub_download is not None:
-                patches.append(_Patch(timm_hub, "hf_hub_download", guard(timm_hub.hf_hub_download, 0)))
+                patches.append(_Patch(timm_hub, "hf_hub_download", guard(timm_hub.hf_hub_download, hf=True)))
             if not backbone:
                 create = timm.create_model
 

@@ -138,7 +138,7 @@ class VerifyConfig:
     # ------------------------------------------------------------- validation
     def validate(self) -> VerifyConfig:
         """Range checks of every key (types are checked on construction); returns self."""
-        from robustbench_iqa.data.images import Resize, parse_size
+        from robustbench_iqa.data.images import Resize, parse_dataset_size
         from robustbench_iqa.studies.base import STUDIES
         from robustbench_iqa.validation import check_device
 
@@ -148,7 +148,7 @@ class VerifyConfig:
             raise InputError("verify: `defenses` is empty")
         if self.split not in ("train", "test", "all"):
             raise InputError(f"verify: split must be train, test or all, got {self.split!r}")
-        parse_size(self.size)
+        parse_dataset_size(self.size)
         if self.resize is not None and self.resize not in [r.value for r in Resize]:
             raise InputError(f"verify: resize must be one of {[r.value for r in Resize]}, got {self.resize!r}")
         if not (self.tau >= 0):

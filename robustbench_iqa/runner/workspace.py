@@ -179,9 +179,9 @@ class Workspace:
 def open_split(cfg: VerifyConfig) -> IQADataset:
     """The configured dataset at its working size and policy, split and limited."""
     from robustbench_iqa.data import create_dataset
-    from robustbench_iqa.data.images import parse_size
+    from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_size(cfg.size), resize=cfg.resize)
+    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
     if cfg.split != "all":
         train, test = ds.split(seed=0)
         ds = train if cfg.split == "train" else test
@@ -191,9 +191,9 @@ def open_split(cfg: VerifyConfig) -> IQADataset:
 def dataset_settings(cfg: VerifyConfig) -> dict[str, Any]:
     """What the run records of its data: name, size of the whole set, working size and policy."""
     from robustbench_iqa.data import create_dataset
-    from robustbench_iqa.data.images import parse_size
+    from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_size(cfg.size), resize=cfg.resize)
+    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
     return {"name": ds.name, "samples": len(ds), "size": list(ds.size) if ds.size else None,
             "resize": str(ds.resize.value), "higher_better": ds.higher_better}
 
