@@ -101,11 +101,12 @@ class UnitWorker:
         """Where this actor runs (``host:pid``), once its workspace is built."""
         return self.where
 
-    def run(self, unit: Unit) -> tuple[UnitResult, float, float]:
-        """The unit's result and the wall-clock times (``time.time()``) it started and ended."""
-        started = time.time()
+    def run(self, unit: Unit) -> tuple[UnitResult, float, float, float]:
+        """The unit's result, the wall-clock times (``time.time()``) it started and ended, and the
+        CPU seconds this process spent on it."""
+        started, cpu = time.time(), time.process_time()
         res = run_unit(unit, self.ws)
-        return res, started, time.time()
+        return res, started, time.time(), time.process_time() - cpu
 
 
 # -------------------------------------------------------------- bookkeeping
@@ -122,6 +123,8 @@ class UnitTiming:
     received: float
     seconds: float
     """Compute seconds measured inside the unit (what the store records)."""
+    cpu_seconds: float
+    """CPU seconds of the actor's process during the unit (all its threads)."""
 
 
 @dataclass
@@ -294,7 +297,7 @@ class RayExecutor:
                 slot = self.slots[task.slot]
                 slot.queued -= 1
                 try:
-                    res, started, finished = ray.get(ref)
+                    res, started, finished, cpu = ray.get(ref)
                 except _ACTOR_GONE as exc:
                     self._lost(task, exc, queue, tries)
                     continue
@@ -306,7 +309,7 @@ class RayExecutor:
                     continue
                 delivered.add(res.unit.key)
                 self.timings.append(UnitTiming(res.unit.key, len(res.unit.images), res.worker, task.submitted,
-                                               started, finished, time.time(), res.seconds))
+                                               started, finished, time.time(), res.seconds, cpu))
                 yield res
         finally:
             for ref in pending:  # the consumer stopped early (an error, an interrupt)

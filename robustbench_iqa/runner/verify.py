@@ -12,6 +12,7 @@ decides the exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -124,7 +125,9 @@ def run_verify(
     out = Path(out_dir)
     notes: list[str] = []
     with RunLock(out):
-        ws = Workspace(cfg)
+        # With another executor this workspace only plans and identifies (units run on its
+        # workers): build it on the CPU so that no GPU holds a second copy of every model.
+        ws = Workspace(cfg if executor is None else dataclasses.replace(cfg, device="cpu"))
         plan = preflight(cfg, ws)
         config = verify_run_config(cfg, ws)
         runner = executor if executor is not None else LocalExecutor(ws)
