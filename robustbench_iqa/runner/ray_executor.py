@@ -52,20 +52,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.runner.executor import Tick, UnitResult, run_unit
+
+INSTALL = "pip install 'robustbench_iqa[ray]'"
 
 try:
     import ray
     import ray.exceptions as _rx
 except ImportError:  # pragma: no cover - exercised by a test that hides ray
-    raise InputError("the Ray executor needs Ray: pip install 'robustbench_iqa[ray]'") from None
-
-from robustbench_iqa.runner.executor import Tick, UnitResult, run_unit
+    raise InputError(f"the Ray executor needs Ray: {INSTALL}") from None
 
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.studies.base import Unit
 
-INSTALL = "pip install 'robustbench_iqa[ray]'"
 LOCAL_OBJECT_STORE = 200 * 2**20
 """Object store of a local cluster (bytes): results are a few kB of rows per unit."""
 
