@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from robustbench_iqa.errors import InputError
 from robustbench_iqa.store import RowKey
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ class Executor(Protocol):
 
     name: str
 
+    def start(self) -> None:
+        """Get ready to run units (connect, build workers); called before the progress bar starts."""
+
     def map(self, units: Sequence[Unit], *, tick: Tick | None = None) -> Iterator[UnitResult]: ...
 
     def close(self) -> None: ...
@@ -73,6 +77,9 @@ class LocalExecutor:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
+
+    def start(self) -> None:
+        pass  # the workspace was built by the preflight
 
     def map(self, units: Sequence[Unit], *, tick: Tick | None = None) -> Iterator[UnitResult]:
         for unit in units:
@@ -93,9 +100,14 @@ def execute(store: ResultsStore, cfg: VerifyConfig, units: Sequence[Unit], execu
     """
     from tqdm.auto import tqdm
 
+    bound = getattr(executor, "cfg", None)
+    if bound is not None and bound.to_dict() != cfg.to_dict():
+        raise InputError(f"the {executor.name} executor was built for another configuration than this run's")
     done = store.done_units()
     todo = [u for u in units if u.key not in done]
     total = sum(max(1, len(u.images)) for u in todo)
+    if todo:
+        executor.start()  # a cluster's startup is not counted in the images/s
     partial: dict[str, float] = {}
 
     with tqdm(total=total, unit="img", desc="verify", disable=not progress, smoothing=0.1,

@@ -12,6 +12,7 @@ decides the exit code.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -125,7 +126,9 @@ def run_verify(
     notes: list[str] = []
     lock = RunLock(out).acquire()
     try:
-        ws = Workspace(cfg)
+        # With another executor this workspace only plans and identifies (units run on its
+        # workers): build it on the CPU so that no GPU holds a second copy of every model.
+        ws = Workspace(cfg if executor is None else dataclasses.replace(cfg, device="cpu"))
         plan = preflight(cfg, ws)
         config = verify_run_config(cfg, ws)
     except BaseException:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import pandas as pd
 
 from robustbench_iqa.registry import Registry
-from robustbench_iqa.store import ResultsStore, RowKey
+from robustbench_iqa.store import KEY_FIELDS, ResultsStore, RowKey
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -153,6 +153,8 @@ class RunData:
         name = schema.table
         if name not in self._frames:
             df = self.store.frame(name)
+            if not df.empty:  # key order, not insertion order: the same verdict whatever the executor
+                df = df.sort_values(list(KEY_FIELDS), kind="stable").reset_index(drop=True)
             for f in dataclasses.fields(schema):  # type: ignore[arg-type]
                 if f.name not in df:
                     default = f.default if f.default is not dataclasses.MISSING else math.nan
