@@ -16,3 +16,7 @@ class InputError(ValueError):
 
 class WeightsUnavailableError(InputError):
     """Pretrained weights were requested but could not be loaded or downloaded."""
+
+
+class BoundUnavailableError(InputError):
+    """No certified bound (e.g. a Lipschitz constant) can be computed for this model or layer."""

@@ -65,8 +65,23 @@ def check_sigma(sigma: float) -> float:
 
 
 def check_alpha(alpha: float) -> float:
-    if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
-        raise InputError(f"alpha (confidence level) must lie in (0, 1), got {alpha!r}")
+    """The confidence level of a certificate, in [0.5, 1).
+
+    In this suite ``alpha`` is the *confidence* (e.g. 0.999, as in the FS-IQA paper), not
+    the error probability of Cohen et al. 2019 (their alpha = 0.001).  A value below 0.5
+    is almost certainly the other convention (a confidence of 0.1% certifies nothing),
+    so it is refused rather than silently used.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise InputError(f"alpha (confidence level) must be a number in [0.5, 1), got {alpha!r}")
+    if alpha < 0.5:
+        raise InputError(
+            f"alpha={alpha!r} is below 0.5: alpha is the confidence level of the certificate (e.g. 0.999), "
+            f"not the error probability of Cohen et al. (e.g. 0.001); for an error of {alpha:g} pass "
+            f"alpha={1 - alpha:g}"
+        )
+    if not alpha < 1.0:
+        raise InputError(f"alpha (confidence level) must be < 1 (no finite sample gives confidence 1), got {alpha!r}")
     return float(alpha)
 
 

@@ -50,7 +50,7 @@ def _load_builtin() -> None:
     # Importing the adapter modules registers their models.
     import importlib
 
-    for mod in ("embedded", "published"):
+    for mod in ("embedded", "lipschitz_embedded", "published"):
         try:
             importlib.import_module(f"robustbench_iqa.models.{mod}")
         except ModuleNotFoundError as exc:  # only the module itself may be absent
