@@ -163,7 +163,8 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
         opts = self.radius_options
         q = trimmed_mean_required_probability(n_smooth=opts.n_smooth, trim=self.trim, p=self.p_valid)
         return radius_certificates(
-            self, clean, v, trimmed_mean(v, self.trim), alpha=alpha, p=self.p_valid, required=lambda c: q,
+            self, clean, v, trimmed_mean(v, self.trim), alpha=alpha, p=self.p_valid, eps_y=opts.eps_y,
+            required=lambda c: q,
             band=opts.eps_y, what=f"the {self.trim:g}-trimmed mean of {opts.n_smooth} noisy draws (Cert-Reg)")
 
     def aggregate(self, v: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ class FTN(nn.Module):
 
         def compute() -> LipschitzBound:
             first = self.net[0]
+            assert isinstance(first, nn.Linear)
             scaled = nn.Linear(first.in_features, first.out_features, dtype=torch.float64)
             with torch.no_grad():
                 scaled.weight.copy_(first.weight.detach().double() / self.get_buffer("std").double()[None, :])

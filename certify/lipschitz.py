@@ -57,7 +57,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from robustbench_iqa.certify.gram_iteration import (
@@ -221,8 +221,8 @@ def sequential_bound(
             # A layer that certifies itself (e.g. the 1-Lipschitz layers of the embedded Lipschitz models).
             if size is None:
                 raise InputError(f"the input size (H, W) is needed to bound {type(layer).__name__}")
-            total = total.then(own(size))
-            size = layer.output_size(size)
+            total = total.then(cast(Callable[[tuple[int, int]], LipschitzBound], own)(size))
+            size = cast(Callable[[tuple[int, int]], tuple[int, int]], layer.output_size)(size)
             i += 1
         elif isinstance(layer, nn.Conv2d):
             if size is None:
@@ -291,7 +291,7 @@ def module_lipschitz_bound(module: nn.Module, input_size: tuple[int, int] | None
     """
     own = getattr(module, "lipschitz_bound", None)
     if callable(own):
-        bound = own(input_size)
+        bound = cast(Callable[[tuple[int, int] | None], object], own)(input_size)
         if not isinstance(bound, LipschitzBound):
             raise BoundUnavailableError(f"{type(module).__name__}.lipschitz_bound returned {type(bound).__name__}")
         return bound

@@ -182,7 +182,8 @@ def _trunk_affines(model: EmbeddedNR | EmbeddedFR, size: tuple[int, int]) -> lis
     def compute() -> list[_Affine]:
         out, hw = [], size
         for stage in model.trunk.stages:
-            conv, bn = stage[0], stage[1]
+            conv, bn, _ = stage.children()
+            assert isinstance(conv, nn.Conv2d)
             scale = batchnorm_scale(bn)
             w = conv.weight.detach().double() * scale[:, None, None, None]
             out.append(_Affine(conv_layer_bound(conv, hw, scale=scale), w.flatten(1).norm(dim=1) * SAFETY))
@@ -227,7 +228,7 @@ def centre(model: EmbeddedNR | EmbeddedFR, ftn: FTN, x: torch.Tensor, ref: torch
     h = ((x - _MEAN) / _STD)[None]
     pre, outs = [], []
     for stage in model.trunk.stages:
-        conv, bn, act = stage
+        conv, bn, act = stage.children()
         z = bn(conv(h))
         h = act(z)
         pre.append(z[0])
@@ -258,7 +259,7 @@ def feature_path(model: EmbeddedNR | EmbeddedFR, ftn: FTN, c: Centre, r: float) 
     paths = []
     for stage, aff, z in zip(model.trunk.stages, affines, c.preacts, strict=True):
         dz = aff.rows[:, None, None] * path.dev
-        path = elementwise_step(path.step(aff.norm, 0.0), stage[2], z, dz)
+        path = elementwise_step(path.step(aff.norm, 0.0), list(stage.children())[2], z, dz)
         paths.append(path)
     if not c.full_reference:
         h = c.outputs[-1]
@@ -356,6 +357,10 @@ def local_radii(fs: nn.Module, x: torch.Tensor, ref: torch.Tensor | None = None)
 
         jn = exact_jacobian_norm(b, f64, xi)
         c = centre(m64, f64, xi, ri)
+
+        def bound_at(r: float, c: Centre = c) -> PathBound:
+            return feature_path(m64, f64, c, r)
+
         with torch.no_grad():
-            out.append(radius_from_bounds(sigma, jn, global_lip, lambda r, c=c: feature_path(m64, f64, c, r)))
+            out.append(radius_from_bounds(sigma, jn, global_lip, bound_at))
     return out

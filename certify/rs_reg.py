@@ -165,7 +165,7 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
             raise InputError(f"{self.model.name} produced NaN or Inf scores")
         mean = v.double().mean(dim=1)
         if self.certificate is RSRegCertificate.RADIUS:
-            return radius_certificates(self, clean, v, mean, alpha=alpha, p=self.p_valid,
+            return radius_certificates(self, clean, v, mean, alpha=alpha, p=self.p_valid, eps_y=self.radius_options.eps_y,
                                        required=lambda c: self.p_valid, band=self.radius_options.eps_y,
                                        what="one noisy draw h(x'+e) (RS-Reg Thm. 1)")
         opts = self.radius_options
@@ -175,8 +175,8 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
             return radius_cert.bounded_mean_required_probability(
                 n_smooth=opts.n_smooth, eps_y=opts.eps_y, eta=opts.eta, deviation=max(b - c, c - a), p=self.p_valid)
 
-        return radius_certificates(self, clean, v, mean, alpha=alpha, p=self.p_valid, required=required,
-                                   band=opts.eta, what=f"the mean of {opts.n_smooth} noisy draws (RS-Reg, "
+        return radius_certificates(self, clean, v, mean, alpha=alpha, p=self.p_valid, eps_y=opts.eps_y,
+                                   required=required, band=opts.eta, what=f"the mean of {opts.n_smooth} noisy draws (RS-Reg, "
                                    f"outputs in [{a:g}, {b:g}], inner band eta={opts.eta:g})")
 
     def certify_scores(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
@@ -259,13 +259,12 @@ class RadiusOptions:
 
 def radius_certificates(
     defense: BoundedSmoothedIQA, clean: torch.Tensor, v: torch.Tensor, score: torch.Tensor, *, alpha: float,
-    p: float, required: Callable[[float], float | None], band: float, what: str,
+    p: float, eps_y: float, required: Callable[[float], float | None], band: float, what: str,
 ) -> list[CertifiedScore]:
     """Published-radius results: per image, k = #draws with |v - h(x)| < ``band``, p_lower
     (Clopper-Pearson), the required per-draw probability ``required(h(x))`` and the radius
-    (:mod:`robustbench_iqa.certify.rs_reg_radius`).  [lower, upper] = h(x) -+ eps_y."""
+    (:mod:`robustbench_iqa.certify.rs_reg_radius`).  [lower, upper] = h(x) -+ ``eps_y``."""
     n = v.shape[1]
-    eps_y = defense.radius_options.eps_y  # type: ignore[attr-defined]
     statement = (
         f"PROBABILISTIC RADIUS (published certificate): with probability >= alpha over the n draws "
         f"(Clopper-Pearson), for every x' with ||x'-x||_2 <= eps_x, {what} at x' lies within eps_y={eps_y:g} of "

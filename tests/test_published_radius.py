@@ -34,7 +34,7 @@ from scipy.stats import binom, norm, trim_mean
 from statsmodels.stats.proportion import proportion_confint
 
 from robustbench_iqa.errors import InputError
-from tests.test_input_defenses import H, W, HalfSpace, Linear
+from tests.test_input_defenses import H, HalfSpace, Linear, W
 from tests.toy_models import ToyNR, random_images
 
 

@@ -78,7 +78,7 @@ class ConvTrunk(nn.Module):
         size = input_size
         out = []
         for stage in self.stages:
-            b, size = sequential_bound(list(stage), size)  # type: ignore[assignment]
+            b, size = sequential_bound(list(stage.children()), size)  # type: ignore[assignment]
             total = total.then(b)
             out.append((total, size))
         return out  # type: ignore[return-value]

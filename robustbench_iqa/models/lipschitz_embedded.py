@@ -76,7 +76,7 @@ class LipschitzTrunk(nn.Module):
 
         total, size, out = identity_bound(), input_size, []
         for stage in self.stages:
-            b, size = sequential_bound(list(stage), size)  # type: ignore[assignment]
+            b, size = sequential_bound(list(stage.children()), size)  # type: ignore[assignment]
             total = total.then(b)
             out.append((total, size))
         return out  # type: ignore[return-value]
