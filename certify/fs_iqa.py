@@ -323,7 +323,7 @@ class FeatureSmoothedIQA(nn.Module):
         return backbone.then(ftn)
 
     def local_radii(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> list[float | None]:
-        """eps_x_local per image (:func:`robustbench_iqa.certify.local_lipschitz.local_radius`)."""
+        """eps_x_local per image (:func:`robustbench_iqa.certify.local_lipschitz.local_radii`)."""
         from robustbench_iqa.certify.local_lipschitz import local_radii
 
         return local_radii(self, x, ref)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
               "optimizer": "Adam + cosine LR", "loss": "MSE to weak label (FR: to 1 - label)",
               "threads": args.threads,
               "augmentation": f"random {args.crop[0]}x{args.crop[1]} crop + horizontal flip",
-              "backbone": "1-Lipschitz: 1x1 spectrally normalized convs, SLL convs, pixel_unshuffle; "
+              "backbone": "1-Lipschitz: 1x1 spectrally normalized convs, SLL convs, abs, pixel_unshuffle; "
                           "NR mean+std pooling, FR per-stage RMS distances",
               "torch": torch.__version__, "python": platform.python_version()}
     results: dict[str, dict[str, object]] = {}
