@@ -114,7 +114,7 @@ def test_stride_one_bound_is_the_circular_norm_on_the_embedding_grid() -> None:
 def test_universal_bound_holds_on_large_inputs() -> None:
     """On a large input the exact norm is out of reach; power iteration gives a lower bound of it."""
     torch.manual_seed(2)
-    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1).double()
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1).double().requires_grad_(False)
     universal = conv2d_spectral_bound(conv.weight, stride=2, padding=(2, 2), input_size=None)
     x = torch.randn(1, 4, 200, 300, dtype=torch.float64)
     for _ in range(200):
