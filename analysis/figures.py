@@ -99,6 +99,9 @@ def guarantee_figure(table: pd.DataFrame) -> Figure:
                          palette=palette, marker="o", errorbar=None, sort=False, ax=ax)
             ax.set(title=f"σ = {s:g}", xlabel="certified radius $\\epsilon_x$ (bin mean)",
                    ylabel="mean $S^u - S^l$")
+            radii = d["eps_x_mean"][d["eps_x_mean"] > 0]
+            if len(radii) and radii.max() > 100 * radii.min():  # radii of several kinds: orders apart
+                ax.set_xscale("log")
             ax.legend(title=None, fontsize="small")
     return fig
 

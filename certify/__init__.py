@@ -3,6 +3,9 @@
 - :class:`FeatureSmoothedIQA` (FS-IQA, feature-space median smoothing) and its training;
 - the MS_Cert percentile bounds (:mod:`robustbench_iqa.certify.bounds`);
 - the Input Variation Estimator's spectral norm (:mod:`robustbench_iqa.certify.spectral`);
+- sound input radii: certified Lipschitz bounds (:mod:`robustbench_iqa.certify.lipschitz`,
+  :mod:`robustbench_iqa.certify.gram_iteration`) and the local radius
+  (:mod:`robustbench_iqa.certify.local_lipschitz`);
 - input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`).
 """
 
@@ -19,7 +22,7 @@ from robustbench_iqa.certify.fs_iqa import (
     save_fs_checkpoint,
 )
 from robustbench_iqa.certify.heads import FTN, Scorer
-from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
+from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee, RadiusKind
 from robustbench_iqa.certify.spectral import SpectralNormEstimate, jacobian_spectral_norm
 from robustbench_iqa.certify.training import train_fs_iqa
 
@@ -30,6 +33,7 @@ __all__ = [
     "CertifiedScore",
     "FeatureSmoothedIQA",
     "Guarantee",
+    "RadiusKind",
     "Scorer",
     "SpectralNormEstimate",
     "create_defense",

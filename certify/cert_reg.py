@@ -29,20 +29,45 @@ clipping).  Integrating over t in [beta, 1 - beta] with a left (lower) or right
 Statement: with probability >= alpha over the n draws, T(x') lies in
 [lower, upper] for every x' of the ball.  This is a sound certificate for the
 trimmed-mean smoothed regressor; its constants may differ from the paper's.
+It is ``certificate="trimmed-mean-bounds"`` (the default).
+
+``certificate="radius"`` (Guarantee.PROBABILISTIC_RADIUS) is the certificate as Cert-Reg
+publishes it (:mod:`robustbench_iqa.certify.cert_reg_radius`): per image a radius
+eps_x = sigma (Phi^-1(p_lower) - Phi^-1(q_P)), q_P from the binomial condition of the
+trimmed mean of ``n_smooth`` draws (default 10, as the reference code), within which
+that trimmed mean stays within ``eps_y`` of the clean output h(x) with probability
+>= P (``p_valid``, default 0.9 as the reference code).  The ``eps`` argument of
+``certify`` is not used; [lower, upper] = [h(x) - eps_y, h(x) + eps_y].
 """
 
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 
 import torch
 from scipy.stats import norm
 
+from robustbench_iqa.certify.cert_reg_radius import (
+    DEFAULT_N_SMOOTH,
+    DEFAULT_P,
+    trimmed_mean_required_probability,
+)
 from robustbench_iqa.certify.defense import Estimate, Statistic, register_defense
 from robustbench_iqa.certify.result import CertifiedScore, Guarantee
-from robustbench_iqa.certify.rs_reg import BoundedSmoothedIQA
+from robustbench_iqa.certify.rs_reg import BoundedSmoothedIQA, RadiusOptions, radius_certificates
+from robustbench_iqa.certify.rs_reg_radius import check_probability
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.registry import checked_keywords
+from robustbench_iqa.validation import check_alpha, check_n, check_pair
+
+
+class CertRegCertificate(StrEnum):
+    """Which Cert-Reg statement ``certify`` makes (see the module docstring)."""
+
+    TRIMMED_MEAN_BOUNDS = "trimmed-mean-bounds"
+    RADIUS = "radius"
 
 
 def check_trim(trim: float) -> float:
@@ -104,6 +129,8 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
     eot_aggregate = "mean"
 
     def __init__(self, model: IQAModel, *, sigma: float, trim: float = 0.1,
+                 certificate: CertRegCertificate | str = "trimmed-mean-bounds", p_valid: float = DEFAULT_P,
+                 eps_y: float | None = None, n_smooth: int = DEFAULT_N_SMOOTH,
                  output_range: tuple[float, float] | None = None, batch_size: int = 64, clip: bool = True,
                  grid: int = 4096, name: str | None = None) -> None:
         super().__init__(model, sigma=sigma, output_range=output_range, batch_size=batch_size, clip=clip, name=name)
@@ -111,6 +138,37 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise InputError(f"grid must be a positive integer, got {grid!r}")
         self.grid = grid
+        try:
+            self.certificate = CertRegCertificate(certificate)
+        except ValueError:
+            raise InputError(
+                f"certificate must be one of {[c.value for c in CertRegCertificate]}, got {certificate!r}"
+            ) from None
+        self.p_valid = check_probability(p_valid, "p_valid")
+        self.radius_options = RadiusOptions.build(self.output_range, eps_y=eps_y, n_smooth=n_smooth, eta=None)
+
+    @checked_keywords
+    def certify(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int = 2000, alpha: float = 0.999,
+        eps: float | None = None, generator: torch.Generator | None = None,
+    ) -> list[CertifiedScore]:
+        """As :meth:`InputSmoothedIQA.certify`; the radius certificate also needs h(x) (one clean forward)
+        and certifies a radius of its own (``eps`` is not used by it)."""
+        if self.certificate is CertRegCertificate.TRIMMED_MEAN_BOUNDS:
+            return super().certify(x, ref, n=n, alpha=alpha, eps=eps, generator=generator)
+        n, alpha = check_n(n), check_alpha(alpha)
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        with torch.no_grad():
+            clean = self.base_scores(x, ref)
+            v = self.noisy_scores(x, ref, n=n, generator=generator)
+        if not bool(torch.isfinite(v).all() and torch.isfinite(clean).all()):
+            raise InputError(f"{self.model.name} produced NaN or Inf scores")
+        opts = self.radius_options
+        q = trimmed_mean_required_probability(n_smooth=opts.n_smooth, trim=self.trim, p=self.p_valid)
+        return radius_certificates(
+            self, clean, v, trimmed_mean(v, self.trim), alpha=alpha, p=self.p_valid, eps_y=opts.eps_y,
+            required=lambda c: q,
+            band=opts.eps_y, what=f"the {self.trim:g}-trimmed mean of {opts.n_smooth} noisy draws (Cert-Reg)")
 
     def aggregate(self, v: torch.Tensor) -> torch.Tensor:
         return trimmed_mean(v, self.trim)
@@ -124,15 +182,18 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
         return [Estimate(float(p), float(a), float(b), n, confidence) for p, a, b in zip(point, lo, hi)]
 
     def certify_scores(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
+        if self.certificate is not CertRegCertificate.TRIMMED_MEAN_BOUNDS:
+            raise InputError(f"certificate {self.certificate.value!r} needs the images: call certify()")
         n = v.shape[1]
         score = trimmed_mean(v, self.trim)
         lo, hi = trimmed_mean_bounds(v.sort(dim=1).values, trim=self.trim, eps=eps, sigma=self.sigma, alpha=alpha,
                                      output_range=self.output_range, grid=self.grid)
         a, b = self.output_range
         statement = (
-            f"With probability >= alpha over the n draws (DKW), for every x' with ||x'-x||_2 <= eps_x the "
-            f"{self.trim:g}-trimmed mean of h(x'+e), e ~ N(0, sigma^2 I), lies in [lower, upper]; h = IQA model "
-            f"clipped to [{a:g}, {b:g}] (Cert-Reg setting; quantile-shift bound of Chiang et al. 2020 at every level)."
+            f"With probability >= alpha over the n draws only (DKW), for every x' with ||x'-x||_2 <= eps_x the "
+            f"population {self.trim:g}-trimmed mean of h(x'+e), e ~ N(0, sigma^2 I), lies in [lower, upper]; h = IQA "
+            f"model clipped to [{a:g}, {b:g}] (Cert-Reg setting; quantile-shift bound of Chiang et al. 2020 at every "
+            f"level). The reported score is the sample trimmed mean, an estimate of the population one at x."
         )
         return [
             self._result(float(score[i]), (float(lo[i]), float(hi[i])), n=n, alpha=alpha, eps=eps,
@@ -142,10 +203,13 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
 
 
 @register_defense("cert-reg", space="input", statistic="trimmed-mean",
-                  description="Cert-Reg: alpha-trimmed mean of bounded scores under input noise")
-def create_cert_reg(model: IQAModel, *, sigma: float, trim: float = 0.1,
+                  description="Cert-Reg: alpha-trimmed mean of bounded scores under input noise "
+                              "(trimmed-mean bounds, or the published radius)")
+def create_cert_reg(model: IQAModel, *, sigma: float, trim: float = 0.1, certificate: str = "trimmed-mean-bounds",
+                    p_valid: float = DEFAULT_P, eps_y: float | None = None, n_smooth: int = DEFAULT_N_SMOOTH,
                     output_range: tuple[float, float] | None = None, batch_size: int = 64,
                     clip: bool = True) -> TrimmedMeanSmoothedIQA:
     """Cert-Reg around ``model`` (no training needed)."""
-    return TrimmedMeanSmoothedIQA(model, sigma=sigma, trim=trim, output_range=output_range,
+    return TrimmedMeanSmoothedIQA(model, sigma=sigma, trim=trim, certificate=certificate, p_valid=p_valid,
+                                  eps_y=eps_y, n_smooth=n_smooth, output_range=output_range,
                                   batch_size=batch_size, clip=clip)

@@ -15,7 +15,24 @@ Statement (as the paper makes it): for every ||dx||_2 <= eps_x, the smoothed
 score at x + dx lies in [S^l, S^u] with confidence alpha over the sampling,
 *provided* the feature change ||B(x+dx) - B(x)||_2 stays <= sigma_f.  That
 premise rests on the first-order approximation of Theorem 1; the suite audits
-it with a feature-space attack (``robustbench_iqa.analysis.audit``).
+it with a feature-space attack (``robustbench_iqa.analysis.audit``).  Exactly:
+alpha covers the n noise draws only (not the random start of the Lanczos/power
+estimate of ||J_B(x)||_2); the bounds concern the population median of the
+smoothed score, not the sample median reported as ``score``.
+
+Sound radii (:class:`~robustbench_iqa.certify.result.RadiusKind`).  Beside the
+first-order ``eps_x`` (= ``eps_x_first_order``), every certificate carries
+``eps_x_lipschitz = sigma_f / L`` when a certified global bound
+L >= Lip(FTN o b) is available for the backbone (:meth:`FeatureSmoothedIQA.lipschitz_bound`,
+:mod:`robustbench_iqa.certify.lipschitz`; computed once per model, weights and image
+size, then cached), and, on request (``local_radius=True``), ``eps_x_local`` from a
+certified bound on the Jacobian's variation over the ball
+(:mod:`robustbench_iqa.certify.local_lipschitz`).  Inside those two radii the premise
+is a theorem, so the statement holds with no approximation.
+
+``tau = 0`` and ||J_B(x)||_2 = 0: the first-order radius sigma_f / 0 is not a
+number; FS-IQA abstains (``AbstainReason.ZERO_JACOBIAN``) rather than report an
+infinite radius.
 
 The backbone runs once per image; the N draws only pass through the small
 scorer, in chunks so memory does not grow with N.
@@ -49,7 +66,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -69,6 +86,7 @@ from robustbench_iqa.certify.bounds import (
 from robustbench_iqa.certify.checkpoint_io import read_checkpoint
 from robustbench_iqa.certify.defense import DefenseMixin, Estimate, Statistic, register_defense
 from robustbench_iqa.certify.heads import FTN, Scorer, split_first_linear
+from robustbench_iqa.certify.lipschitz import LipschitzBound, module_lipschitz_bound
 from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee, IVEEvidence
 from robustbench_iqa.certify.spectral import (
     SpectralMethod,
@@ -76,7 +94,7 @@ from robustbench_iqa.certify.spectral import (
     jacobian_spectral_norm,
     top_input_direction,
 )
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.errors import BoundUnavailableError, InputError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from robustbench_iqa.registry import checked_keywords
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
@@ -84,9 +102,13 @@ from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_s
 CHECKPOINT_FORMAT = "robustbench_iqa.fs-iqa/1"
 
 STATEMENT = (
-    "For every ||dx||_2 <= eps_x, the FS-IQA median score at x+dx lies in [lower, upper] with "
-    "confidence alpha (Chiang et al. 2020, Thm. 1 in feature space with eps_f = sigma_f), provided the "
-    "first-order IVE premise ||B(x+dx)-B(x)||_2 <= sigma_f holds (FS-IQA Thm. 1)."
+    "With probability >= alpha over the n feature-noise draws only, for every ||dx||_2 <= eps_x the population "
+    "median of Scorer(B(x+dx) + e), e ~ N(0, sigma_f^2 I), lies in [lower, upper] (Chiang et al. 2020, Thm. 1 in "
+    "feature space with eps_f = sigma_f), provided ||B(x+dx) - B(x)||_2 <= sigma_f, B = FTN o b.  That premise is "
+    "a theorem inside eps_x_lipschitz (certified global Lipschitz bound) and eps_x_local (certified local bound) "
+    "and only a first-order estimate inside eps_x = eps_x_first_order = sigma_f / ||J_B(x)||_2 (FS-IQA Thm. 1), "
+    "whose spectral norm is itself estimated (its random start is not covered by alpha).  The reported score is "
+    "the sample median, an estimate of the population median at x."
 )
 
 
@@ -105,6 +127,8 @@ class FSIQASettings:
     method: str = "lanczos"
     rtol: float = 1e-3
     max_iter: int = 100
+    lipschitz: bool = True
+    local_radius: bool = False
 
 
 class FeatureSmoothedIQA(DefenseMixin, nn.Module):
@@ -285,12 +309,19 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         method: SpectralMethod | str = SpectralMethod.LANCZOS,
         rtol: float = 1e-3,
         max_iter: int = 100,
+        lipschitz: bool = True,
+        local_radius: bool = False,
     ) -> list[CertifiedScore]:
         """Algorithm 1: (S, S^l, S^u, eps_x) per image, or an explicit abstention.
 
         Raises :class:`InputError` up front when ``n`` is too small for the
         percentile bounds at confidence ``alpha`` (the radius is eps_f = sigma_f,
         so the indices depend on n and alpha only).
+
+        ``lipschitz``: also report ``eps_x_lipschitz`` when the model has a certified
+        Lipschitz bound (cached per model and image size; cheap after the first call).
+        ``local_radius``: also compute ``eps_x_local`` (one exact Jacobian per image;
+        embedded models only, see :mod:`robustbench_iqa.certify.local_lipschitz`).
         """
         x, ref = check_pair(x, ref, full_reference=self.full_reference)
         n, alpha = check_n(n), check_alpha(alpha)
@@ -298,7 +329,27 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
             raise InputError(f"tau must be >= 0, got {tau!r}")
         require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
         est = self.spectral_estimate(x, ref, method=method, rtol=rtol, max_iter=max_iter, generator=generator)
-        return self.certify_from_estimate(est, n=n, alpha=alpha, tau=tau, generator=generator)
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        local = self.local_radii(x, ref) if local_radius else None
+        return self.certify_from_estimate(est, n=n, alpha=alpha, tau=tau, generator=generator,
+                                          input_size=size if lipschitz else None, local_radii=local)
+
+    # --------------------------------------------------------- sound radii
+    def lipschitz_bound(self, input_size: tuple[int, int]) -> LipschitzBound | None:
+        """A certified L >= Lip(FTN o b) on images of ``input_size``, or None when the backbone
+        or FTN has none (:func:`~robustbench_iqa.certify.lipschitz.module_lipschitz_bound`)."""
+        try:
+            backbone = module_lipschitz_bound(self.backbone, input_size)
+            ftn = module_lipschitz_bound(self.ftn, input_size)
+        except BoundUnavailableError:
+            return None
+        return backbone.then(ftn)
+
+    def local_radii(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> list[float | None]:
+        """eps_x_local per image (:func:`robustbench_iqa.certify.local_lipschitz.local_radii`)."""
+        from robustbench_iqa.certify.local_lipschitz import local_radii
+
+        return local_radii(self, x, ref)
 
     def spectral_estimate(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *,
@@ -317,12 +368,15 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
 
     def certify_from_estimate(
         self, est: SpectralNormEstimate, *, n: int = 2000, alpha: float = 0.999, tau: float = 1e-3,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, input_size: tuple[int, int] | None = None,
+        local_radii: Sequence[float | None] | None = None,
     ) -> list[CertifiedScore]:
         """Algorithm 1 after the IVE: the noisy scores from B(x) = ``est.output``, the bounds and eps_x.
 
         :meth:`certify` is :meth:`spectral_estimate` followed by this; callers that need the
         estimate too (the audit starts its feature attack along its singular vector) call both.
+        ``input_size`` (H, W) of the images: with it, ``eps_x_lipschitz`` is filled in when
+        the model has a certified Lipschitz bound; ``local_radii``: precomputed ``eps_x_local``.
         """
         n, alpha = check_n(n), check_alpha(alpha)
         if not (tau >= 0):
@@ -333,20 +387,31 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
             v = self.scores_from_features(est.output, n=n, generator=generator).sort(dim=1).values
             med = median_of_sorted(v)
             lo, hi = sorted_percentile_bounds(v, idx)
+        bsz = est.output.shape[0]
+        if local_radii is not None and len(local_radii) != bsz:
+            raise InputError(f"local_radii has {len(local_radii)} entries for {bsz} images")
+        bound = self.lipschitz_bound(input_size) if input_size is not None else None
         results = []
-        for i in range(est.output.shape[0]):
+        for i in range(bsz):
             norm = float(est.value[i])
             reason: AbstainReason | None = None
             if norm < tau:
                 reason = AbstainReason.JACOBIAN_NORM_BELOW_TAU
+            elif norm <= 0.0:
+                reason = AbstainReason.ZERO_JACOBIAN
             elif not bool(est.converged[i]):
                 reason = AbstainReason.SPECTRAL_NORM_NOT_CONVERGED
+            eps_first = None if reason else self.sigma / norm
             results.append(
                 CertifiedScore(
                     score=float(med[i]),
                     lower=None if reason else float(lo[i]),
                     upper=None if reason else float(hi[i]),
-                    eps_x=None if reason else self.sigma / norm,
+                    eps_x=eps_first,
+                    eps_x_first_order=eps_first,
+                    eps_x_lipschitz=None if reason or bound is None else _radius(self.sigma, bound.value),
+                    eps_x_local=None if reason or local_radii is None else local_radii[i],
+                    lipschitz_bound=None if bound is None else bound.value,
                     abstained=reason is not None,
                     reason=reason,
                     spectral_norm=norm,
@@ -419,6 +484,11 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
             out[i] = {"feature_change": max(float(fa.feature_change[j]), float(at_adv[j])),
                       "feature_radius": float(self.sigma)}
         return out
+
+
+def _radius(sigma: float, lipschitz: float) -> float:
+    """sigma_f / L, infinite for L = 0 (a constant feature map moves by nothing)."""
+    return sigma / lipschitz if lipschitz > 0 else float("inf")
 
 
 # --------------------------------------------------------------- checkpoints

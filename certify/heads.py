@@ -10,9 +10,13 @@ every backbone; the scorer maps the (noisy) normalized features to one score.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from robustbench_iqa.certify.lipschitz import LipschitzBound
 
 
 class FTN(nn.Module):
@@ -40,6 +44,23 @@ class FTN(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         mean, std = self.get_buffer("mean"), self.get_buffer("std")
         return self.net((f - mean) / std)
+
+    def lipschitz_bound(self, input_size: tuple[int, int] | None = None) -> LipschitzBound:
+        """Certified Lip(FTN) (L2 -> L2): the standardization diag(1/std) is folded into the first
+        Linear layer exactly (||W diag(1/std)||_2 by Gram iteration), then GELU (1.1289...) /
+        Linear blocks and the final sigmoid (1/4).  ``input_size`` is unused (dense layers)."""
+        from robustbench_iqa.certify.lipschitz import LipschitzBound, cached_bound, sequential_bound
+
+        def compute() -> LipschitzBound:
+            first = self.net[0]
+            assert isinstance(first, nn.Linear)
+            scaled = nn.Linear(first.in_features, first.out_features, dtype=torch.float64)
+            with torch.no_grad():
+                scaled.weight.copy_(first.weight.detach().double() / self.get_buffer("std").double()[None, :])
+            bound, _ = sequential_bound([scaled, *list(self.net)[1:]], None)
+            return LipschitzBound(bound.value, (("FTN standardization folded into Linear", 1.0), *bound.terms))
+
+        return cached_bound(self, "ftn", compute)
 
 
 class Scorer(nn.Module):

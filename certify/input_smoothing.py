@@ -48,10 +48,11 @@ from robustbench_iqa.registry import checked_keywords
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
 
 MS_STATEMENT = (
-    "With probability >= alpha over the n noise draws, for every x' with ||x'-x||_2 <= eps_x the "
-    "median-smoothed score median_e h(x'+e), e ~ N(0, sigma^2 I), lies in [lower, upper] "
+    "With probability >= alpha over the n noise draws only, for every x' with ||x'-x||_2 <= eps_x the "
+    "population median of h(x'+e), e ~ N(0, sigma^2 I), lies in [lower, upper] "
     "(Chiang et al. 2020, Thm. 1; order-statistic bounds of the Phi(-/+eps/sigma) percentiles). "
-    "h = IQA model o clip to [0,1]{denoiser}; no assumption on h."
+    "h = IQA model o clip to [0,1]{denoiser}; no assumption on h. The reported score is the sample median, "
+    "an estimate of the population median at x."
 )
 
 

@@ -17,6 +17,9 @@ class AbstainReason(StrEnum):
 
     JACOBIAN_NORM_BELOW_TAU = "jacobian_norm_below_tau"
     """FS-IQA, Algorithm 1 line 4: ||J_B(x)||_2 < tau; the linearization is not reliable."""
+    ZERO_JACOBIAN = "zero_jacobian"
+    """FS-IQA with tau = 0 and ||J_B(x)||_2 = 0: the first-order radius sigma_f / 0 is not a
+    number; FS-IQA abstains rather than claim an infinite radius."""
     SPECTRAL_NORM_NOT_CONVERGED = "spectral_norm_not_converged"
     """The spectral-norm estimate did not reach its relative tolerance; an
     under-converged estimate is too small and would overstate eps_x."""
@@ -27,18 +30,64 @@ class AbstainReason(StrEnum):
 
 
 class Guarantee(StrEnum):
-    """What kind of statement ``lower``/``upper`` carry."""
+    """What kind of statement ``lower``/``upper`` (and ``eps_x``) carry.
+
+    In every case ``alpha`` is the probability over the defense's *noise draws only*
+    (the n Monte-Carlo samples of the certificate).  Nothing else is random in the
+    statement; in particular, for FS-IQA the random start of an iterative estimate of
+    ||J_B(x)||_2 (Lanczos, power) is *not* covered: that estimate is an estimate
+    (see :class:`RadiusKind`).  ``score`` is the sample statistic (median, mean,
+    trimmed mean) of the draws, an estimate of the population statistic at x; the
+    bounds concern the population statistic, not the reported sample value.
+    """
 
     PERCENTILE_BOUNDS = "percentile_bounds"
-    """Median smoothing (Chiang et al. 2020, Thm. 1): with probability >= alpha over
-    the sampling, the smoothed median at every x' with ||x'-x||_2 <= eps_x lies in
-    [lower, upper]."""
+    """Median smoothing (Chiang et al. 2020, Thm. 1): with probability >= alpha over the
+    n draws, for every x' with ||x'-x||_2 <= eps_x the *population* median of the smoothed
+    base output at x' lies in [lower, upper].  MS/DMS/DMS-IQA: no further premise
+    (eps_x is the input radius itself).  FS-IQA: eps_f = sigma_f in feature space, so the
+    statement holds at x' *provided* ||B(x') - B(x)||_2 <= sigma_f for B = FTN o b; that
+    premise is a theorem inside ``eps_x_lipschitz`` (and ``eps_x_local``) and only a
+    first-order estimate inside ``eps_x`` = ``eps_x_first_order`` (:class:`RadiusKind`)."""
     MEAN_BOUNDS = "mean_bounds"
-    """Bounded-output mean smoothing: the (trimmed) mean at every x' in the ball
-    lies in [lower, upper] with probability >= alpha."""
+    """Bounded-output smoothing (RS-Reg's mean, Cert-Reg's trimmed mean): with probability
+    >= alpha over the n draws, the *population* (trimmed) mean E_e h(x'+e) at every x'
+    with ||x'-x||_2 <= eps_x lies in [lower, upper]; h = the model with outputs clipped to
+    the stated range (which makes the boundedness assumption true)."""
     PROBABILISTIC = "probabilistic"
-    """A probabilistic statement on the base model's output rather than a bound on
-    the smoothed output; see ``statement``."""
+    """A probabilistic statement on the base model's noisy output rather than a bound on
+    the smoothed output: with probability >= alpha over the n draws, for every x' in the
+    ball, P_e(h(x'+e) in [lower, upper]) >= the stated probability; see ``statement``."""
+    PROBABILISTIC_RADIUS = "probabilistic_radius"
+    """The published RS-Reg / Cert-Reg certificate: a *radius* eps_x =
+    sigma (Phi^-1(p_lower) - Phi^-1(P_required)) such that, with probability >= alpha over
+    the n estimation draws (Clopper-Pearson), for every x' with ||x'-x||_2 <= eps_x the
+    output at x' (RS-Reg: h(x'+e), one noisy draw; Cert-Reg: the trimmed mean of n_smooth
+    fresh noisy draws) lies in [lower, upper] = h(x) -+ eps_y with probability >= P over
+    those draws.  A probability, not a bound: see ``statement``."""
+
+
+class RadiusKind(StrEnum):
+    """The FS-IQA input radii and exactly what each one proves.
+
+    All three turn the feature radius sigma_f into an input radius; inside the radius
+    the IVE premise ||B(x') - B(x)||_2 <= sigma_f is:
+    """
+
+    FIRST_ORDER = "first_order"
+    """``eps_x_first_order`` = sigma_f / ||J_B(x)||_2 (FS-IQA Thm. 1, the paper's radius and
+    ``eps_x``): an *estimate*.  The premise holds only to first order in ||x'-x||
+    (curvature can break it inside the ball), and ||J_B(x)||_2 is itself estimated from a
+    random start (Lanczos / power approach it from below), which this radius does not
+    account for."""
+    LIPSCHITZ = "lipschitz"
+    """``eps_x_lipschitz`` = sigma_f / L with L a certified global upper bound of Lip(FTN o b)
+    (:mod:`robustbench_iqa.certify.lipschitz`): the premise is a theorem (deterministic, no
+    randomness) for every x' in the ball."""
+    LOCAL = "local"
+    """``eps_x_local``: the largest r with sup_{||x'-x|| <= r} ||B(x') - B(x)||_2 <= sigma_f
+    proved by the exact Jacobian at x plus a certified bound on its variation over the ball
+    (:mod:`robustbench_iqa.certify.local_lipschitz`): a theorem, deterministic."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +105,10 @@ class CertifiedScore:
         guarantee, statement: what the bounds mean, in words.
         evidence: what the defense computed on the way that later steps reuse (FS-IQA:
             :class:`IVEEvidence`); not part of the record (``to_dict`` leaves it out).
+        eps_x_first_order, eps_x_lipschitz, eps_x_local: FS-IQA's input radii by kind
+            (:class:`RadiusKind`); ``eps_x`` stays the first-order one.  None when not
+            computed (or not available for the model).
+        lipschitz_bound: the certified Lip(FTN o b) behind ``eps_x_lipschitz``.
     """
 
     score: float
@@ -73,6 +126,10 @@ class CertifiedScore:
     defense: str = ""
     guarantee: Guarantee = Guarantee.PERCENTILE_BOUNDS
     statement: str = ""
+    eps_x_first_order: float | None = None
+    eps_x_lipschitz: float | None = None
+    eps_x_local: float | None = None
+    lipschitz_bound: float | None = None
     evidence: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

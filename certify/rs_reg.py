@@ -33,30 +33,51 @@ central interval between the tau- and (1-tau)-quantiles, tau = (1 - p_A)/2,
 widened to order statistics with joint confidence alpha (binomial, as in
 :mod:`robustbench_iqa.certify.bounds`).  Statement: with probability >= alpha over the draws,
 for every x' in the ball, P_e(h(x'+e) in [lower, upper]) >= p_valid.
+
+``"radius"`` and ``"mean-radius"`` (Guarantee.PROBABILISTIC_RADIUS): the certificates as
+RS-Reg publishes them (:mod:`robustbench_iqa.certify.rs_reg_radius`): a *radius*
+eps_x = sigma (Phi^-1(p_lower) - Phi^-1(P)) computed per image (the ``eps`` argument of
+``certify`` is not used), within which the output stays within ``eps_y`` of the clean
+output h(x) with probability >= P (``p_valid``, default 0.8 as in the reference code):
+``"radius"`` for one noisy draw h(x'+e) (Thm. 1); ``"mean-radius"`` for the mean of
+``n_smooth`` draws, outputs bounded in [a, b], draws within the inner band ``eta`` of h(x)
+counting as inliers.  [lower, upper] = [h(x) - eps_y, h(x) + eps_y]; abstains when the
+radius would be 0 (p_lower <= the required probability).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 import torch
 from scipy.stats import norm
 
+from robustbench_iqa.certify import rs_reg_radius as radius_cert
 from robustbench_iqa.certify.bounds import _indices
 from robustbench_iqa.certify.defense import Estimate, Statistic, register_defense
 from robustbench_iqa.certify.input_smoothing import InputSmoothedIQA
-from robustbench_iqa.certify.result import CertifiedScore, Guarantee
+from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.registry import checked_keywords
+from robustbench_iqa.validation import check_alpha, check_n, check_pair
 
 
 class RSRegCertificate(StrEnum):
     """Which RS-Reg statement ``certify`` makes (see the module docstring)."""
 
-    MEAN = "mean"
+    MEAN_BOUNDS = "mean-bounds"
     PROBABILISTIC = "probabilistic"
+    RADIUS = "radius"
+    MEAN_RADIUS = "mean-radius"
+
+    @classmethod
+    def _missing_(cls, value: object) -> RSRegCertificate | None:
+        return cls.MEAN_BOUNDS if value == "mean" else None  # the former name of "mean-bounds"
 
 
 def hoeffding_halfwidth(n: int, *, alpha: float, width: float) -> float:
@@ -110,17 +131,22 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
     statistic = Statistic.MEAN
     eot_aggregate = "mean"
 
-    def __init__(self, model: IQAModel, *, sigma: float, certificate: RSRegCertificate | str = "mean",
-                 p_valid: float = 0.5, output_range: tuple[float, float] | None = None, batch_size: int = 64,
+    def __init__(self, model: IQAModel, *, sigma: float, certificate: RSRegCertificate | str = "mean-bounds",
+                 p_valid: float | None = None, eps_y: float | None = None, n_smooth: int = 10,
+                 eta: float | None = None, output_range: tuple[float, float] | None = None, batch_size: int = 64,
                  clip: bool = True, name: str | None = None) -> None:
         super().__init__(model, sigma=sigma, output_range=output_range, batch_size=batch_size, clip=clip, name=name)
         try:
             self.certificate = RSRegCertificate(certificate)
         except ValueError:
-            raise InputError(f"certificate must be 'mean' or 'probabilistic', got {certificate!r}") from None
-        if not (isinstance(p_valid, (int, float)) and 0.0 < p_valid < 1.0):
-            raise InputError(f"p_valid must lie in (0, 1), got {p_valid!r}")
-        self.p_valid = float(p_valid)
+            raise InputError(
+                f"certificate must be one of {[c.value for c in RSRegCertificate]}, got {certificate!r}"
+            ) from None
+        radius_kind = self.certificate in (RSRegCertificate.RADIUS, RSRegCertificate.MEAN_RADIUS)
+        if p_valid is None:
+            p_valid = radius_cert.DEFAULT_P if radius_kind else 0.5
+        self.p_valid = radius_cert.check_probability(p_valid, "p_valid")
+        self.radius_options = RadiusOptions.build(self.output_range, eps_y=eps_y, n_smooth=n_smooth, eta=eta)
 
     def aggregate(self, v: torch.Tensor) -> torch.Tensor:
         return v.mean(dim=1)
@@ -133,9 +159,43 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
         means = v.double().clamp(a, b).mean(dim=1)
         return [Estimate(float(m), float(m) - half, float(m) + half, n, confidence) for m in means]
 
+    @checked_keywords
+    def certify(
+        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int = 2000, alpha: float = 0.999,
+        eps: float | None = None, generator: torch.Generator | None = None,
+    ) -> list[CertifiedScore]:
+        """As :meth:`InputSmoothedIQA.certify`; the radius certificates also need h(x) (one clean forward)
+        and certify a radius of their own (``eps`` is not used by them)."""
+        if self.certificate not in (RSRegCertificate.RADIUS, RSRegCertificate.MEAN_RADIUS):
+            return super().certify(x, ref, n=n, alpha=alpha, eps=eps, generator=generator)
+        n, alpha = check_n(n), check_alpha(alpha)
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        with torch.no_grad():
+            clean = self.base_scores(x, ref)
+            v = self.noisy_scores(x, ref, n=n, generator=generator)
+        if not bool(torch.isfinite(v).all() and torch.isfinite(clean).all()):
+            raise InputError(f"{self.model.name} produced NaN or Inf scores")
+        mean = v.double().mean(dim=1)
+        if self.certificate is RSRegCertificate.RADIUS:
+            return radius_certificates(self, clean, v, mean, alpha=alpha, p=self.p_valid, eps_y=self.radius_options.eps_y,
+                                       required=lambda c: self.p_valid, band=self.radius_options.eps_y,
+                                       what="one noisy draw h(x'+e) (RS-Reg Thm. 1)")
+        opts = self.radius_options
+        a, b = self.output_range
+
+        def required(c: float) -> float | None:
+            return radius_cert.bounded_mean_required_probability(
+                n_smooth=opts.n_smooth, eps_y=opts.eps_y, eta=opts.eta, deviation=max(b - c, c - a), p=self.p_valid)
+
+        return radius_certificates(self, clean, v, mean, alpha=alpha, p=self.p_valid, eps_y=opts.eps_y,
+                                   required=required, band=opts.eta, what=f"the mean of {opts.n_smooth} noisy draws (RS-Reg, "
+                                   f"outputs in [{a:g}, {b:g}], inner band eta={opts.eta:g})")
+
     def certify_scores(self, v: torch.Tensor, *, alpha: float, eps: float) -> list[CertifiedScore]:
         if self.certificate is RSRegCertificate.PROBABILISTIC:
             return self._certify_probabilistic(v, alpha=alpha, eps=eps)
+        if self.certificate is not RSRegCertificate.MEAN_BOUNDS:
+            raise InputError(f"certificate {self.certificate.value!r} needs the images: call certify()")
         n = v.shape[1]
         a, b = self.output_range
         mean = v.double().mean(dim=1).cpu().numpy()
@@ -143,9 +203,10 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
         p_lo, p_hi = (mean - a - t) / (b - a), (mean - a + t) / (b - a)
         lo, hi = bounded_mean_certificate(p_lo, p_hi, eps=eps, sigma=self.sigma)
         statement = (
-            f"With probability >= alpha over the n draws (Hoeffding), for every x' with ||x'-x||_2 <= eps_x the "
-            f"smoothed mean E_e h(x'+e) lies in [lower, upper]; h = IQA model clipped to [{a:g}, {b:g}], "
-            f"Phi^-1 of its normalized mean being 1/sigma-Lipschitz (RS-Reg bounded-output certificate)."
+            f"With probability >= alpha over the n draws only (Hoeffding), for every x' with ||x'-x||_2 <= eps_x the "
+            f"population smoothed mean E_e h(x'+e) lies in [lower, upper]; h = IQA model clipped to [{a:g}, {b:g}], "
+            f"Phi^-1 of its normalized mean being 1/sigma-Lipschitz (RS-Reg bounded-output certificate). The "
+            f"reported score is the sample mean, an estimate of E_e h(x+e)."
         )
         return [
             self._result(float(mean[i]), (a + (b - a) * float(lo[i]), a + (b - a) * float(hi[i])), n=n, alpha=alpha,
@@ -186,11 +247,64 @@ def valid_interval_indices(n: int, *, p_valid: float, eps: float, sigma: float, 
     return _indices(int(n), tau, 1.0 - tau, (1.0 - alpha) / 2.0)
 
 
+@dataclass(frozen=True)
+class RadiusOptions:
+    """Parameters of the published radius certificates: output tolerance, smoothing draws, inner band."""
+
+    eps_y: float
+    n_smooth: int
+    eta: float
+
+    @classmethod
+    def build(cls, output_range: tuple[float, float], *, eps_y: float | None, n_smooth: int,
+              eta: float | None) -> RadiusOptions:
+        """Defaults: eps_y = 0.05 (b - a) (:data:`rs_reg_radius.DEFAULT_EPS_Y_FRACTION`), eta = eps_y / 2."""
+        a, b = output_range
+        eps_y = radius_cert.check_eps_y(radius_cert.DEFAULT_EPS_Y_FRACTION * (b - a) if eps_y is None else eps_y)
+        if isinstance(n_smooth, bool) or not isinstance(n_smooth, int) or n_smooth < 1:
+            raise InputError(f"n_smooth must be a positive integer, got {n_smooth!r}")
+        eta = eps_y / 2 if eta is None else eta
+        if not (isinstance(eta, (int, float)) and 0.0 < eta < eps_y):
+            raise InputError(f"eta (the inner band) must lie in (0, eps_y={eps_y:g}), got {eta!r}")
+        return cls(eps_y, n_smooth, float(eta))
+
+
+def radius_certificates(
+    defense: BoundedSmoothedIQA, clean: torch.Tensor, v: torch.Tensor, score: torch.Tensor, *, alpha: float,
+    p: float, eps_y: float, required: Callable[[float], float | None], band: float, what: str,
+) -> list[CertifiedScore]:
+    """Published-radius results: per image, k = #draws with |v - h(x)| < ``band``, p_lower
+    (Clopper-Pearson), the required per-draw probability ``required(h(x))`` and the radius
+    (:mod:`robustbench_iqa.certify.rs_reg_radius`).  [lower, upper] = h(x) -+ ``eps_y``."""
+    n = v.shape[1]
+    statement = (
+        f"PROBABILISTIC RADIUS (published certificate): with probability >= alpha over the n draws "
+        f"(Clopper-Pearson), for every x' with ||x'-x||_2 <= eps_x, {what} at x' lies within eps_y={eps_y:g} of "
+        f"the clean output h(x), i.e. in (lower, upper), with probability >= {p:g} over its noise. A probability "
+        f"for the noisy output at x', not a bound on the reported score (the mean of the n draws)."
+    )
+    out = []
+    for i in range(v.shape[0]):
+        c = float(clean[i])
+        k = int(((v[i].double() - c).abs() < band).sum())
+        q = required(c)
+        p_lo = radius_cert.clopper_pearson_lower(k, n, alpha=alpha)
+        r = 0.0 if q is None else radius_cert.radius(p_lo, q, sigma=defense.sigma) if q > 0 else math.inf
+        ok = r > 0  # an infinite radius: every output is within eps_y of h(x) whatever the input
+        out.append(CertifiedScore(
+            score=float(score[i]), lower=c - eps_y if ok else None, upper=c + eps_y if ok else None,
+            eps_x=r if ok else None, abstained=not ok,
+            reason=None if ok else AbstainReason.BOUND_NOT_INFORMATIVE, n=n, alpha=alpha, sigma=defense.sigma,
+            defense=defense.defense_name, guarantee=Guarantee.PROBABILISTIC_RADIUS, statement=statement))
+    return out
+
+
 @register_defense("rs-reg", space="input", statistic="mean",
-                  description="RS-Reg: mean of bounded scores under input noise")
-def create_rs_reg(model: IQAModel, *, sigma: float, certificate: str = "mean", p_valid: float = 0.5,
+                  description="RS-Reg: mean of bounded scores under input noise (mean bounds, or the published radius)")
+def create_rs_reg(model: IQAModel, *, sigma: float, certificate: str = "mean-bounds", p_valid: float | None = None,
+                  eps_y: float | None = None, n_smooth: int = 10, eta: float | None = None,
                   output_range: tuple[float, float] | None = None, batch_size: int = 64,
                   clip: bool = True) -> MeanSmoothedIQA:
     """RS-Reg around ``model`` (no training needed)."""
-    return MeanSmoothedIQA(model, sigma=sigma, certificate=certificate, p_valid=p_valid, output_range=output_range,
-                           batch_size=batch_size, clip=clip)
+    return MeanSmoothedIQA(model, sigma=sigma, certificate=certificate, p_valid=p_valid, eps_y=eps_y,
+                           n_smooth=n_smooth, eta=eta, output_range=output_range, batch_size=batch_size, clip=clip)

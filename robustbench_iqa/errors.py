@@ -21,3 +21,7 @@ class WeightsUnavailableError(InputError):
 class ReproducibilityWarning(UserWarning):
     """Results will equal a reference run only to a tolerance, not bit for bit (e.g. a run resumed
     with another thread count).  The CLI prints it as one ``warning: ...`` line."""
+
+
+class BoundUnavailableError(InputError):
+    """No certified bound (e.g. a Lipschitz constant) can be computed for this model or layer."""

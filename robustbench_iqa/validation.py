@@ -84,8 +84,24 @@ def check_sigma(sigma: float, *, name: str = "sigma") -> float:
 
 
 def check_alpha(alpha: float, *, name: str = "alpha (confidence level)") -> float:
-    if not (_is_real(alpha) and 0.0 < float(alpha) < 1.0):
-        raise InputError(f"{name} must lie in (0, 1), got {alpha!r}")
+    """The confidence level of a certificate, in [0.5, 1).
+
+    In this suite ``alpha`` is the *confidence* (e.g. 0.999, as in the FS-IQA paper), not
+    the error probability of Cohen et al. 2019 (their alpha = 0.001).  A value below 0.5
+    is almost certainly the other convention (a confidence of 0.1% certifies nothing),
+    so it is refused rather than silently used.  numpy scalars are accepted.
+    """
+    if not _is_real(alpha) or not math.isfinite(float(alpha)):
+        raise InputError(f"{name} must be a number in [0.5, 1), got {alpha!r}")
+    alpha = float(alpha)
+    if alpha < 0.5:
+        raise InputError(
+            f"alpha={alpha!r} is below 0.5: alpha is the confidence level of the certificate (e.g. 0.999), "
+            f"not the error probability of Cohen et al. (e.g. 0.001); for an error of {alpha:g} pass "
+            f"alpha={1 - alpha:g}"
+        )
+    if not alpha < 1.0:
+        raise InputError(f"{name} must be < 1 (no finite sample gives confidence 1), got {alpha!r}")
     return float(alpha)
 
 

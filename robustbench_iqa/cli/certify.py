@@ -56,7 +56,7 @@ def _certify_all(args: argparse.Namespace, model: Any, defense: Any, settings: d
 
     from robustbench_iqa.runner.workspace import Stopwatch
     from robustbench_iqa.store import RowKey
-    from robustbench_iqa.studies.certify import CorrelationRow, GuaranteeRow
+    from robustbench_iqa.studies.certify import CorrelationRow, GuaranteeRow, guarantee_row
 
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
@@ -91,9 +91,7 @@ def _certify_all(args: argparse.Namespace, model: Any, defense: Any, settings: d
                 r, it = results[0], chunk[0]
                 pixels = int(x.shape[-1] * x.shape[-2])
                 store.put_many([
-                    (key, GuaranteeRow(r.score, r.lower, r.upper, r.eps_x, r.abstained,
-                                       r.reason.value if r.reason else None, r.spectral_norm, r.guarantee.value,
-                                       args.alpha, args.n, dt, 1, pixels).payload()),
+                    (key, guarantee_row(r, alpha=args.alpha, n=args.n, seconds=dt, batch=1, pixels=pixels).payload()),
                     (RowKey(CorrelationRow.table, model.name, args.defense, args.sigma, it.id),
                      CorrelationRow(r.score, it.score if it.score is not None else float("nan"),
                                     bool(defense.lower_better), None, dt, 1, args.seed).payload()),

@@ -14,12 +14,16 @@ quality, and the nominal score range.  Attacks read ``lower_better`` so that
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from robustbench_iqa.errors import BoundUnavailableError
 from robustbench_iqa.validation import check_pair
+
+if TYPE_CHECKING:
+    from robustbench_iqa.certify.lipschitz import LipschitzBound
 
 
 class Mode(StrEnum):
@@ -79,6 +83,15 @@ class IQAModel(nn.Module):
         """Validate shapes, ranges and the FR/NR pairing; see :mod:`robustbench_iqa.validation`."""
         return check_pair(x, ref, full_reference=self.full_reference)
 
+    def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
+        """A certified upper bound of the Lipschitz constant (L2 -> L2) of :meth:`features` in ``x``
+        (``ref`` fixed) on images of spatial size ``input_size`` (H, W).
+
+        Models that know their structure override this (see
+        :mod:`robustbench_iqa.certify.lipschitz`); the default has none.
+        """
+        raise BoundUnavailableError(f"no certified Lipschitz bound is implemented for model {self.name!r}")
+
     @property
     def device(self) -> torch.device:
         for p in self.parameters():
@@ -105,3 +118,7 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.features(x, ref)
+
+    def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
+        """The model's certified Lipschitz bound of b (see :meth:`IQAModel.lipschitz_bound`)."""
+        return self.model.lipschitz_bound(input_size)

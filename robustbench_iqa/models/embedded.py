@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +34,9 @@ from torch import nn
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel, Mode
 from robustbench_iqa.models.registry import register_model
+
+if TYPE_CHECKING:
+    from robustbench_iqa.certify.lipschitz import LipschitzBound
 
 NR_CHANNELS: tuple[int, ...] = (16, 32, 48, 64)
 FR_CHANNELS: tuple[int, ...] = (16, 32, 32, 48)
@@ -56,6 +60,28 @@ class ConvTrunk(nn.Module):
             nn.Sequential(nn.Conv2d(i, o, 3, stride=s, padding=1), nn.BatchNorm2d(o), nn.SiLU())
             for i, o, s in zip(ins, channels, strides, strict=True)
         )
+
+    def stage_bounds(self, input_size: tuple[int, int]) -> list[tuple[LipschitzBound, tuple[int, int]]]:
+        """Per stage l: a certified Lipschitz bound of x -> (output of stage l) and its spatial size.
+
+        The input standardisation (1/_STD), then per stage the convolution with its
+        BatchNorm folded in (Gram iteration, zero padding and stride) and SiLU
+        (:mod:`robustbench_iqa.certify.lipschitz`).
+        """
+        from robustbench_iqa.certify.lipschitz import (
+            identity_bound,
+            sequential_bound,
+            standardization_bound,
+        )
+
+        total = identity_bound().scaled(standardization_bound(_STD), "input standardisation")
+        size = input_size
+        out = []
+        for stage in self.stages:
+            b, size = sequential_bound(list(stage.children()), size)  # type: ignore[assignment]
+            total = total.then(b)
+            out.append((total, size))
+        return out  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = (x - _MEAN) / _STD
@@ -95,6 +121,24 @@ class EmbeddedNR(IQAModel):
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.mlp(feats).squeeze(-1)
 
+    def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
+        """Certified Lip(b): the trunk's bound times the mean+std pooling's 1/sqrt(H_L W_L)."""
+        from robustbench_iqa.certify.lipschitz import cached_bound, mean_std_pool_bound
+
+        size = _check_size(input_size)
+
+        def compute() -> LipschitzBound:
+            trunk, last = self.trunk.stage_bounds(size)[-1]
+            return trunk.scaled(mean_std_pool_bound(last), f"mean+std pooling over {last[0]}x{last[1]}")
+
+        return cached_bound(self, f"features{size}", compute)
+
+
+def _check_size(input_size: tuple[int, int] | None) -> tuple[int, int]:
+    if input_size is None:
+        raise InputError("the image size (H, W) is needed for the Lipschitz bound of an embedded model")
+    return int(input_size[0]), int(input_size[1])
+
 
 def channel_normalize(u: torch.Tensor) -> torch.Tensor:
     """Unit-normalise (B, C, H, W) features over channels (LPIPS, Zhang et al. 2018)."""
@@ -129,6 +173,30 @@ class EmbeddedFR(IQAModel):
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.mlp(feats).squeeze(-1)
+
+    def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
+        """Certified Lip(b) in x (ref fixed): stages concatenated, sqrt(sum_l L_l^2), with
+        L_l = trunk bound to stage l * 1/sqrt(_EPS) (channel normalisation, vacuous) * 1/sqrt(H_l W_l)."""
+        from robustbench_iqa.certify.lipschitz import (
+            CHANNEL_NORM_NOTE,
+            LipschitzBound,
+            cached_bound,
+            channel_norm_bound,
+            concatenation_bound,
+            rms_pool_bound,
+        )
+
+        size = _check_size(input_size)
+
+        def compute() -> LipschitzBound:
+            branches = []
+            for i, (trunk, hw) in enumerate(self.trunk.stage_bounds(size)):
+                b = trunk.scaled(channel_norm_bound(_EPS), f"stage {i + 1} channel normalisation 1/sqrt(eps)")
+                branches.append(b.scaled(rms_pool_bound(hw), f"stage {i + 1} RMS pooling over {hw[0]}x{hw[1]}"))
+            cat = concatenation_bound(branches, "stages")
+            return LipschitzBound(cat.value, cat.terms, (*cat.notes, CHANNEL_NORM_NOTE))
+
+        return cached_bound(self, f"features{size}", compute)
 
 
 def shipped_weights(name: str) -> Path:

@@ -78,6 +78,21 @@ class GuaranteeRow(Row):
     pixels: int = 0
     """H * W of the image: eps_x is an L2 norm over all 3*H*W values, so it grows with the
     image size; ``eps_x / sqrt(3 * pixels)`` is the per-value (RMS) radius."""
+    eps_x_lipschitz: float | None = None
+    """FS-IQA: sigma_f / L with L a certified Lipschitz bound of FTN o b (a theorem, no premise)."""
+    eps_x_local: float | None = None
+    """FS-IQA: a certified local radius (embedded models only, when asked for)."""
+    lipschitz_bound: float | None = None
+
+
+def guarantee_row(c: Any, *, alpha: float, n: int, seconds: float, batch: int, pixels: int) -> GuaranteeRow:
+    """The stored row of a :class:`~robustbench_iqa.certify.result.CertifiedScore`."""
+    return GuaranteeRow(
+        score=c.score, lower=c.lower, upper=c.upper, eps_x=c.eps_x, abstained=c.abstained,
+        reason=c.reason.value if c.reason else None, spectral_norm=c.spectral_norm, guarantee=c.guarantee.value,
+        alpha=alpha, n=n, seconds=seconds, batch=batch, pixels=pixels,
+        eps_x_lipschitz=getattr(c, "eps_x_lipschitz", None), eps_x_local=getattr(c, "eps_x_local", None),
+        lipschitz_bound=getattr(c, "lipschitz_bound", None))
 
 
 @dataclass(frozen=True)
@@ -140,11 +155,8 @@ class CertifyStudy(Study):
             out.append(record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better),
                                              t_predict.seconds / k, t_certify.seconds / k, k, cfg.seed),
                               unit, image))
-            c = certs[i]
-            out.append(record(GuaranteeRow(
-                c.score, c.lower, c.upper, c.eps_x, c.abstained, c.reason.value if c.reason else None,
-                c.spectral_norm, c.guarantee.value, cfg.alpha, cfg.n, t_certify.seconds / k, k, pixels),
-                unit, image))
+            out.append(record(guarantee_row(certs[i], alpha=cfg.alpha, n=cfg.n, seconds=t_certify.seconds / k,
+                                            batch=k, pixels=pixels), unit, image))
         batch = CertifiedBatch(unit, model, defense, b, certs, clean)
         for name in cfg.active_studies():
             study = get_study(name)
@@ -164,6 +176,8 @@ class CertifyStudy(Study):
         return out
 
     def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
+        import pandas as pd
+
         out: dict[Group, dict[str, Any]] = {}
         corr = data.frame(CorrelationRow)
         for group, g in data.groups(GuaranteeRow):
@@ -178,6 +192,9 @@ class CertifyStudy(Study):
             if len(cert):
                 rms = eps / (3.0 * cert["pixels"].astype(float)).pow(0.5)
                 row["median_eps_x_per_value"] = float(rms.median())
+                lip = pd.to_numeric(cert["eps_x_lipschitz"], errors="coerce")
+                if lip.notna().any():
+                    row["median_eps_x_lipschitz"] = float(lip.median())
             m, d, s = group
             c2 = corr[(corr["model"] == m) & (corr["defense"] == d) & (corr["sigma"] == s)]
             if len(c2):
@@ -187,6 +204,8 @@ class CertifyStudy(Study):
         return out
 
     def report(self, data: RunData, options: ReportOptions) -> StudyOutput | None:
+        import pandas as pd
+
         from robustbench_iqa.analysis import correlation, figures, guarantee
 
         out = StudyOutput()
@@ -203,10 +222,19 @@ class CertifyStudy(Study):
         gq = data.frame(GuaranteeRow)
         if not gq.empty:
             table = guarantee.guarantee_table(gq, bins=options.bins)
+            kinds = [table.assign(radius="first-order")]
+            for col, kind in (("eps_x_lipschitz", "lipschitz"), ("eps_x_local", "local")):
+                radii = pd.to_numeric(gq[col], errors="coerce")
+                if radii.notna().any():  # a sound radius beside the first-order one (FS-IQA Figure 3, per kind)
+                    rows = gq[radii.notna()].assign(eps_x=radii[radii.notna()])
+                    kinds.append(guarantee.guarantee_table(rows, bins=options.bins).assign(radius=kind))
+            table = pd.concat(kinds, ignore_index=True)
             out.tables["guarantee_bins"] = table
             out.details["guarantee_images"] = gq
             if not table.empty:
-                out.figures["guarantee"] = figures.guarantee_figure(table)
+                shown = table.assign(defense=table["defense"].astype(str) + " (" + table["radius"] + ")") \
+                    if len(kinds) > 1 else table
+                out.figures["guarantee"] = figures.guarantee_figure(shown)
             out.notes.append("eps_x is an L2 norm over all 3*H*W pixel values: it grows with the image size "
                              "(eps_x / sqrt(3*H*W) is the per-value RMS radius)")
         return out if (out.tables or out.figures) else None
