@@ -446,7 +446,7 @@ def _exact(fn: FeatureMap, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
         def single(z: torch.Tensor, i: int = i) -> torch.Tensor:
             return fn(torch.cat([x[:i], z[None], x[i + 1 :]]))[i]
 
-        jac = jacrev(single)(x[i])  # (m, *input_shape)
+        jac = jacrev(single, chunk_size=64)(x[i])  # (m, *input_shape), 64 products at a time
         values.append(torch.linalg.matrix_norm(jac.reshape(jac.shape[0], -1), ord=2))
     with torch.no_grad():
         out = fn(x)
