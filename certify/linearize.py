@@ -53,21 +53,23 @@ def _pair(v: Any) -> tuple[int, int]:
 
 
 class _Conv2d(torch.autograd.Function):
-    """conv2d with a frozen weight; backward = the adjoint convolution (conv_transpose2d)."""
+    """conv2d with a frozen weight; backward = the adjoint convolution."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: Any, padding: Any,
                 dilation: Any, groups: int) -> torch.Tensor:
-        ctx.save_for_backward(w)
+        ctx.save_for_backward(x, w)  # as native conv2d does; the input gradient reads x's layout only
         ctx.geometry = (tuple(x.shape), _pair(stride), _pair(padding), _pair(dilation), int(groups))
         return F.conv2d(x, w, b, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        (w,) = ctx.saved_tensors
+        x, w = ctx.saved_tensors
         shape, stride, pad, dil, groups = ctx.geometry
         if not torch.is_grad_enabled():  # a plain J^T product: the native input-gradient kernel
-            gx = torch.nn.grad.conv2d_input(shape, w, g, stride, pad, dil, groups)
+            gx = torch.ops.aten.convolution_backward(
+                g, x, w, None, list(stride), list(pad), list(dil), False, [0, 0], groups, [True, False, False]
+            )[0]
             return gx, None, None, None, None, None, None
         # Recorded for a second differentiation: the same map as a forward operation.
         out_pad = tuple(

@@ -200,7 +200,8 @@ def _method_case(base: CaseSpec, method: str) -> tuple[str, CaseSpec]:
 
 def _reference(runner: _Runner, subject: Subject, base: CaseSpec, fwd_ms: float) -> tuple[float, CaseResult]:
     """The reference norm of the subject's input and its row (see the module docstring, item 5)."""
-    m = int(subject.fs.ftn.out_dim)
+    with torch.no_grad():
+        m = int(subject.fs.normalized_features(subject.x, subject.ref).shape[1])
     size = base.subject.size
     if m * subject.x[0].numel() <= EXACT_MAX_JACOBIAN:
         t = runner.time(subject, replace(base, kind=CaseKind.SPECTRAL, method="exact"), warmup=0, repeats=1)
