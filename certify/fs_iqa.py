@@ -89,6 +89,7 @@ from robustbench_iqa.certify.heads import FTN, Scorer, split_first_linear
 from robustbench_iqa.certify.lipschitz import LipschitzBound, module_lipschitz_bound
 from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee, IVEEvidence
 from robustbench_iqa.certify.spectral import (
+    DEFAULT_BOUND_ITER,
     SpectralMethod,
     SpectralNormEstimate,
     jacobian_spectral_norm,
@@ -107,8 +108,24 @@ STATEMENT = (
     "feature space with eps_f = sigma_f), provided ||B(x+dx) - B(x)||_2 <= sigma_f, B = FTN o b.  That premise is "
     "a theorem inside eps_x_lipschitz (certified global Lipschitz bound) and eps_x_local (certified local bound) "
     "and only a first-order estimate inside eps_x = eps_x_first_order = sigma_f / ||J_B(x)||_2 (FS-IQA Thm. 1), "
-    "whose spectral norm is itself estimated (its random start is not covered by alpha).  The reported score is "
+    "whose spectral norm is a Lanczos estimate (a Rayleigh quotient, not a bound: an estimate below the norm "
+    "enlarges eps_x; its random start is not covered by alpha).  The reported score is "
     "the sample median, an estimate of the population median at x."
+)
+STATEMENT_UPPER_BOUND = (
+    "For every ||dx||_2 <= eps_x = sigma_f / U, the population median of Scorer(B(x+dx) + e), "
+    "e ~ N(0, sigma_f^2 I), lies in [lower, upper] with "
+    "confidence alpha - delta = {confidence:g} (union bound: alpha = {alpha:g} over the noise draws, Chiang et "
+    "al. 2020, Thm. 1 in feature space with eps_f = sigma_f; delta = {delta:g} over the random start of "
+    "Lanczos, whose upper bound U >= ||J_B(x)||_2 fails with probability at most delta, Kuczynski & "
+    "Wozniakowski 1992), provided the IVE premise ||B(x+dx)-B(x)||_2 <= sigma_f holds: U makes its first-order "
+    "part ||J_B(x) dx||_2 <= sigma_f hold, not the curvature of B (FS-IQA Thm. 1); the premise is a theorem "
+    "inside eps_x_lipschitz and eps_x_local.  The reported score is the sample median."
+)
+POWER_REFUSAL = (
+    "FS-IQA does not certify from the power method: its Rayleigh quotient under-estimates ||J_B(x)||_2 (and so "
+    "over-states eps_x) by an unknown amount; use method='lanczos' (the first-order estimate), "
+    "method='lanczos' with delta (an upper bound failing with probability delta), or method='exact'"
 )
 
 
@@ -129,6 +146,8 @@ class FSIQASettings:
     max_iter: int = 100
     lipschitz: bool = True
     local_radius: bool = False
+    delta: float | None = None
+    bound_iter: int = DEFAULT_BOUND_ITER
 
 
 class FeatureSmoothedIQA(DefenseMixin, nn.Module):
@@ -311,8 +330,19 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         max_iter: int = 100,
         lipschitz: bool = True,
         local_radius: bool = False,
+        delta: float | None = None,
+        bound_iter: int = DEFAULT_BOUND_ITER,
     ) -> list[CertifiedScore]:
         """Algorithm 1: (S, S^l, S^u, eps_x) per image, or an explicit abstention.
+
+        By default eps_x = sigma_f / ||J_B(x)||_2 with the first-order Lanczos
+        *estimate* of the norm (see :mod:`robustbench_iqa.certify.spectral`: a
+        Rayleigh quotient, not a bound).  With ``delta`` (Lanczos or exact),
+        eps_x = sigma_f / U with U the Kuczynski-Wozniakowski upper bound after
+        ``bound_iter`` products, which fails with probability at most ``delta``
+        over the random start; the certificate's confidence is then alpha - delta
+        (union bound), stated in ``statement``.  The power method is refused
+        (:data:`POWER_REFUSAL`).
 
         Raises :class:`InputError` up front when ``n`` is too small for the
         percentile bounds at confidence ``alpha`` (the radius is eps_f = sigma_f,
@@ -327,8 +357,13 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         n, alpha = check_n(n), check_alpha(alpha)
         if not (tau >= 0):
             raise InputError(f"tau must be >= 0, got {tau!r}")
+        if SpectralMethod(method) is SpectralMethod.POWER:
+            raise InputError(POWER_REFUSAL)
+        if delta is not None and not (0 < delta < alpha):
+            raise InputError(f"delta must lie in (0, alpha={alpha:g}) so that alpha - delta is a confidence, got {delta!r}")
         require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
-        est = self.spectral_estimate(x, ref, method=method, rtol=rtol, max_iter=max_iter, generator=generator)
+        est = self.spectral_estimate(x, ref, method=method, rtol=rtol, max_iter=max_iter, generator=generator,
+                                     delta=delta, bound_iter=bound_iter)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         local = self.local_radii(x, ref) if local_radius else None
         return self.certify_from_estimate(est, n=n, alpha=alpha, tau=tau, generator=generator,
@@ -354,16 +389,20 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
     def spectral_estimate(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *,
         method: SpectralMethod | str = SpectralMethod.LANCZOS, rtol: float = 1e-3, max_iter: int = 100,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, delta: float | None = None, bound_iter: int = DEFAULT_BOUND_ITER,
     ) -> SpectralNormEstimate:
-        """The IVE's ||J_B(x)||_2 per image, B = FTN o b (with B(x) and the top singular vector)."""
+        """The IVE's ||J_B(x)||_2 per image, B = FTN o b (with B(x) and the top singular vector).
+
+        With ``delta``, also its upper bound (:func:`~robustbench_iqa.certify.spectral.jacobian_spectral_norm`).
+        """
         x, ref = check_pair(x, ref, full_reference=self.full_reference)
 
         def feature_map(z: torch.Tensor) -> torch.Tensor:
             return self.normalized_features(z, ref)
 
         return jacobian_spectral_norm(
-            feature_map, x, method=method, rtol=rtol, max_iter=max_iter, generator=generator
+            feature_map, x, method=method, rtol=rtol, max_iter=max_iter, generator=generator, delta=delta,
+            bound_iter=bound_iter,
         )
 
     def certify_from_estimate(
@@ -377,10 +416,21 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         estimate too (the audit starts its feature attack along its singular vector) call both.
         ``input_size`` (H, W) of the images: with it, ``eps_x_lipschitz`` is filled in when
         the model has a certified Lipschitz bound; ``local_radii``: precomputed ``eps_x_local``.
+        An estimate that carries an upper bound (``est.delta`` set) is certified from the
+        bound, at confidence alpha - delta; one from the power method is refused.
         """
         n, alpha = check_n(n), check_alpha(alpha)
         if not (tau >= 0):
             raise InputError(f"tau must be >= 0, got {tau!r}")
+        if est.method is SpectralMethod.POWER:
+            raise InputError(POWER_REFUSAL)
+        norms, statement = est.value, STATEMENT
+        bounded = est.delta is not None and est.upper_bound is not None
+        if est.delta is not None and est.upper_bound is not None:
+            if not (est.delta < alpha):
+                raise InputError(f"the norm bound's delta={est.delta:g} must be below alpha={alpha:g}")
+            norms = est.upper_bound
+            statement = STATEMENT_UPPER_BOUND.format(confidence=alpha - est.delta, alpha=alpha, delta=est.delta)
         idx = require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
         with torch.no_grad():
             # The spectral estimate already ran the forward pass: reuse B(x).
@@ -393,13 +443,13 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         bound = self.lipschitz_bound(input_size) if input_size is not None else None
         results = []
         for i in range(bsz):
-            norm = float(est.value[i])
+            norm = float(norms[i])
             reason: AbstainReason | None = None
             if norm < tau:
                 reason = AbstainReason.JACOBIAN_NORM_BELOW_TAU
             elif norm <= 0.0:
                 reason = AbstainReason.ZERO_JACOBIAN
-            elif not bool(est.converged[i]):
+            elif not bounded and not bool(est.converged[i]):  # the upper bound holds converged or not
                 reason = AbstainReason.SPECTRAL_NORM_NOT_CONVERGED
             eps_first = None if reason else self.sigma / norm
             results.append(
@@ -422,7 +472,7 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
                     sigma=self.sigma,
                     defense="fs-iqa",
                     guarantee=Guarantee.PERCENTILE_BOUNDS,
-                    statement=STATEMENT,
+                    statement=statement,
                     evidence=IVEEvidence(
                         est.output[i].detach(),
                         None if est.output_vector is None else est.output_vector[i].detach(),

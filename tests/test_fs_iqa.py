@@ -70,8 +70,38 @@ def test_abstains_when_tau_exceeds_the_norm(mode: str) -> None:
 def test_under_converged_norm_abstains() -> None:
     fs = _fs()
     x, _ = _inputs("nr", 2)
-    res = fs.certify(x, n=200, alpha=0.99, tau=0.0, method="power", rtol=1e-12, max_iter=2)
+    res = fs.certify(x, n=200, alpha=0.99, tau=0.0, method="lanczos", rtol=1e-12, max_iter=1)
     assert all(r.reason is AbstainReason.SPECTRAL_NORM_NOT_CONVERGED for r in res)
+
+
+def test_power_method_never_certifies() -> None:
+    fs = _fs()
+    x, _ = _inputs("nr", 2)
+    with pytest.raises(InputError, match="power method.*lanczos"):
+        fs.certify(x, n=200, alpha=0.99, method="power")
+    est = fs.spectral_estimate(x, method="power", rtol=1e-6)  # still available as an estimator
+    with pytest.raises(InputError, match="power method"):
+        fs.certify_from_estimate(est, n=200, alpha=0.99)
+
+
+@pytest.mark.parametrize("mode", ["nr", "fr"])
+def test_certify_from_the_upper_bound(mode: str) -> None:
+    fs = _fs(mode)
+    x, ref = _inputs(mode)
+    exact = jacobian_spectral_norm(lambda z: fs.normalized_features(z, ref), x, method="exact").value
+    plain = fs.certify(x, ref, n=500, alpha=0.99, tau=0.0, generator=torch.Generator().manual_seed(0))
+    bound = fs.certify(x, ref, n=500, alpha=0.99, tau=0.0, delta=1e-3, generator=torch.Generator().manual_seed(0))
+    for i, (p, b) in enumerate(zip(plain, bound, strict=True)):
+        assert not b.abstained and b.spectral_norm is not None and b.eps_x is not None
+        assert b.spectral_norm >= float(exact[i])  # the bound holds (delta = 1e-3)
+        assert b.spectral_norm <= float(exact[i]) * 1.03  # and is tight (m = 64, k = 32: +1.3%)
+        assert b.eps_x == pytest.approx(0.25 / b.spectral_norm) and b.eps_x < p.eps_x  # type: ignore[operator]
+        assert "alpha - delta = 0.989" in b.statement and "first-order" in b.statement
+        assert "Lanczos estimate" in p.statement and "not a bound" in p.statement
+    with pytest.raises(InputError, match="delta"):
+        fs.certify(x, ref, n=500, alpha=0.99, delta=0.995)
+    with pytest.raises(InputError, match="delta"):
+        fs.certify(x, ref, n=500, alpha=0.99, delta=0.0)
 
 
 def test_same_seed_same_result_other_seed_differs() -> None:

@@ -10,7 +10,9 @@
 ``ideal-forwards`` the ideal cost of MS: N forwards of the clean input in
                    batches, no noise, no sorting ("N forward passes")
 ``ideal-dms``      the same through denoiser + model
-``spectral``       ``jacobian_spectral_norm`` alone with one method
+``spectral``       ``jacobian_spectral_norm`` alone with one method (with
+                   ``delta`` set: Lanczos and its Kuczynski-Wozniakowski
+                   upper bound after ``bound_iter`` products)
 =================  ==========================================================
 
 A :class:`CaseSpec` is picklable so that the memory subprocess can rebuild
@@ -29,7 +31,7 @@ from torch import nn
 
 from robustbench_iqa.bench.memory import cpu_peak_mb, cuda_peak_mb
 from robustbench_iqa.bench.subjects import Subject, SubjectSpec, build_subject
-from robustbench_iqa.certify.spectral import jacobian_spectral_norm
+from robustbench_iqa.certify.spectral import DEFAULT_BOUND_ITER, jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
 
 
@@ -62,6 +64,8 @@ class CaseSpec:
     alpha: float = 0.999
     denoiser: tuple[int, int] = (17, 64)
     seed: int = 0
+    delta: float | None = None
+    bound_iter: int = DEFAULT_BOUND_ITER
 
 
 def denoiser_module(depth: int, width: int, *, seed: int, device: torch.device) -> nn.Module:
@@ -142,7 +146,9 @@ def make_case(subject: Subject, case: CaseSpec) -> tuple[Callable[[], Any], Call
 
         def spectral() -> Any:
             return jacobian_spectral_norm(feature_map, x, method=case.method, rtol=case.rtol,
-                                          max_iter=case.max_iter, generator=torch.Generator().manual_seed(case.seed))
+                                          max_iter=max(case.max_iter, case.bound_iter if case.delta else 1),
+                                          generator=torch.Generator().manual_seed(case.seed), delta=case.delta,
+                                          bound_iter=case.bound_iter)
 
         return spectral, spectral
     if kind in (CaseKind.MS_PREDICT, CaseKind.DMS_PREDICT):

@@ -60,10 +60,16 @@ def _notes(r: CaseResult) -> str:
     parts = []
     if "iterations" in e:
         parts.append(f"it={e['iterations']}")
+    if e.get("products") is not None:
+        parts.append(f"products={e['products']}")
     if "rel_error" in e:
         parts.append(f"err={e['rel_error']:.1e}")
+    if "upper_over" in e:
+        parts.append(f"bound {e['upper_over']:+.2%} (delta={e['delta']:g})")
     if e.get("role"):
-        parts.append(e["role"])
+        parts.append(f"{e['role']}: {e['reference']}" if e.get("reference") else e["role"])
+    if "spread" in e:
+        parts.append(f"spread {e['spread']:.1e}")
     if "ratio_to_ideal" in e:
         parts.append(f"{e['ratio_to_ideal']:.2f}x ideal")
     if r.met is False and "over_target" in e:
