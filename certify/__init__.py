@@ -3,7 +3,11 @@
 - :class:`FeatureSmoothedIQA` (FS-IQA, feature-space median smoothing) and its training;
 - the MS_Cert percentile bounds (:mod:`robustbench_iqa.certify.bounds`);
 - the Input Variation Estimator's spectral norm (:mod:`robustbench_iqa.certify.spectral`);
-- input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`).
+- input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`);
+- empirical defenses without a certificate (predict only; ``list_defenses(certified=False)``):
+  JPEG, bit-depth, median, Gaussian blur, resize (:mod:`robustbench_iqa.certify.purification`),
+  random resize-and-pad (:mod:`robustbench_iqa.certify.random_resize`) and a learned purifier
+  (:mod:`robustbench_iqa.certify.purifier`).
 """
 
 from robustbench_iqa.certify.bounds import order_statistic_indices, percentile_bounds

@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from robustbench_iqa.cli import _common as c
-from robustbench_iqa.cli._defense import add_defense_args, build_defense, certify_settings
+from robustbench_iqa.cli._defense import (
+    add_defense_args,
+    build_defense,
+    certify_settings,
+    require_certified,
+    resolve_sigma,
+)
 from robustbench_iqa.cli._store import add_store_args, item_generator, open_store
 
 COLUMNS = ["image", "score", "lower", "upper", "eps_x", "spectral_norm", "abstained", "reason"]
@@ -30,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from robustbench_iqa.validation import check_alpha, check_n, check_sigma
 
     c.check_input_args(args)
+    require_certified(args)
+    args.sigma = resolve_sigma(args)
     check_sigma(args.sigma)
     check_n(args.n)
     check_alpha(args.alpha)
