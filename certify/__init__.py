@@ -6,7 +6,11 @@
 - sound input radii: certified Lipschitz bounds (:mod:`robustbench_iqa.certify.lipschitz`,
   :mod:`robustbench_iqa.certify.gram_iteration`) and the local radius
   (:mod:`robustbench_iqa.certify.local_lipschitz`);
-- input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`).
+- input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`);
+- empirical defenses without a certificate (predict only; ``list_defenses(certified=False)``):
+  JPEG, bit-depth, median, Gaussian blur, resize (:mod:`robustbench_iqa.certify.purification`),
+  random resize-and-pad (:mod:`robustbench_iqa.certify.random_resize`) and a learned purifier
+  (:mod:`robustbench_iqa.certify.purifier`).
 """
 
 from robustbench_iqa.certify.bounds import order_statistic_indices, percentile_bounds

@@ -167,16 +167,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register_defense(name: str, *, space: str, statistic: str, trained: bool = False, certified: bool = True,
-                     description: str = "") -> Callable[[F], F]:
+                     noise: bool = True, randomized: bool = True, description: str = "") -> Callable[[F], F]:
     """Decorator registering a defense factory under ``name``.
 
-    ``space``: where the noise is drawn (``"feature"`` or ``"input"``); ``statistic``: the
-    defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``); ``trained``: whether it
-    needs a trained artifact (FS-IQA heads, a denoiser); ``certified``: whether it has a
-    certificate (empirical defenses predict only).
+    ``space``: where the noise (or the transform) acts (``"feature"`` or ``"input"``);
+    ``statistic``: the defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``);
+    ``trained``: whether it needs a trained artifact (FS-IQA heads, a denoiser, a purifier);
+    ``certified``: whether it has a certificate (empirical defenses predict only);
+    ``noise``: whether it draws Gaussian noise of standard deviation ``sigma`` (False: it
+    takes only ``sigma=0``); ``randomized``: whether its scores are random at all (False:
+    ``noisy_scores`` repeats one deterministic score n times).
     """
     return DEFENSES.register(name, description=description, space=space, statistic=statistic,
-                             trained=bool(trained), certified=bool(certified))
+                             trained=bool(trained), certified=bool(certified), noise=bool(noise),
+                             randomized=bool(randomized))
 
 
 def list_defenses(**where: Any) -> list[str]:
@@ -185,7 +189,9 @@ def list_defenses(**where: Any) -> list[str]:
 
 
 def create_defense(name: str, model: IQAModel, *, sigma: float, **options: Any) -> CertifiedDefense:
-    """Wrap ``model`` in defense ``name`` (``fs-iqa``, ``ms``, ``dms``, ``dms-iqa``, ``rs-reg``, ``cert-reg``).
+    """Wrap ``model`` in defense ``name`` (``fs-iqa``, ``ms``, ``dms``, ``dms-iqa``, ``rs-reg``, ``cert-reg``;
+    the empirical ``jpeg``, ``bit-depth``, ``median``, ``gaussian-blur``, ``resize``, ``random-resize``,
+    ``purifier``, which take ``sigma=0`` and return a :class:`Defense` without ``certify``).
 
     ``options`` are the defense's own keyword-only settings; one it does not take raises.
     """

@@ -13,12 +13,23 @@ if TYPE_CHECKING:
     from robustbench_iqa.models.base import IQAModel
 
 
+DEFAULT_SIGMA = 0.25
+CERTIFY_SETTINGS = ("tau", "eps", "method", "rtol", "max_iter", "delta", "local_radius", "lipschitz")
+"""Flags passed to ``defense.certify`` (refused by a defense whose settings do not declare them)."""
+FACTORY_OPTIONS = ("certificate", "p_valid", "eps_y", "n_smooth", "trim")
+"""Flags passed to the defense's factory (refused, by the registry, by one that does not take them)."""
+SIGMA_HELP = ("noise standard deviation (default: 0.25; defenses that draw no noise, e.g. jpeg, take none: "
+              "their sigma is 0)")
+
+
 def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
     g = p.add_argument_group("defense")
     g.add_argument("--defense", default="fs-iqa",
-                   help="fs-iqa (default), ms, dms, dms-iqa, rs-reg, cert-reg (`robustbench-iqa list defenses`)"
-                        + ("" if certify else ", or none"))
-    g.add_argument("--sigma", type=c.positive_float, default=0.25, help="noise standard deviation (default: 0.25)")
+                   help="fs-iqa (default), ms, dms, dms-iqa, rs-reg, cert-reg"
+                        + ("" if certify else "; empirical: jpeg, bit-depth, median, gaussian-blur, resize, "
+                                              "random-resize, purifier; or none")
+                        + " (`robustbench-iqa list defenses`)")
+    g.add_argument("--sigma", type=c.positive_float, default=None, help=SIGMA_HELP)
     g.add_argument("--n", type=c.sample_count, default=2000, help="noise draws per image (default: 2000)")
     g.add_argument("--checkpoint", default=None,
                    help="trained artifact of the defense: FS-IQA heads, or the denoiser of dms/dms-iqa "
@@ -33,10 +44,56 @@ def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
         g.add_argument("--method", default=None, help="FS-IQA spectral-norm method (default: lanczos)")
         g.add_argument("--rtol", type=c.positive_float, default=None, help="relative tolerance of the spectral norm")
         g.add_argument("--max-iter", type=c.positive_int, default=None, help="most Jacobian products per image")
+        g.add_argument("--delta", type=c.probability, default=None,
+                       help="FS-IQA: certify from an upper bound of ||J_B(x)||_2 that fails with probability delta "
+                            "(confidence alpha - delta; default: the first-order Lanczos estimate)")
+        g.add_argument("--local-radius", action="store_true", default=None,
+                       help="FS-IQA: also compute the certified local radius eps_x_local (embedded models)")
+        g.add_argument("--no-lipschitz", dest="lipschitz", action="store_false", default=None,
+                       help="FS-IQA: skip the certified global radius eps_x_lipschitz")
+    r = p.add_argument_group("RS-Reg / Cert-Reg certificate")
+    r.add_argument("--certificate", default=None,
+                   help="rs-reg: mean-bounds (default), radius or mean-radius; cert-reg: trimmed-mean-bounds "
+                        "(default) or radius")
+    r.add_argument("--p-valid", type=c.probability, default=None,
+                   help="the published radius: probability P that the output stays within eps_y")
+    r.add_argument("--eps-y", type=c.positive_float, default=None, help="the published radius: output tolerance")
+    r.add_argument("--n-smooth", type=c.positive_int, default=None,
+                   help="the published radius: noisy outputs averaged (rs-reg mean-radius, cert-reg)")
+    r.add_argument("--trim", type=c.probability, default=None, help="cert-reg: trimmed fraction (default 0.1)")
+
+
+def resolve_sigma(args: argparse.Namespace) -> float:
+    """The sigma of ``--defense``: ``--sigma`` (default 0.25) for a defense that draws Gaussian noise;
+    0 for one that draws none (registered with ``noise=False``, e.g. the empirical transforms),
+    which refuses ``--sigma``; 0 for ``--defense none``.  Names the registry does not know keep
+    ``--sigma`` (``build_defense`` reports them)."""
+    from robustbench_iqa.certify.defense import DEFENSES
+    from robustbench_iqa.validation import check_sigma
+
+    if args.defense == "none":
+        return 0.0
+    noise = DEFENSES.metadata(args.defense).get("noise", True) if args.defense in DEFENSES else True
+    if not noise:
+        if args.sigma is not None and args.sigma != 0:
+            raise InputError(f"--sigma does not apply to defense {args.defense!r}: it draws no noise (its sigma is 0)")
+        return 0.0
+    return check_sigma(DEFAULT_SIGMA if args.sigma is None else args.sigma, name="--sigma")
+
+
+def require_certified(args: argparse.Namespace) -> None:
+    """Refuse an empirical defense (one without a certificate) where a certificate is asked for."""
+    from robustbench_iqa.certify.defense import DEFENSES
+
+    if args.defense in DEFENSES and not DEFENSES.metadata(args.defense).get("certified", True):
+        raise InputError(f"defense {args.defense!r} is empirical: it has no certificate; score it with "
+                         f"`robustbench-iqa predict --defense {args.defense}` or attack it with "
+                         f"`robustbench-iqa attack --defense {args.defense}`")
 
 
 def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense:
-    """The defense of ``--defense`` with its trained artifact (``--checkpoint``), if it takes one."""
+    """The defense of ``--defense`` at its sigma (:func:`resolve_sigma`), with its trained artifact
+    (``--checkpoint``), if it takes one."""
     from robustbench_iqa.certify.defense import DEFENSES, create_defense
     from robustbench_iqa.registry import did_you_mean
 
@@ -48,7 +105,12 @@ def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense
         if not DEFENSES.metadata(args.defense).get("trained"):
             raise InputError(f"--checkpoint given, but defense {args.defense!r} uses no trained artifact")
         options["checkpoint" if args.defense == "fs-iqa" else "denoiser"] = args.checkpoint
-    return create_defense(args.defense, model, sigma=args.sigma, **options)
+    options.update({k: getattr(args, k) for k in FACTORY_OPTIONS if getattr(args, k, None) is not None})
+    return create_defense(args.defense, model, sigma=resolve_sigma(args), **options)
+
+
+def _flag(setting: str) -> str:
+    return "--no-lipschitz" if setting == "lipschitz" else "--" + setting.replace("_", "-")
 
 
 def certify_settings(args: argparse.Namespace, defense: CertifiedDefense) -> dict[str, Any]:
@@ -58,12 +120,11 @@ def certify_settings(args: argparse.Namespace, defense: CertifiedDefense) -> dic
 
     from robustbench_iqa.certify.defense import settings_from
 
-    given = {k: getattr(args, k) for k in ("tau", "eps", "method", "rtol", "max_iter")
-             if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in CERTIFY_SETTINGS if getattr(args, k, None) is not None}
     taken = {f.name for f in dataclasses.fields(defense.certify_settings)}
     for k in given:
         if k not in taken:
-            flag = "--" + k.replace("_", "-")
+            flag = _flag(k)
             raise InputError(f"{flag} does not apply to defense {args.defense!r} (it takes: "
-                             f"{', '.join('--' + t.replace('_', '-') for t in sorted(taken)) or 'none'})")
+                             f"{', '.join(_flag(t) for t in sorted(taken)) or 'none'})")
     return settings_from(defense, given)

@@ -6,7 +6,11 @@ summary with the absolute gain, relative gain and robustness score
 (:mod:`robustbench_iqa.attacks.scores`), each with a t-interval, and how many
 images raised each flag.  With ``--defense`` the
 defense is attacked through EOT over its noise (:mod:`robustbench_iqa.attacks.eot`) and the
-recorded scores are the defense's predictions with ``--n`` draws.
+recorded scores are the defense's predictions with ``--n`` draws.  An empirical defense
+(``jpeg``, ``bit-depth``, ``median``, ``gaussian-blur``, ``resize``, ``purifier``) is
+deterministic: EOT over it costs one forward pass per step, and the attack differentiates
+through BPDA where the transform has no useful gradient (:mod:`robustbench_iqa.certify.purification`);
+``random-resize`` is randomized and attacked through EOT over its draws.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from robustbench_iqa.cli import _common as c
-from robustbench_iqa.cli._defense import build_defense
+from robustbench_iqa.cli._defense import SIGMA_HELP, build_defense, resolve_sigma
 from robustbench_iqa.cli._store import add_store_args, item_generator, open_store
 from robustbench_iqa.errors import InputError
 
@@ -56,8 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--pixels", type=c.positive_int, default=None, help="sparse attack: pixels that may change")
     s.add_argument("--perturbation", default=None, help="uap: a trained perturbation file (UniversalPerturbation.save)")
     d = p.add_argument_group("defense (optional)")
-    d.add_argument("--defense", default="none", help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg")
-    d.add_argument("--sigma", type=c.positive_float, default=0.25, help="noise standard deviation (default: 0.25)")
+    d.add_argument("--defense", default="none",
+                   help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg; empirical (predict only): jpeg, "
+                        "bit-depth, median, gaussian-blur, resize, random-resize, purifier "
+                        "(`robustbench-iqa list defenses`)")
+    d.add_argument("--sigma", type=c.positive_float, default=None, help=SIGMA_HELP)
     d.add_argument("--eot", type=c.sample_count, default=8, help="noise draws per EOT gradient (default: 8)")
     d.add_argument("--eot-aggregate", default=None, choices=("mean", "soft-median"),
                    help="how EOT aggregates the noisy scores (default: the defense's own, e.g. soft-median "
@@ -73,7 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    from robustbench_iqa.validation import check_budget, check_n, check_sigma
+    from robustbench_iqa.validation import check_budget, check_n
 
     c.check_input_args(args)
     check_budget(args.eps, args.norm, name="--eps")
@@ -83,8 +90,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.target == "toward" and args.target_score is None:
         raise InputError("--target toward needs --target-score")
+    args.sigma = resolve_sigma(args)
     if args.defense != "none":
-        check_sigma(args.sigma)
         check_n(args.eot, name="--eot")
         check_n(args.n, name="--n")
 

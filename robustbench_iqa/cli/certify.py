@@ -7,7 +7,13 @@ import sys
 from typing import Any
 
 from robustbench_iqa.cli import _common as c
-from robustbench_iqa.cli._defense import add_defense_args, build_defense, certify_settings
+from robustbench_iqa.cli._defense import (
+    add_defense_args,
+    build_defense,
+    certify_settings,
+    require_certified,
+    resolve_sigma,
+)
 from robustbench_iqa.cli._store import add_store_args, item_generator, open_store
 
 COLUMNS = ["image", "score", "lower", "upper", "eps_x", "spectral_norm", "abstained", "reason"]
@@ -30,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from robustbench_iqa.validation import check_alpha, check_n, check_sigma
 
     c.check_input_args(args)
+    require_certified(args)
+    args.sigma = resolve_sigma(args)
     check_sigma(args.sigma)
     check_n(args.n)
     check_alpha(args.alpha)
@@ -100,5 +108,15 @@ def _certify_all(args: argparse.Namespace, model: Any, defense: Any, settings: d
     if skipped:
         print(f"resumed: {skipped} image(s) were already in {args.out} (shown from the store)", file=sys.stderr)
     if not args.json:
-        c.emit(rows, as_json=False, columns=COLUMNS)
+        c.emit(rows, as_json=False, columns=table_columns(rows))
     return 0
+
+
+SOUND_RADII = ("eps_x_lipschitz", "eps_x_local")
+
+
+def table_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """:data:`COLUMNS`, with the sound FS-IQA radii after ``eps_x`` (the first-order one) when any row has one."""
+    sound = [k for k in SOUND_RADII if any(r.get(k) is not None for r in rows)]
+    at = COLUMNS.index("eps_x") + 1
+    return COLUMNS[:at] + sound + COLUMNS[at:]

@@ -37,8 +37,14 @@ def run(args: argparse.Namespace) -> int:
     if args.what in (None, "datasets"):
         show("datasets", DATASETS.names(), DATASETS.describe, None)
     if args.what in (None, "defenses"):
-        show("defenses", DEFENSES.names(), DEFENSES.describe,
-             lambda n: f"  [{DEFENSES.metadata(n)['space']} noise, {DEFENSES.metadata(n)['statistic']}]")
+        def defense_meta(n: str) -> str:
+            m = DEFENSES.metadata(n)
+            if m.get("certified", True):
+                return f"  [{m['space']} noise, {m['statistic']}]"
+            kind = "randomized" if m.get("randomized", True) else "deterministic"
+            return f"  [{m['space']} transform, {kind}, no certificate]"
+
+        show("defenses", DEFENSES.names(), DEFENSES.describe, defense_meta)
     if args.what in (None, "attacks"):
         show("attacks", ATTACKS.names(), ATTACKS.describe,
              lambda n: f"  [{'/'.join(ATTACKS.metadata(n)['threat'])}, "

@@ -6,7 +6,7 @@ import argparse
 import time
 
 from robustbench_iqa.cli import _common as c
-from robustbench_iqa.cli._defense import add_defense_args, build_defense
+from robustbench_iqa.cli._defense import add_defense_args, build_defense, resolve_sigma
 
 COLUMNS = ["image", "score", "target", "seconds"]
 
@@ -26,15 +26,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from robustbench_iqa.validation import check_finite_scores, check_n, check_sigma
+    from robustbench_iqa.validation import check_finite_scores, check_n
 
     c.check_input_args(args)
     check_n(args.n)
+    args.sigma = resolve_sigma(args)
     c.apply_threads(args)
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)
-    if defense is not None:
-        check_sigma(args.sigma)
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     with tqdm(total=total, desc=f"predict {args.model} ({args.defense})", unit="img",
