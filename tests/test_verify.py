@@ -320,6 +320,21 @@ def test_verify_over_several_sigmas_keeps_them_apart(tmp_path: Path) -> None:
     assert heads["default-fr:fs-iqa@0.1"] != heads["default-fr:fs-iqa@0.25"] and None not in heads.values()
 
 
+def test_empirical_defenses_are_scored_once_at_sigma_zero_and_never_certified(tmp_path: Path) -> None:
+    cfg = small(models=["default-nr"], limit=2, sigma=[0.1, 0.25], defenses=["fs-iqa", "jpeg"],
+                studies=["certify", "audit", "stability"])
+    assert cfg.defense_cases() == (("fs-iqa", 0.1), ("jpeg", 0.0), ("fs-iqa", 0.25))
+    outcome = run_verify(cfg, tmp_path / "run", report=False, progress=False)
+    assert outcome.passed, outcome.failures
+    with ResultsStore.open(tmp_path / "run") as store:
+        g, corr = store.frame("guarantee"), store.frame("correlation")
+    assert set(g["defense"]) == {"fs-iqa"}  # no certificate for the empirical defense
+    jpeg = corr[corr["defense"] == "jpeg"]
+    assert len(jpeg) == 2 and set(jpeg["sigma"]) == {0.0} and jpeg["seconds_certify"].isna().all()
+    assert not any(c.defense == "jpeg" for c in outcome.checks if c.name in ("certificate audit", "abstentions"))
+    assert any("jpeg" in n and "empirical" in n for n in outcome.notes)
+
+
 def test_fresh_removes_only_the_run(tmp_path: Path) -> None:
     cfg = small(models=["default-fr"], limit=1, studies=["certify"])
     out = tmp_path / "run"

@@ -127,6 +127,27 @@ class VerifyConfig:
             return tuple(float(v) for v in self.sigma)
         return (float(self.sigma),)
 
+    def defense_cases(self) -> tuple[tuple[str, float], ...]:
+        """The (defense, sigma) pairs of the run, in order: every sigma for a defense that draws
+        noise; sigma 0, once, for one that draws none (the empirical transforms)."""
+        from robustbench_iqa.certify.defense import DEFENSES
+
+        out: list[tuple[str, float]] = []
+        for s in self.sigmas():
+            for d in self.defenses:
+                noise = DEFENSES.metadata(d).get("noise", True) if d in DEFENSES else True
+                case = (d, float(s)) if noise else (d, 0.0)
+                if case not in out:
+                    out.append(case)
+        return tuple(out)
+
+    @staticmethod
+    def certified(defense: str) -> bool:
+        """Whether ``defense`` has a certificate (the empirical ones predict only)."""
+        from robustbench_iqa.certify.defense import DEFENSES
+
+        return bool(DEFENSES.metadata(defense).get("certified", True)) if defense in DEFENSES else True
+
     def globals(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(_Globals)}
 

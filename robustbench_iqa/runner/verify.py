@@ -65,7 +65,7 @@ def verify_run_config(cfg: VerifyConfig, ws: Workspace) -> dict[str, Any]:
         weights_sha256={m: weights_identity(cfg, m) for m in cfg.models},
         protocols={m: dict(getattr(models[m], "protocol", {}) or {}) for m in cfg.models},
         checkpoints_sha256={f"{m}:{d}@{s:g}": defense_identity(ws.defense(m, d, s))
-                            for m in cfg.models for d in cfg.defenses for s in cfg.sigmas()},
+                            for m in cfg.models for d, s in cfg.defense_cases()},
     )
 
 
@@ -75,9 +75,8 @@ def preflight(cfg: VerifyConfig, ws: Workspace) -> Plan:
     check_checkpoint_keys(cfg)
     plan = Plan.build(cfg, ws)
     for m in cfg.models:
-        for s in cfg.sigmas():
-            for d in cfg.defenses:
-                ws.defense(m, d, s)
+        for d, s in cfg.defense_cases():
+            ws.defense(m, d, s)
     return plan
 
 
@@ -149,7 +148,9 @@ def run_verify(
         if "audit" in cfg.active_studies():
             for m in cfg.models:
                 for d in cfg.defenses:
-                    if (m, d) not in audited:
+                    if not cfg.certified(d):
+                        notes.append(f"{m} ({d}): empirical defense, no certificate to audit (scored only)")
+                    elif (m, d) not in audited:
                         notes.append(f"{m} ({d}): no audit (its guarantee is not a bound on the smoothed output)")
         path = None
         if report:

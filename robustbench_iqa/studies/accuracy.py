@@ -45,8 +45,8 @@ class AccuracyStudy(Study):
     def units(self, plan: Plan) -> list[Unit]:
         cfg = plan.cfg
         seeds = [k for k in cfg.section(self.name).seeds if k != cfg.seed]
-        return [Unit(self.name, m, d, float(s), ids, f"seed={k}")
-                for m in cfg.models for s in cfg.sigmas() for d in cfg.defenses for k in seeds
+        return [Unit(self.name, m, d, s, ids, f"seed={k}")
+                for m in cfg.models for d, s in cfg.defense_cases() for k in seeds
                 for ids in batched(plan.images(m), cfg.batch_size)]
 
     def run(self, unit: Unit, ws: Workspace) -> list[Record]:

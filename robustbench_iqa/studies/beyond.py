@@ -78,7 +78,7 @@ class BeyondStudy(Study):
 
     def units(self, plan: Plan) -> list[Unit]:
         cfg, sec = plan.cfg, plan.cfg.section(self.name)
-        cases = [("none", 0.0)] + [(d, float(s)) for s in cfg.sigmas() for d in cfg.defenses]
+        cases = [("none", 0.0), *cfg.defense_cases()]
         return [Unit(self.name, m, d, s, ids)
                 for m in cfg.models for d, s in cases
                 for ids in batched(plan.images(m, sec.limit), cfg.batch_size)]

@@ -120,8 +120,8 @@ class CertifyStudy(Study):
 
     def units(self, plan: Plan) -> list[Unit]:
         cfg = plan.cfg
-        return [Unit(self.name, m, d, float(s), ids)
-                for m in cfg.models for s in cfg.sigmas() for d in cfg.defenses
+        return [Unit(self.name, m, d, s, ids)
+                for m in cfg.models for d, s in cfg.defense_cases()
                 for ids in batched(plan.images(m), cfg.batch_size)]
 
     def run(self, unit: Unit, ws: Workspace) -> list[Record]:
@@ -139,13 +139,16 @@ class CertifyStudy(Study):
             clean = model(b.x, b.ref).reshape(-1).detach()
         with ws.timed("certify.predict"), Stopwatch(ws.device) as t_predict:
             pred = defense.predict(b.x, b.ref, n=cfg.n, generator=ws.generator(unit, "predict")).reshape(-1)
-        settings = settings_from(defense, {**cfg.globals()})
-        with ws.timed("certify.certify"), Stopwatch(ws.device) as t_certify:
-            certs = defense.certify(b.x, b.ref, n=cfg.n, alpha=cfg.alpha, generator=ws.generator(unit, "certify"),
-                                    **settings)
+        certified = cfg.certified(unit.defense)  # an empirical defense is scored, not certified
+        certs = []
+        if certified:
+            settings = settings_from(defense, {**cfg.globals()})
+            with ws.timed("certify.certify"), Stopwatch(ws.device) as t_certify:
+                certs = defense.certify(b.x, b.ref, n=cfg.n, alpha=cfg.alpha,
+                                        generator=ws.generator(unit, "certify"), **settings)
         ws.tick(0.5)
         out: list[Record] = []
-        first = (unit.defense, unit.sigma) == (cfg.defenses[0], float(cfg.sigmas()[0]))
+        first = (unit.defense, unit.sigma) == cfg.defense_cases()[0]
         pixels = int(b.x.shape[-1] * b.x.shape[-2])
         for i, image in enumerate(b.ids):
             if first:  # the undefended scores, once per image
@@ -153,10 +156,14 @@ class CertifyStudy(Study):
                                                  t_model.seconds / k, None, k), unit, image,
                                   defense="none", sigma=0.0))
             out.append(record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better),
-                                             t_predict.seconds / k, t_certify.seconds / k, k, cfg.seed),
+                                             t_predict.seconds / k, t_certify.seconds / k if certified else None,
+                                             k, cfg.seed),
                               unit, image))
-            out.append(record(guarantee_row(certs[i], alpha=cfg.alpha, n=cfg.n, seconds=t_certify.seconds / k,
-                                            batch=k, pixels=pixels), unit, image))
+            if certified:
+                out.append(record(guarantee_row(certs[i], alpha=cfg.alpha, n=cfg.n, seconds=t_certify.seconds / k,
+                                                batch=k, pixels=pixels), unit, image))
+        if not certified:
+            return out
         batch = CertifiedBatch(unit, model, defense, b, certs, clean)
         for name in cfg.active_studies():
             study = get_study(name)

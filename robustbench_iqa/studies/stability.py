@@ -83,8 +83,8 @@ class StabilityStudy(Study):
 
     def units(self, plan: Plan) -> list[Unit]:
         cfg, sec = plan.cfg, plan.cfg.section(self.name)
-        return [Unit(self.name, m, d, float(s), ids, f"n={n}")
-                for m in cfg.models for s in cfg.sigmas() for d in cfg.defenses for n in sec.n
+        return [Unit(self.name, m, d, s, ids, f"n={n}")
+                for m in cfg.models for d, s in cfg.defense_cases() for n in sec.n
                 for ids in batched(plan.images(m, sec.limit), cfg.batch_size)]
 
     def run(self, unit: Unit, ws: Workspace) -> list[Record]:
