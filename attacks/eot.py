@@ -3,7 +3,7 @@
 A smoothed defense's score is random through its noise; a gradient attack on
 one draw chases noise.  EOT (Athalye et al. 2018) attacks an aggregate of the
 n noisy scores v_1..v_n of ``defense.noisy_scores(x, ref, n=n)``, which is
-differentiable in x (:class:`robustbench_iqa.certify.defense.CertifiedDefense`):
+differentiable in x (:class:`robustbench_iqa.certify.defense.Defense`):
 
 * ``"mean"``: (1/n) sum_i v_i, the Monte-Carlo estimate of E[v];
 * ``"soft-median"``: a kernel-weighted mean of the order statistics,
@@ -27,7 +27,7 @@ from enum import Enum, StrEnum
 import torch
 
 from robustbench_iqa.attacks.objective import Objective, Target, as_target
-from robustbench_iqa.certify.defense import CertifiedDefense
+from robustbench_iqa.certify.defense import Defense
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.validation import check_n
 
@@ -64,7 +64,7 @@ class EOTScore:
     """``(x, ref) -> (B,)``: the aggregate of ``n`` noisy defense scores (see module doc)."""
 
     def __init__(
-        self, defense: CertifiedDefense, *, n: int, aggregate: Aggregate | str = Aggregate.MEAN,
+        self, defense: Defense, *, n: int, aggregate: Aggregate | str = Aggregate.MEAN,
         noise: NoiseMode | str = NoiseMode.FRESH, generator: torch.Generator | None = None,
         bandwidth: float = 0.1,
     ) -> None:
@@ -94,7 +94,7 @@ class EOTScore:
 class DefendedScore:
     """``(x, ref) -> (B,)``: ``defense.predict`` with a freshly seeded generator per call."""
 
-    def __init__(self, defense: CertifiedDefense, *, n: int, seed: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, defense: Defense, *, n: int, seed: int, device: torch.device | str = "cpu") -> None:
         self.defense, self.n, self.seed, self.device = defense, check_n(n), int(seed), torch.device(device)
 
     def __call__(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,7 +103,7 @@ class DefendedScore:
 
 
 def eot_objective(
-    defense: CertifiedDefense, *, n: int = 8, aggregate: Aggregate | str = Aggregate.MEAN,
+    defense: Defense, *, n: int = 8, aggregate: Aggregate | str = Aggregate.MEAN,
     noise: NoiseMode | str = NoiseMode.FRESH, generator: torch.Generator | None = None,
     target: Target | str = Target.INCREASE, target_score: float | None = None,
     eval_n: int = 500, eval_seed: int = 0, bandwidth: float = 0.1,

@@ -524,7 +524,7 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         vectors = [getattr(certificates[i].evidence, "output_vector", None) for i in idx]
         start = None
         if all(v is not None for v in vectors):
-            start = top_input_direction(fmap, xs, torch.stack(vectors).to(x.device))
+            start = top_input_direction(fmap, xs, torch.stack([v for v in vectors if v is not None]).to(x.device))
         fa = feature_space_attack(fmap, xs, budget, steps=steps, restarts=1, direction=start, generator=generator)
         with torch.no_grad():
             f0 = torch.stack([certificates[i].evidence.features for i in idx]).to(x.device) \

@@ -88,7 +88,7 @@ class RandomResizePadIQA(PurifiedIQA):
     def settings(self) -> dict[str, Any]:
         return {"max_scale": self.max_scale, "padding": self.padding}
 
-    def apply(self, x: torch.Tensor, draw: tuple[int, int, int, int], out_size: tuple[int, int],
+    def apply_draw(self, x: torch.Tensor, draw: tuple[int, int, int, int], out_size: tuple[int, int],
               cache: dict[tuple[int, int], torch.Tensor] | None = None) -> torch.Tensor:
         """T(x) for one draw (h', w', top, left), padded to ``out_size``."""
         hh, ww, top, left = draw
@@ -120,11 +120,11 @@ class RandomResizePadIQA(PurifiedIQA):
         cols = []
         for start in range(0, n, per_chunk):
             chunk = draws[start : start + per_chunk]
-            z = torch.stack([self.apply(x, d, out_size, cache_x) for d in chunk], dim=1)  # (B, c, 3, Hp, Wp)
+            z = torch.stack([self.apply_draw(x, d, out_size, cache_x) for d in chunk], dim=1)  # (B, c, 3, Hp, Wp)
             r = None
             if ref is not None:
                 with torch.no_grad():
-                    r = torch.stack([self.apply(ref, d, out_size, cache_r) for d in chunk], dim=1)
+                    r = torch.stack([self.apply_draw(ref, d, out_size, cache_r) for d in chunk], dim=1)
                 r = r.reshape(bsz * len(chunk), *r.shape[2:])
             cols.append(self.model(z.reshape(bsz * len(chunk), *z.shape[2:]), r).reshape(bsz, len(chunk)))
         return torch.cat(cols, dim=1)

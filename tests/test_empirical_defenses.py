@@ -161,7 +161,7 @@ def test_random_resize_draws_and_transform_against_brute_force(models: dict, ima
     d = create_defense("random-resize", models["default-nr"], sigma=0.0)
     x = images["x"]
     hh, ww, top, left = draws[0]
-    got = d.apply(x, draws[0], (hp, wp))
+    got = d.apply_draw(x, draws[0], (hp, wp))
     rows = (torch.arange(hh) * h // hh).tolist()  # nearest neighbour: source index floor(i H / h')
     cols = (torch.arange(ww) * w // ww).tolist()
     want = torch.zeros(2, 3, hp, wp)
