@@ -25,8 +25,9 @@ def _install(session: nox.Session, *extras: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The full fast test suite (slow tests are opt-in: `nox -s tests -- -m slow`); with the ray
-    extra, so the Ray executor's tests run on a local cluster."""
-    _install(session, "dev", "ray")
+    extra, so the Ray executor's tests run on a local cluster, and the fidelity extra, so the
+    published models are compared with their official implementations."""
+    _install(session, "dev", "ray", "fidelity")
     args = session.posargs or SETTINGS["tests"][1:]
     session.run(SETTINGS["tests"][0], *args)
 

@@ -60,7 +60,7 @@ from robustbench_iqa.certify.rs_reg_radius import check_probability
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.registry import checked_keywords
-from robustbench_iqa.validation import check_alpha, check_n, check_pair
+from robustbench_iqa.validation import check_alpha, check_n
 
 
 class CertRegCertificate(StrEnum):
@@ -157,12 +157,7 @@ class TrimmedMeanSmoothedIQA(BoundedSmoothedIQA):
         if self.certificate is CertRegCertificate.TRIMMED_MEAN_BOUNDS:
             return super().certify(x, ref, n=n, alpha=alpha, eps=eps, generator=generator)
         n, alpha = check_n(n), check_alpha(alpha)
-        x, ref = check_pair(x, ref, full_reference=self.full_reference)
-        with torch.no_grad():
-            clean = self.base_scores(x, ref)
-            v = self.noisy_scores(x, ref, n=n, generator=generator)
-        if not bool(torch.isfinite(v).all() and torch.isfinite(clean).all()):
-            raise InputError(f"{self.model.name} produced NaN or Inf scores")
+        clean, v = self.clean_and_noisy(x, ref, n=n, generator=generator)
         opts = self.radius_options
         q = trimmed_mean_required_probability(n_smooth=opts.n_smooth, trim=self.trim, p=self.p_valid)
         return radius_certificates(

@@ -123,6 +123,17 @@ class BoundedSmoothedIQA(InputSmoothedIQA):
         a, b = self.output_range
         return super().base_scores(z, ref).clamp(a, b)
 
+    def clean_and_noisy(self, x: torch.Tensor, ref: torch.Tensor | None, *, n: int,
+                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """h(x) (B,) and n noisy outputs h(x + e) (B, n), both clipped; what the radius certificates need."""
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        with torch.no_grad():
+            clean = self.base_scores(x, ref)
+            v = self.noisy_scores(x, ref, n=n, generator=generator)
+        if not bool(torch.isfinite(v).all() and torch.isfinite(clean).all()):
+            raise InputError(f"{self.model.name} produced NaN or Inf scores")
+        return clean, v
+
 
 class MeanSmoothedIQA(BoundedSmoothedIQA):
     """RS-Reg: mean smoothing with the bounded-output certificates above."""
@@ -169,12 +180,7 @@ class MeanSmoothedIQA(BoundedSmoothedIQA):
         if self.certificate not in (RSRegCertificate.RADIUS, RSRegCertificate.MEAN_RADIUS):
             return super().certify(x, ref, n=n, alpha=alpha, eps=eps, generator=generator)
         n, alpha = check_n(n), check_alpha(alpha)
-        x, ref = check_pair(x, ref, full_reference=self.full_reference)
-        with torch.no_grad():
-            clean = self.base_scores(x, ref)
-            v = self.noisy_scores(x, ref, n=n, generator=generator)
-        if not bool(torch.isfinite(v).all() and torch.isfinite(clean).all()):
-            raise InputError(f"{self.model.name} produced NaN or Inf scores")
+        clean, v = self.clean_and_noisy(x, ref, n=n, generator=generator)
         mean = v.double().mean(dim=1)
         if self.certificate is RSRegCertificate.RADIUS:
             return radius_certificates(self, clean, v, mean, alpha=alpha, p=self.p_valid, eps_y=self.radius_options.eps_y,

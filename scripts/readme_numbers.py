@@ -66,7 +66,7 @@ def block_verify(tmp: Path, threads: int) -> str:
     cfg = load_config(REPO / "pyproject.toml")
     outcome, wall, cpu = _timed_verify(cfg, tmp / "verify")
     cols = ["model", "defense", "sigma", "images", "abstained", "mean_width", "median_eps_x",
-            "median_eps_x_per_value", "violations", "inconclusive", "premise_failed", "max_feature_ratio",
+            "median_eps_x_per_value", "median_eps_x_lipschitz", "violations", "inconclusive", "premise_failed", "max_feature_ratio",
             "stability_%", "quality_gain@0.25_undefended", "quality_gain@0.25_defended", "s/img_predict",
             "s/img_certify", "gate"]
     cols = [c for c in cols if any(c in r for r in outcome.summary)]

@@ -97,6 +97,26 @@ def mlp_head(in_dim: int, hidden: int = 64) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, 1), nn.Sigmoid())
 
 
+def mean_std_pool(h: torch.Tensor) -> torch.Tensor:
+    """``[mean_hw h, sqrt(var_hw h + eps)]``: (B, C, H, W) -> (B, 2C)."""
+    mean = h.mean(dim=(2, 3))
+    std = torch.sqrt(h.var(dim=(2, 3), unbiased=False) + _EPS)
+    return torch.cat([mean, std], dim=1)
+
+
+def mean_std_pooled_bound(model: nn.Module, size: tuple[int, int]) -> LipschitzBound:
+    """Certified Lip of ``mean_std_pool(model.trunk(x)[-1])`` on images of ``size``: the trunk's
+    bound to its last stage (``model.trunk.stage_bounds``) times the pooling's 1/sqrt(H_L W_L);
+    cached on ``model``."""
+    from robustbench_iqa.certify.lipschitz import cached_bound, mean_std_pool_bound
+
+    def compute() -> LipschitzBound:
+        trunk, last = model.trunk.stage_bounds(size)[-1]  # type: ignore[operator]
+        return trunk.scaled(mean_std_pool_bound(last), f"mean+std pooling over {last[0]}x{last[1]}")
+
+    return cached_bound(model, f"features{size}", compute)
+
+
 class EmbeddedNR(IQAModel):
     """No-reference CNN: mean+std pooled deep features -> MLP; higher = better."""
 
@@ -113,25 +133,14 @@ class EmbeddedNR(IQAModel):
 
     def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """``[mean_hw phi(x), sqrt(var_hw phi(x) + eps)]`` of the last stage: (B, 2C)."""
-        h = self.trunk(x)[-1]
-        mean = h.mean(dim=(2, 3))
-        std = torch.sqrt(h.var(dim=(2, 3), unbiased=False) + _EPS)
-        return torch.cat([mean, std], dim=1)
+        return mean_std_pool(self.trunk(x)[-1])
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.mlp(feats).squeeze(-1)
 
     def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
         """Certified Lip(b): the trunk's bound times the mean+std pooling's 1/sqrt(H_L W_L)."""
-        from robustbench_iqa.certify.lipschitz import cached_bound, mean_std_pool_bound
-
-        size = _check_size(input_size)
-
-        def compute() -> LipschitzBound:
-            trunk, last = self.trunk.stage_bounds(size)[-1]
-            return trunk.scaled(mean_std_pool_bound(last), f"mean+std pooling over {last[0]}x{last[1]}")
-
-        return cached_bound(self, f"features{size}", compute)
+        return mean_std_pooled_bound(self, _check_size(input_size))
 
 
 def _check_size(input_size: tuple[int, int] | None) -> tuple[int, int]:

@@ -37,7 +37,14 @@ from torch import nn
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel, Mode
-from robustbench_iqa.models.embedded import FR_CHANNELS, NR_CHANNELS, load_weights, mlp_head
+from robustbench_iqa.models.embedded import (
+    FR_CHANNELS,
+    NR_CHANNELS,
+    load_weights,
+    mean_std_pool,
+    mean_std_pooled_bound,
+    mlp_head,
+)
 from robustbench_iqa.models.lipschitz_layers import Abs, Downsample, NormalizedPointwise, SLLConv
 from robustbench_iqa.models.registry import register_model
 
@@ -108,25 +115,14 @@ class LipschitzNR(IQAModel):
         self.mlp = standardized_head(self.feature_dim)
 
     def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.trunk(x)[-1]
-        mean = h.mean(dim=(2, 3))
-        std = torch.sqrt(h.var(dim=(2, 3), unbiased=False) + _EPS)
-        return torch.cat([mean, std], dim=1)
+        return mean_std_pool(self.trunk(x)[-1])
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         return self.mlp(feats).squeeze(-1)
 
     def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
         """Certified Lip(b): the trunk's certified bound (<= 1) times 1/sqrt(H_4 W_4)."""
-        from robustbench_iqa.certify.lipschitz import cached_bound, mean_std_pool_bound
-
-        size = _size(input_size)
-
-        def compute() -> LipschitzBound:
-            trunk, last = self.trunk.stage_bounds(size)[-1]
-            return trunk.scaled(mean_std_pool_bound(last), f"mean+std pooling over {last[0]}x{last[1]}")
-
-        return cached_bound(self, f"features{size}", compute)
+        return mean_std_pooled_bound(self, _size(input_size))
 
 
 class LipschitzFR(IQAModel):
