@@ -47,7 +47,7 @@ import tempfile
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,9 @@ except ImportError:  # pragma: no cover - exercised by a test that hides ray
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.studies.base import Unit
+
+_END = object()
+"""The end of a job source."""
 
 LOCAL_OBJECT_STORE = 200 * 2**20
 """Object store of a local cluster (bytes): results are a few kB of rows per unit."""
@@ -284,23 +287,33 @@ class RayPool:
         return cap if self.workers is None else self.workers
 
     # ------------------------------------------------------------------ work
-    def results(self, jobs: Sequence[Any]) -> Iterator[tuple[_Task, Any, float, float, float]]:
+    def results(self, jobs: Iterable[Any]) -> Iterator[tuple[_Task, Any, float, float, float]]:
         """Run ``jobs`` on the actors; yield ``(task, result, started, finished, cpu_seconds)`` once per
-        job key, as each completes (any order)."""
-        if not jobs:
+        job key, as each completes (any order).
+
+        ``jobs`` is drawn lazily, as actors have room (an iterator of images loaded on demand stays
+        ``in_flight`` per actor ahead); no cluster is started when it is empty.
+        """
+        source = iter(jobs)
+        first = next(source, _END)
+        if first is _END:
             return
         self.start()
-        queue: deque[Any] = deque(jobs)
+        queue: deque[Any] = deque([first])  # drawn from source, or lost by their actor: submitted first
+        more = True
         pending: dict[Any, _Task] = {}
         tries: dict[str, int] = {}
         delivered: set[str] = set()
         try:
-            while queue or pending:
+            while queue or pending or more:
                 t0 = time.perf_counter()
-                self._submit(queue, pending)
+                more = self._submit(queue, source if more else None, pending)
                 self.dispatch_seconds += time.perf_counter() - t0
                 if not pending:
-                    raise InputError(f"ray: every worker died; {len(queue)} {self.what}(s) were not run (the "
+                    if not (queue or more):
+                        break
+                    left = f"{len(queue)}{'+' if more else ''}"
+                    raise InputError(f"ray: every worker died; {left} {self.what}(s) were not run (the "
                                      f"{self.what}s done are stored: rerun with --resume)")
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 t0 = time.perf_counter()
@@ -328,16 +341,23 @@ class RayPool:
                 except Exception:  # already finished, or the connection is down
                     pass
 
-    def _submit(self, queue: deque[Any], pending: dict[Any, _Task]) -> None:
-        """Fill every live actor up to ``in_flight`` queued jobs, least loaded first."""
+    def _submit(self, queue: deque[Any], source: Iterator[Any] | None, pending: dict[Any, _Task]) -> bool:
+        """Fill every live actor up to ``in_flight`` queued jobs, least loaded first, from ``queue``
+        and then from ``source``; whether ``source`` may have more."""
         live = [s for s in self.slots if s.alive]
-        while queue and live:
+        while live:
             slot = min(live, key=lambda s: (s.queued, s.index))
             if slot.queued >= self.in_flight:
-                return
+                break
+            if not queue:
+                nxt = _END if source is None else next(source, _END)
+                if nxt is _END:
+                    return False
+                queue.append(nxt)
             job = queue.popleft()
             pending[slot.actor.run.remote(job)] = _Task(job, slot.index, time.time())
             slot.queued += 1
+        return source is not None
 
     def _lost(self, task: _Task, exc: BaseException, queue: deque[Any], tries: dict[str, int]) -> None:
         """A job whose actor died: mark a dead actor, put the job back at the front of the queue."""
@@ -394,6 +414,8 @@ class RayExecutor(RayPool):
 
         ``tick`` is not called: the driver's progress advances by whole units.
         """
+        if not units:
+            return
         for task, res, started, finished, cpu in self.results(units):
             self.timings.append(UnitTiming(res.unit.key, len(res.unit.images), res.worker, task.submitted,
                                            started, finished, time.time(), res.seconds, cpu))
