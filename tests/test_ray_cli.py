@@ -25,8 +25,11 @@ TINY = ["--dataset", "default", "--limit", "3", "--no-progress"]
 COMMANDS = {
     "certify": ["certify", "--model", "default-nr", "--n", "300", *TINY],
     "attack": ["attack", "--model", "default-fr", "--steps", "2", *TINY],
+    # EOT over FS-IQA's noise: draws from each image's own generators
+    "attack-defended": ["attack", "--model", "default-nr", "--steps", "2", "--defense", "fs-iqa", "--eot", "2",
+                        "--n", "50", *TINY],
 }
-TABLES = {"certify": {"guarantee", "correlation"}, "attack": {"attack"}}
+TABLES = {"certify": {"guarantee", "correlation"}, "attack": {"attack"}, "attack-defended": {"attack"}}
 
 
 def _run(command: str, out: Path, *extra: str) -> None:
@@ -55,7 +58,7 @@ def _on_actors(seen: list[str], images: int) -> None:
 
 
 @needs_ray
-@pytest.mark.parametrize("command", ["certify", "attack"])
+@pytest.mark.parametrize("command", ["certify", "attack", "attack-defended"])
 def test_ray_writes_the_rows_of_the_local_executor(cluster: str, tmp_path: Path, command: str,  # noqa: F811
                                                    actors_used: list[str]) -> None:
     _run(command, tmp_path / "local")
