@@ -223,9 +223,9 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
         return RowKey(AttackRow.table, model.name, args.defense, sigma, it.id, extra)
 
     def shown(payload: dict[str, Any], it: c.Item, at: int) -> None:
-        rows[at] = {"image": it.name, **payload, "defense": args.defense}
+        row = rows[at] = {"image": it.name, **payload, "defense": args.defense}
         if args.json:
-            c.emit([rows[at]], as_json=True, columns=COLUMNS)
+            c.emit([row], as_json=True, columns=COLUMNS)
 
     def stored(payload: dict[str, Any], it: c.Item, at: int) -> None:
         store.put(key(it), payload)  # type: ignore[union-attr]

@@ -232,7 +232,7 @@ class RayPool:
         n = self._worker_count()
         threads = max(1, int(round(self.cpus_per_worker)))
         actor, init = self._actor(threads)
-        cls = ray.remote(actor).options(
+        cls: Any = ray.remote(actor).options(
             num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=self.max_restarts,
             max_task_retries=self.max_task_retries)
         self.slots = [_Slot(i, cls.remote(*init)) for i in range(n)]
