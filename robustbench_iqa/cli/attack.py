@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._defense import SIGMA_HELP, build_defense, resolve_sigma
+from robustbench_iqa.cli._executor import add_executor_args, check_executor_args, ray_items
 from robustbench_iqa.cli._store import add_store_args, item_generator, open_store
 from robustbench_iqa.errors import InputError
 
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
     from robustbench_iqa.attacks.objective import Objective
     from robustbench_iqa.store import ResultsStore
+    from robustbench_iqa.studies.attack import AttackRow
 
 NORMS = ("linf", "l2")
 TARGETS = ("increase", "decrease", "toward")
@@ -76,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_output_args(p)
     c.add_threads_arg(p)
     add_store_args(p)
+    add_executor_args(p, what="the images")
     p.set_defaults(func=run)
 
 
@@ -133,19 +138,73 @@ ATTACK_SETTINGS = ("restarts", "random_start", "queries", "pixels", "perturbatio
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustbench_iqa.attacks.registry import create_attack
-
+    check_executor_args(args, needs_out=True)
     _check_args(args)
     c.apply_threads(args)
-    attack = create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm,
-                           **{k: getattr(args, k) for k in ATTACK_SETTINGS})
+    attack = _create_attack(args)
     with open_store(args, "attack", _store_settings(args)) as store:
         rows = _attack_all(args, attack, store)
     return _report(args, rows)
 
 
+def _create_attack(args: argparse.Namespace) -> Any:
+    from robustbench_iqa.attacks.registry import create_attack
+
+    return create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm,
+                         **{k: getattr(args, k) for k in ATTACK_SETTINGS})
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """What attacking one image needs: the arguments, the attack, the model and the defense (or None)."""
+
+    args: argparse.Namespace
+    attack: Any
+    model: Any
+    defense: Any
+    lower_better: bool
+    score_range: tuple[float, float]
+
+
+def build_attacker(args: argparse.Namespace, attack: Any = None) -> Attacker:
+    """The attack (built here if None), model and defense of the arguments (on the driver, and once on
+    each Ray actor)."""
+    model = c.build_model(args)
+    defense = None if args.defense == "none" else build_defense(args, model)
+    _, lower_better, score_range = build_objective(args, model, defense)
+    return Attacker(args, _create_attack(args) if attack is None else attack, model, defense, lower_better,
+                    (float(score_range[0]), float(score_range[1])))
+
+
+def attack_row(state: Attacker, rec: Any, chk: Any) -> AttackRow:
+    """The stored row of one attacked image (its record and its attack-strength checks)."""
+    from robustbench_iqa.studies.attack import AttackRow
+
+    args, sign = state.args, -1.0 if state.lower_better else 1.0
+    return AttackRow(rec.clean_score, rec.adv_score, rec.l2, rec.linf, rec.iterations,
+                     sign * (rec.adv_score - rec.clean_score), args.attack, args.norm, args.eps,
+                     args.target, state.lower_better, state.score_range,
+                     str(chk.to_dict()["flags"]), rec.improvement, rec.evaluations, rec.zero_grad_steps,
+                     rec.nonfinite_grad_steps, rec.eot_spread)
+
+
+def attack_item(state: Attacker, item: c.Item) -> dict[str, Any]:
+    """One input attacked with its own seeds (``item_generator(args, item.id, "attack" / "eot")``): the
+    store's ``attack`` payload (the same on any executor, in any order)."""
+    from robustbench_iqa.validation import check_budget
+
+    args = state.args
+    gen = item_generator(args, item.id, "attack")
+    objective, _, _ = build_objective(args, state.model, state.defense, item_generator(args, item.id, "eot"))
+    x, ref = c.stack([item], args.device)
+    check_budget(args.eps, args.norm, hw=tuple(x.shape[-2:]), name="--eps")  # type: ignore[arg-type]
+    result = state.attack.run(objective, x, ref, generator=gen)
+    return attack_row(state, result.records[0], result.checks[0]).payload()
+
+
 def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | None) -> list[dict[str, Any]]:
-    """Attack every input; with a store, image by image with per-input seeds, skipping stored rows."""
+    """Attack every input; with a store, image by image with per-input seeds, skipping stored rows
+    (with ``--executor ray`` the images not stored run on Ray actors, and this process writes their rows)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -153,45 +212,62 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
     from robustbench_iqa.studies.attack import AttackRow
     from robustbench_iqa.validation import check_budget
 
-    model = c.build_model(args)
-    defense = None if args.defense == "none" else build_defense(args, model)
-    objective, lower_better, score_range = build_objective(args, model, defense)
+    state = build_attacker(args, attack)
+    model = state.model
     total, items = c.iter_items(args, model)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
-    sign = -1.0 if lower_better else 1.0
     sigma = 0.0 if args.defense == "none" else args.sigma
     extra = f"{args.attack},{args.norm}={args.eps:g},{args.target}"
-    rows: list[dict[str, Any]] = []
-    with tqdm(total=total, desc=f"{args.attack} {args.model} ({args.defense})", unit="img",
-              disable=not c.progress_enabled(args)) as bar:
-        for chunk in c.batches(items, args.batch_size if store is None else 1):
-            key = RowKey(AttackRow.table, model.name, args.defense, sigma, chunk[0].id, extra)
-            if store is not None and store.done(key):
-                done = next(store.iter_rows_for(key))
-                rows.append({"image": chunk[0].name, **{k: v for k, v in done.items()
-                                                          if k not in RowKey.__dataclass_fields__}})
+    rows: list[dict[str, Any] | None] = []
+
+    def key(it: c.Item) -> RowKey:
+        return RowKey(AttackRow.table, model.name, args.defense, sigma, it.id, extra)
+
+    def shown(payload: dict[str, Any], it: c.Item, at: int) -> None:
+        row = rows[at] = {"image": it.name, **payload, "defense": args.defense}
+        if args.json:
+            c.emit([row], as_json=True, columns=COLUMNS)
+
+    def stored(payload: dict[str, Any], it: c.Item, at: int) -> None:
+        store.put(key(it), payload)  # type: ignore[union-attr]
+        shown(payload, it, at)
+        bar.update(1)
+
+    def todo() -> Iterator[tuple[int, c.Item]]:
+        """The inputs not yet stored, with their row positions; the stored ones shown from the store."""
+        for it in items:
+            rows.append(None)
+            if store.done(key(it)):  # type: ignore[union-attr]
+                done = next(store.iter_rows_for(key(it)))  # type: ignore[union-attr]
+                rows[-1] = {"image": it.name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__}}
                 bar.update(1)
                 continue
-            if store is not None:  # per-input noise, so a resumed run equals an uninterrupted one
-                gen = item_generator(args, chunk[0].id, "attack")
-                objective, _, _ = build_objective(args, model, defense, item_generator(args, chunk[0].id, "eot"))
-            x, ref = c.stack(chunk, args.device)
-            check_budget(args.eps, args.norm, hw=tuple(x.shape[-2:]), name="--eps")  # type: ignore[arg-type]
-            result = attack.run(objective, x, ref, generator=gen)
-            for it, rec, chk in zip(chunk, result.records, result.checks):
-                row = AttackRow(rec.clean_score, rec.adv_score, rec.l2, rec.linf, rec.iterations,
-                                sign * (rec.adv_score - rec.clean_score), args.attack, args.norm, args.eps,
-                                args.target, lower_better, (float(score_range[0]), float(score_range[1])),
-                                str(chk.to_dict()["flags"]), rec.improvement, rec.evaluations, rec.zero_grad_steps,
-                                rec.nonfinite_grad_steps, rec.eot_spread)
-                shown = {"image": it.name, **row.payload(), "defense": args.defense}
-                rows.append(shown)
-                if args.json:
-                    c.emit([shown], as_json=True, columns=COLUMNS)
-                if store is not None:
-                    store.put(key, row.payload())
-            bar.update(len(chunk))
-    return rows
+            yield len(rows) - 1, it
+
+    with tqdm(total=total, desc=f"{args.attack} {args.model} ({args.defense})", unit="img",
+              disable=not c.progress_enabled(args)) as bar:
+        if store is not None:  # per-input noise, so a resumed run equals an uninterrupted one
+            pool = ray_items(args, build_attacker, attack_item)
+            if pool is None:
+                for at, it in todo():
+                    stored(attack_item(state, it), it, at)
+            else:
+                try:
+                    for at, it, payload in pool.map(todo()):
+                        stored(payload, it, at)
+                finally:
+                    pool.close()
+        else:
+            objective, _, _ = build_objective(args, model, state.defense)
+            gen = torch.Generator(device="cpu").manual_seed(args.seed)
+            for chunk in c.batches(items, args.batch_size):
+                x, ref = c.stack(chunk, args.device)
+                check_budget(args.eps, args.norm, hw=tuple(x.shape[-2:]), name="--eps")  # type: ignore[arg-type]
+                result = attack.run(objective, x, ref, generator=gen)
+                for it, rec, chk in zip(chunk, result.records, result.checks):
+                    rows.append(None)
+                    shown(attack_row(state, rec, chk).payload(), it, len(rows) - 1)
+                bar.update(len(chunk))
+    return [r for r in rows if r is not None]
 
 
 def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:

@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 from robustbench_iqa.cli import _common as c
+from robustbench_iqa.cli._executor import add_executor_args, check_executor_args
 
 QUICK = {"limit": 8, "models": None}
 """``--quick``: the same studies and checks on fewer images (research CI on every push)."""
@@ -35,20 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--batch-size", type=c.positive_int, default=None, help="images per unit of work")
     p.add_argument("--device", type=c.device, default=None, help="torch device (default: the config's, cpu)")
     c.add_threads_arg(p)
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="where units run: in this process (default) or on a Ray cluster (pip install "
-                        "robustbench_iqa[ray])")
-    r = p.add_argument_group("Ray (with --executor ray)")
-    r.add_argument("--address", default=None,
-                   help="Ray cluster: 'auto' (the one `ray start` runs on this machine), 'ray://HOST:PORT', "
-                        "'HOST:PORT', or omitted for a new local one on 127.0.0.1")
-    r.add_argument("--workers", type=c.positive_int, default=None,
-                   help="actors, each holding the models (default: one per GPU of the cluster when the device is "
-                        "cuda, else one per CPU)")
-    r.add_argument("--cpus-per-worker", type=c.positive_int, default=None,
-                   help="CPU cores (and torch threads) per actor (default: 1)")
-    r.add_argument("--gpus-per-worker", type=float, default=None,
-                   help="GPUs per actor when the device is cuda (default: 1; 0.5 puts two actors on a GPU)")
+    add_executor_args(p)
     p.add_argument("--no-report", action="store_true", help="skip the HTML/CSV/figure report")
     p.add_argument("--json", action="store_true", help="print the checks and summary as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -73,18 +61,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, models=args.models, defenses=args.defenses, limit=limit,
                       device=args.device, batch_size=args.batch_size)
     executor = None
-    ray_opts = {"--address": args.address, "--workers": args.workers, "--cpus-per-worker": args.cpus_per_worker,
-                "--gpus-per-worker": args.gpus_per_worker}
+    check_executor_args(args)
     if args.executor == "ray":
         from robustbench_iqa.runner.ray_executor import RayExecutor
 
         executor = RayExecutor(cfg, address=args.address, workers=args.workers,
                                num_cpus_per_worker=args.cpus_per_worker, num_gpus_per_worker=args.gpus_per_worker)
-    elif any(v is not None for v in ray_opts.values()):
-        from robustbench_iqa.errors import InputError
-
-        given = [k for k, v in ray_opts.items() if v is not None]
-        raise InputError(f"{', '.join(given)} need(s) --executor ray")
     outcome = run_verify(cfg, args.out, resume=args.resume, fresh=args.fresh, report=not args.no_report,
                          progress=c.progress_enabled(args), executor=executor)
     if args.json:

@@ -47,7 +47,7 @@ import tempfile
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +65,9 @@ except ImportError:  # pragma: no cover - exercised by a test that hides ray
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.studies.base import Unit
+
+_END = object()
+"""The end of a job source."""
 
 LOCAL_OBJECT_STORE = 200 * 2**20
 """Object store of a local cluster (bytes): results are a few kB of rows per unit."""
@@ -141,16 +144,25 @@ class _Slot:
 
 @dataclass(frozen=True)
 class _Task:
-    unit: Unit
+    job: Any
+    """What was sent to the actor's ``run`` (a unit, or any picklable value with a ``key``)."""
     slot: int
     submitted: float
 
 
-class RayExecutor:
-    """Units on Ray actors, results to the driver as they complete (see the module docstring).
+class RayPool:
+    """Actors on a Ray cluster, each serving many keyed jobs; results to the driver as they complete.
+
+    The mechanics shared by :class:`RayExecutor` (units of ``verify``) and
+    :class:`~robustbench_iqa.runner.ray_items.RayItems` (the images of ``certify`` /
+    ``attack``): connecting (or starting a loopback-only local cluster), one actor per
+    device slot, ``in_flight`` jobs queued per actor, restarts and resubmission of jobs
+    whose actor died, and closing.  A subclass names its actor (:meth:`_actor`), whose
+    ``ready()`` returns where it runs and whose ``run(job)`` returns ``(result,
+    started, finished, cpu_seconds)``; every job has a string ``key``.
 
     ``workers``: number of actors (default: every slot the cluster has: its GPUs divided
-    by ``num_gpus_per_worker`` when ``cfg.device`` is cuda, else its CPUs divided by
+    by ``num_gpus_per_worker`` when ``device`` is cuda, else its CPUs divided by
     ``num_cpus_per_worker``).  ``num_gpus_per_worker`` (default 1 on cuda; a fraction
     shares a GPU), ``num_cpus_per_worker`` (default 1; also the actor's torch threads).
     ``in_flight``: units queued per actor.  ``max_restarts`` / ``max_task_retries``: Ray's
@@ -160,20 +172,22 @@ class RayExecutor:
     """
 
     name = "ray"
+    what = "unit"
+    """What a job is called in messages."""
 
-    def __init__(self, cfg: VerifyConfig, *, address: str | None = None, workers: int | None = None,
+    def __init__(self, device: str, *, address: str | None = None, workers: int | None = None,
                  num_gpus_per_worker: float | None = None, num_cpus_per_worker: float | None = None,
                  in_flight: int = 2, max_restarts: int = 3, max_task_retries: int = 3, resubmits: int = 3,
                  num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-        self.cfg = cfg
+        self.device = device
         self.address = _check_address(address)
-        self.cuda = cfg.device.startswith("cuda")
+        self.cuda = device.startswith("cuda")
         if workers is not None and workers < 1:
             raise InputError(f"ray: workers must be >= 1, got {workers}")
         if num_gpus_per_worker is not None and not (num_gpus_per_worker > 0):
             raise InputError(f"ray: num_gpus_per_worker must be > 0, got {num_gpus_per_worker}")
         if num_gpus_per_worker is not None and not self.cuda:
-            raise InputError(f"ray: num_gpus_per_worker given but the run's device is {cfg.device!r} "
+            raise InputError(f"ray: num_gpus_per_worker given but the run's device is {device!r} "
                              "(set device = \"cuda\")")
         if num_cpus_per_worker is not None and not (num_cpus_per_worker > 0):
             raise InputError(f"ray: num_cpus_per_worker must be > 0, got {num_cpus_per_worker}")
@@ -190,14 +204,12 @@ class RayExecutor:
         self.resubmits = resubmits
         self.local_resources = {"num_cpus": num_cpus, "num_gpus": num_gpus}
         self.slots: list[_Slot] = []
-        self.timings: list[UnitTiming] = []
-        """One entry per unit received, in the order received (for throughput and overhead)."""
         self.dispatch_seconds = 0.0
-        """Driver time spent submitting units and fetching their results (not waiting)."""
+        """Driver time spent submitting jobs and fetching their results (not waiting)."""
         self.startup_seconds = 0.0
-        """Seconds to connect (or start a cluster) and build every actor's workspace."""
+        """Seconds to connect (or start a cluster) and build every actor."""
         self.resubmitted: list[str] = []
-        """Keys of the units resubmitted because their actor was gone for good (in order)."""
+        """Keys of the jobs resubmitted because their actor was gone (in order)."""
         self._owns_connection = False
         self._tmp: str | None = None
 
@@ -207,6 +219,10 @@ class RayExecutor:
         """The live actors' handles (e.g. to kill one in a fault test)."""
         return [s.actor for s in self.slots if s.alive]
 
+    def _actor(self, threads: int) -> tuple[type, tuple[Any, ...]]:
+        """The actor class and its constructor's arguments (``threads``: its torch threads)."""
+        raise NotImplementedError
+
     def start(self) -> None:
         """Connect (or start a local cluster) and build the actors; waits until all are ready."""
         if self.slots:
@@ -215,10 +231,11 @@ class RayExecutor:
         self._connect()
         n = self._worker_count()
         threads = max(1, int(round(self.cpus_per_worker)))
-        cls = ray.remote(UnitWorker).options(
+        actor, init = self._actor(threads)
+        cls: Any = ray.remote(actor).options(
             num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker, max_restarts=self.max_restarts,
             max_task_retries=self.max_task_retries)
-        self.slots = [_Slot(i, cls.remote(self.cfg, threads)) for i in range(n)]
+        self.slots = [_Slot(i, cls.remote(*init)) for i in range(n)]
         try:
             for slot, where in zip(self.slots, ray.get([s.actor.ready.remote() for s in self.slots])):
                 slot.where = where
@@ -257,7 +274,7 @@ class RayExecutor:
         if self.cuda:
             gpus = float(res.get("GPU", 0.0))
             if gpus <= 0:
-                raise InputError(f"ray: the run's device is {self.cfg.device!r} but the Ray cluster has no GPU")
+                raise InputError(f"ray: the run's device is {self.device!r} but the Ray cluster has no GPU")
             cap = int(math.floor(gpus / self.gpus_per_worker + 1e-9))
             what = f"{gpus:g} GPU(s) at {self.gpus_per_worker:g} per worker"
         else:
@@ -270,26 +287,34 @@ class RayExecutor:
         return cap if self.workers is None else self.workers
 
     # ------------------------------------------------------------------ work
-    def map(self, units: Sequence[Unit], *, tick: Tick | None = None) -> Iterator[UnitResult]:
-        """Run ``units`` on the actors; yield each result once, as it completes (any order).
+    def results(self, jobs: Iterable[Any]) -> Iterator[tuple[_Task, Any, float, float, float]]:
+        """Run ``jobs`` on the actors; yield ``(task, result, started, finished, cpu_seconds)`` once per
+        job key, as each completes (any order).
 
-        ``tick`` is not called: the driver's progress advances by whole units.
+        ``jobs`` is drawn lazily, as actors have room (an iterator of images loaded on demand stays
+        ``in_flight`` per actor ahead); no cluster is started when it is empty.
         """
-        if not units:
+        source = iter(jobs)
+        first = next(source, _END)
+        if first is _END:
             return
         self.start()
-        queue: deque[Unit] = deque(units)
+        queue: deque[Any] = deque([first])  # drawn from source, or lost by their actor: submitted first
+        more = True
         pending: dict[Any, _Task] = {}
         tries: dict[str, int] = {}
         delivered: set[str] = set()
         try:
-            while queue or pending:
+            while queue or pending or more:
                 t0 = time.perf_counter()
-                self._submit(queue, pending)
+                more = self._submit(queue, source if more else None, pending)
                 self.dispatch_seconds += time.perf_counter() - t0
                 if not pending:
-                    raise InputError(f"ray: every worker died; {len(queue)} unit(s) were not run (the units "
-                                     "done are stored: rerun with --resume)")
+                    if not (queue or more):
+                        break
+                    left = f"{len(queue)}{'+' if more else ''}"
+                    raise InputError(f"ray: every worker died; {left} {self.what}(s) were not run (the "
+                                     f"{self.what}s done are stored: rerun with --resume)")
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 t0 = time.perf_counter()
                 ref = ready[0]
@@ -302,15 +327,13 @@ class RayExecutor:
                     self._lost(task, exc, queue, tries)
                     continue
                 except _rx.RayTaskError as exc:
-                    raise _unwrap(exc, f"unit {task.unit.key}") from None
+                    raise _unwrap(exc, f"{self.what} {task.job.key}") from None
                 finally:
                     self.dispatch_seconds += time.perf_counter() - t0
-                if res.unit.key in delivered:
+                if task.job.key in delivered:
                     continue
-                delivered.add(res.unit.key)
-                self.timings.append(UnitTiming(res.unit.key, len(res.unit.images), res.worker, task.submitted,
-                                               started, finished, time.time(), res.seconds, cpu))
-                yield res
+                delivered.add(task.job.key)
+                yield task, res, started, finished, cpu
         finally:
             for ref in pending:  # the consumer stopped early (an error, an interrupt)
                 try:
@@ -318,29 +341,37 @@ class RayExecutor:
                 except Exception:  # already finished, or the connection is down
                     pass
 
-    def _submit(self, queue: deque[Unit], pending: dict[Any, _Task]) -> None:
-        """Fill every live actor up to ``in_flight`` queued units, least loaded first."""
+    def _submit(self, queue: deque[Any], source: Iterator[Any] | None, pending: dict[Any, _Task]) -> bool:
+        """Fill every live actor up to ``in_flight`` queued jobs, least loaded first, from ``queue``
+        and then from ``source``; whether ``source`` may have more."""
         live = [s for s in self.slots if s.alive]
-        while queue and live:
+        while live:
             slot = min(live, key=lambda s: (s.queued, s.index))
             if slot.queued >= self.in_flight:
-                return
-            unit = queue.popleft()
-            pending[slot.actor.run.remote(unit)] = _Task(unit, slot.index, time.time())
+                break
+            if not queue:
+                nxt = _END if source is None else next(source, _END)
+                if nxt is _END:
+                    return False
+                queue.append(nxt)
+            job = queue.popleft()
+            pending[slot.actor.run.remote(job)] = _Task(job, slot.index, time.time())
             slot.queued += 1
+        return source is not None
 
-    def _lost(self, task: _Task, exc: BaseException, queue: deque[Unit], tries: dict[str, int]) -> None:
-        """A unit whose actor died: mark a dead actor, put the unit back at the front of the queue."""
+    def _lost(self, task: _Task, exc: BaseException, queue: deque[Any], tries: dict[str, int]) -> None:
+        """A job whose actor died: mark a dead actor, put the job back at the front of the queue."""
         if isinstance(exc, _ACTOR_DEAD):
             self.slots[task.slot].alive = False
-        n = tries.get(task.unit.key, 0) + 1
+        key = task.job.key
+        n = tries.get(key, 0) + 1
         if n > self.resubmits:
-            raise InputError(f"ray: unit {task.unit.key} lost its worker {n} times (last: {_first_line(exc)}); "
-                             "the units done are stored: rerun with --resume")
-        tries[task.unit.key] = n
-        self.resubmitted.append(task.unit.key)
-        print(f"ray: worker lost running {task.unit.key} ({type(exc).__name__}); resubmitted", file=sys.stderr)
-        queue.appendleft(task.unit)
+            raise InputError(f"ray: {self.what} {key} lost its worker {n} times (last: {_first_line(exc)}); "
+                             f"the {self.what}s done are stored: rerun with --resume")
+        tries[key] = n
+        self.resubmitted.append(key)
+        print(f"ray: worker lost running {key} ({type(exc).__name__}); resubmitted", file=sys.stderr)
+        queue.appendleft(task.job)
 
     # ----------------------------------------------------------------- close
     def close(self) -> None:
@@ -357,6 +388,38 @@ class RayExecutor:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+
+
+class RayExecutor(RayPool):
+    """Units of ``verify`` on Ray actors (:class:`UnitWorker`), results to the driver as they
+    complete (see the module docstring and :class:`RayPool` for the settings)."""
+
+    def __init__(self, cfg: VerifyConfig, *, address: str | None = None, workers: int | None = None,
+                 num_gpus_per_worker: float | None = None, num_cpus_per_worker: float | None = None,
+                 in_flight: int = 2, max_restarts: int = 3, max_task_retries: int = 3, resubmits: int = 3,
+                 num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+        super().__init__(cfg.device, address=address, workers=workers, num_gpus_per_worker=num_gpus_per_worker,
+                         num_cpus_per_worker=num_cpus_per_worker, in_flight=in_flight, max_restarts=max_restarts,
+                         max_task_retries=max_task_retries, resubmits=resubmits, num_cpus=num_cpus,
+                         num_gpus=num_gpus)
+        self.cfg = cfg
+        self.timings: list[UnitTiming] = []
+        """One entry per unit received, in the order received (for throughput and overhead)."""
+
+    def _actor(self, threads: int) -> tuple[type, tuple[Any, ...]]:
+        return UnitWorker, (self.cfg, threads)
+
+    def map(self, units: Sequence[Unit], *, tick: Tick | None = None) -> Iterator[UnitResult]:
+        """Run ``units`` on the actors; yield each result once, as it completes (any order).
+
+        ``tick`` is not called: the driver's progress advances by whole units.
+        """
+        if not units:
+            return
+        for task, res, started, finished, cpu in self.results(units):
+            self.timings.append(UnitTiming(res.unit.key, len(res.unit.images), res.worker, task.submitted,
+                                           started, finished, time.time(), res.seconds, cpu))
+            yield res
 
 
 def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = None, temp_dir: str,
