@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 from torch import nn
@@ -97,6 +97,12 @@ def mlp_head(in_dim: int, hidden: int = 64) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.SiLU(), nn.Linear(hidden, 1), nn.Sigmoid())
 
 
+class StagedTrunk(Protocol):
+    """A trunk with certified Lipschitz bounds to each of its stages (and the stages' sizes)."""
+
+    def stage_bounds(self, input_size: tuple[int, int]) -> list[tuple[LipschitzBound, tuple[int, int]]]: ...
+
+
 def mean_std_pool(h: torch.Tensor) -> torch.Tensor:
     """``[mean_hw h, sqrt(var_hw h + eps)]``: (B, C, H, W) -> (B, 2C)."""
     mean = h.mean(dim=(2, 3))
@@ -111,7 +117,8 @@ def mean_std_pooled_bound(model: nn.Module, size: tuple[int, int]) -> LipschitzB
     from robustbench_iqa.certify.lipschitz import cached_bound, mean_std_pool_bound
 
     def compute() -> LipschitzBound:
-        trunk, last = model.trunk.stage_bounds(size)[-1]  # type: ignore[operator]
+        staged = cast(StagedTrunk, model.trunk)
+        trunk, last = staged.stage_bounds(size)[-1]
         return trunk.scaled(mean_std_pool_bound(last), f"mean+std pooling over {last[0]}x{last[1]}")
 
     return cached_bound(model, f"features{size}", compute)
