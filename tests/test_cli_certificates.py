@@ -64,6 +64,8 @@ def test_delta_certifies_from_the_upper_bound(capsys: pytest.CaptureFixture[str]
     (["--defense", "fs-iqa", "--certificate", "radius"], "certificate"),
     (["--defense", "rs-reg", "--certificate", "nonsense"], "nonsense"),
     (["--delta", "0.9999"], "delta"),
+    (["--defense", "cert-reg", "--trim", "0.5"], "trim"),
+    (["--defense", "rs-reg", "--trim", "0.1"], "trim"),
 ])
 def test_flags_a_defense_does_not_take_are_refused(capsys: pytest.CaptureFixture[str], argv: list[str],
                                                     message: str) -> None:

@@ -60,7 +60,8 @@ def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
     r.add_argument("--eps-y", type=c.positive_float, default=None, help="the published radius: output tolerance")
     r.add_argument("--n-smooth", type=c.positive_int, default=None,
                    help="the published radius: noisy outputs averaged (rs-reg mean-radius, cert-reg)")
-    r.add_argument("--trim", type=c.probability, default=None, help="cert-reg: trimmed fraction (default 0.1)")
+    r.add_argument("--trim", type=c.nonneg_float, default=None,
+                   help="cert-reg: fraction trimmed at each end, in [0, 0.5) (default 0.1)")
 
 
 def resolve_sigma(args: argparse.Namespace) -> float:
