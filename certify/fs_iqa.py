@@ -129,6 +129,14 @@ POWER_REFUSAL = (
 )
 
 
+def check_delta(delta: float, *, alpha: float) -> float:
+    """``delta`` of the norm's upper bound, such that alpha - delta is still a confidence (>= 0.5)."""
+    if not (0 < delta and alpha - delta >= 0.5):
+        raise InputError(f"delta must lie in (0, alpha - 0.5] = (0, {alpha - 0.5:g}] so that the certificate's "
+                         f"confidence alpha - delta stays >= 0.5, got {delta!r}")
+    return float(delta)
+
+
 class NoiseSpace(StrEnum):
     """Where the feature noise e ~ N(0, sigma_f^2 I) is drawn (see the module docstring)."""
 
@@ -359,8 +367,8 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
             raise InputError(f"tau must be >= 0, got {tau!r}")
         if SpectralMethod(method) is SpectralMethod.POWER:
             raise InputError(POWER_REFUSAL)
-        if delta is not None and not (0 < delta < alpha):
-            raise InputError(f"delta must lie in (0, alpha={alpha:g}) so that alpha - delta is a confidence, got {delta!r}")
+        if delta is not None:
+            check_delta(delta, alpha=alpha)
         require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
         est = self.spectral_estimate(x, ref, method=method, rtol=rtol, max_iter=max_iter, generator=generator,
                                      delta=delta, bound_iter=bound_iter)
@@ -427,8 +435,7 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         norms, statement = est.value, STATEMENT
         bounded = est.delta is not None and est.upper_bound is not None
         if est.delta is not None and est.upper_bound is not None:
-            if not (est.delta < alpha):
-                raise InputError(f"the norm bound's delta={est.delta:g} must be below alpha={alpha:g}")
+            check_delta(est.delta, alpha=alpha)
             norms = est.upper_bound
             statement = STATEMENT_UPPER_BOUND.format(confidence=alpha - est.delta, alpha=alpha, delta=est.delta)
         idx = require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)

@@ -64,6 +64,7 @@ def test_delta_certifies_from_the_upper_bound(capsys: pytest.CaptureFixture[str]
     (["--defense", "fs-iqa", "--certificate", "radius"], "certificate"),
     (["--defense", "rs-reg", "--certificate", "nonsense"], "nonsense"),
     (["--delta", "0.9999"], "delta"),
+    (["--delta", "0.6"], "confidence alpha - delta stays >= 0.5"),
     (["--defense", "cert-reg", "--trim", "0.5"], "trim"),
     (["--defense", "rs-reg", "--trim", "0.1"], "trim"),
 ])
