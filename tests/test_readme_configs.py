@@ -1,4 +1,5 @@
-"""Every verify configuration the README shows parses and validates (keys, tables and types)."""
+"""The README examples: every verify configuration parses and validates (keys, tables, types) and
+every Python block runs."""
 
 from __future__ import annotations
 
@@ -24,3 +25,12 @@ def test_readme_verify_config_is_valid(block: str) -> None:
     table = tomllib.loads(block)["tool"]["robustbench_iqa"]["verify"]
     cfg = VerifyConfig.from_mapping(table).validate()
     assert cfg.models and cfg.defense_cases()
+
+
+PYTHON = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+
+
+@pytest.mark.parametrize("block", PYTHON, ids=[f"python{i}" for i in range(len(PYTHON))])
+def test_readme_python_block_runs(block: str, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(block, "README.md", "exec"), {})  # the README's own example
+    assert capsys.readouterr().out.strip()
