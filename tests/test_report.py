@@ -166,3 +166,11 @@ def test_html_renders_in_headless_chromium(full_report: tuple[Path, object], tmp
     assert decoded.pop("control-broken") is False
     assert len(decoded) == 5 and all(decoded.values()), decoded
     assert check["tables"] == 6 and all(r > 0 for r in check["rows"])
+
+
+def test_radius_kinds_say_what_each_defense_certifies() -> None:
+    from robustbench_iqa.studies.certify import _main_radius_kind
+
+    assert _main_radius_kind("fs-iqa") == "first-order"  # the IVE estimate
+    assert {_main_radius_kind(d) for d in ("ms", "dms", "dms-iqa", "rs-reg", "cert-reg")} == {"input radius"}
+    assert _main_radius_kind("not-registered") == "eps_x"

@@ -109,6 +109,16 @@ class CertifyConfig:
             raise InputError(f"{where}.max_abstain_rate must lie in [0, 1], got {self.max_abstain_rate}")
 
 
+def _main_radius_kind(defense: object) -> str:
+    """What ``eps_x`` is for ``defense``: FS-IQA's (feature-space) radius is the first-order IVE
+    estimate; an input-space defense certifies its input radius directly."""
+    from robustbench_iqa.certify.defense import DEFENSES
+
+    name = str(defense)
+    space = DEFENSES.metadata(name).get("space") if name in DEFENSES else None
+    return "first-order" if space == "feature" else "input radius" if space == "input" else "eps_x"
+
+
 @register_study
 class CertifyStudy(Study):
     name = "certify"
@@ -229,7 +239,7 @@ class CertifyStudy(Study):
         gq = data.frame(GuaranteeRow)
         if not gq.empty:
             table = guarantee.guarantee_table(gq, bins=options.bins)
-            kinds = [table.assign(radius="first-order")]
+            kinds = [table.assign(radius=table["defense"].map(_main_radius_kind))]
             for col, kind in (("eps_x_lipschitz", "lipschitz"), ("eps_x_local", "local")):
                 radii = pd.to_numeric(gq[col], errors="coerce")
                 if radii.notna().any():  # a sound radius beside the first-order one (FS-IQA Figure 3, per kind)
