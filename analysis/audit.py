@@ -123,11 +123,11 @@ def attacked_point_summary(
     )
 
 
-def classify(records: pd.DataFrame) -> pd.DataFrame:
+def classify(records: pd.DataFrame, *, premise_tolerance: float = 0.0) -> pd.DataFrame:
     """Per-image ``status`` (holds / inconclusive / violation / abstained) and ``premise_failed``.
 
-    ``premise_failed`` is True when ``feature_change > feature_radius`` (NaN-safe:
-    False when either is missing).  Status for certified images compares the median
+    ``premise_failed`` is True when ``feature_change > (1 + premise_tolerance) * feature_radius``
+    (the gate's rule; NaN-safe: False when either is missing).  Status for certified images compares the median
     CI with ``[lower, upper]`` as in the module docstring.
     """
     require_columns(records, ["lower", "upper", "abstained", "median_ci_low", "median_ci_high"], "audit")
@@ -150,7 +150,7 @@ def classify(records: pd.DataFrame) -> pd.DataFrame:
         fc = df["feature_change"].astype(float).to_numpy()
         fr = df["feature_radius"].astype(float).to_numpy()
         with np.errstate(invalid="ignore"):
-            df["premise_failed"] = ~abst & np.isfinite(fc) & np.isfinite(fr) & (fc > fr)
+            df["premise_failed"] = ~abst & np.isfinite(fc) & np.isfinite(fr) & (fc > (1.0 + premise_tolerance) * fr)
     else:
         df["premise_failed"] = False
     return df
@@ -208,6 +208,7 @@ def audit_table(
     alpha: float | None = None,
     confidence: float = 0.95,
     by: Sequence[str] = ("model", "defense", "sigma"),
+    premise_tolerance: float = 0.0,
 ) -> pd.DataFrame:
     """Long table: per group and kind, ``count, total, rate, ci_low, ci_high, nominal``.
 
@@ -216,7 +217,7 @@ def audit_table(
     for violations only; ``passed`` is the :func:`verdict` of the group.  ``alpha``
     comes from the argument or, per group, from an ``alpha`` column.
     """
-    df = classify(records)
+    df = classify(records, premise_tolerance=premise_tolerance)
     keys = present(df, by)
     rows = []
     for key, g in df.groupby(keys, sort=True) if keys else [((), df)]:

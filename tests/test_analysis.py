@@ -334,3 +334,17 @@ def test_beyond_orients_lower_better_rows_as_quality() -> None:
     # A distance lowered by 20% and 25% is a quality raised by those amounts, like the defended score.
     assert t.loc["none", "mean"] == pytest.approx((0.2 + 0.25) / 2)
     assert t.loc["fs", "mean"] == pytest.approx((0.2 + 0.25) / 2)
+
+
+def test_premise_failure_uses_the_gates_tolerance() -> None:
+    import pandas as pd
+
+    from robustbench_iqa.analysis.audit import audit_table, classify
+
+    rows = pd.DataFrame({"model": "m", "defense": "fs-iqa", "sigma": 0.25, "lower": 0.0, "upper": 1.0,
+                         "abstained": False, "median_ci_low": 0.4, "median_ci_high": 0.6, "alpha": 0.999,
+                         "feature_radius": 0.25, "feature_change": [0.25 * 1.05, 0.25 * 1.2, 0.2]})
+    assert classify(rows)["premise_failed"].tolist() == [True, True, False]
+    assert classify(rows, premise_tolerance=0.1)["premise_failed"].tolist() == [False, True, False]
+    table = audit_table(rows, premise_tolerance=0.1)
+    assert int(table.loc[table["kind"] == "premise_failed", "count"].iloc[0]) == 1

@@ -289,13 +289,12 @@ class AuditStudy(Study):
         import pandas as pd
 
         rows = pd.concat(frames, ignore_index=True)
-        table = audit.audit_table(rows, confidence=options.confidence)
-        out = StudyOutput(tables={"rates": table}, details={"images": rows},
+        tol = float(data.config.get("sections", {}).get(self.name, {}).get("premise_tolerance", 0.0))
+        table = audit.audit_table(rows, confidence=options.confidence, premise_tolerance=tol)
+        out = StudyOutput(tables={"rates": table}, details={"images": audit.classify(rows, premise_tolerance=tol)},
                           figures={"audit": figures.audit_figure(table)})
-        tol = data.config.get("sections", {}).get(self.name, {}).get("premise_tolerance")
-        if tol is not None:
-            out.notes.append(f"premise_failed counts feature changes above sigma_f (the report's rate); the "
-                             f"gate allows a tolerance of {tol:g} x sigma_f")
+        out.notes.append(f"premise_failed counts feature changes above {1 + tol:g} x sigma_f inside the radius "
+                         f"(the gate's rule, premise_tolerance = {tol:g})")
         return out
 
 
