@@ -156,6 +156,10 @@ def classify(records: pd.DataFrame, *, premise_tolerance: float = 0.0) -> pd.Dat
     return df
 
 
+def _has_premise(g: pd.DataFrame) -> bool:
+    return "feature_change" in g and bool(np.isfinite(g["feature_change"].astype(float).to_numpy()).any())
+
+
 def clopper_pearson(count: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
     """Two-sided Clopper-Pearson interval of a binomial proportion (NaN, NaN if total == 0)."""
     c = _check_confidence(confidence)
@@ -227,7 +231,8 @@ def audit_table(
         counts = {
             "violation": (int((g["status"] == "violation").sum()), cert),
             "inconclusive": (int((g["status"] == "inconclusive").sum()), cert),
-            "premise_failed": (int(g["premise_failed"].sum()), cert),
+            # a defense without a premise (no feature change measured) has no premise rate
+            "premise_failed": (int(g["premise_failed"].sum()), cert if _has_premise(g) else 0),
             "abstained": (int((g["status"] == "abstained").sum()), len(g)),
         }
         v = verdict(counts["violation"][0], cert, alpha=a, confidence=confidence)

@@ -348,3 +348,17 @@ def test_premise_failure_uses_the_gates_tolerance() -> None:
     assert classify(rows, premise_tolerance=0.1)["premise_failed"].tolist() == [False, True, False]
     table = audit_table(rows, premise_tolerance=0.1)
     assert int(table.loc[table["kind"] == "premise_failed", "count"].iloc[0]) == 1
+
+
+def test_a_defense_without_a_premise_has_no_premise_rate() -> None:
+    import math
+
+    import pandas as pd
+
+    from robustbench_iqa.analysis.audit import audit_table
+
+    rows = pd.DataFrame({"model": "m", "defense": "ms", "sigma": 0.25, "lower": 0.0, "upper": 1.0,
+                         "abstained": False, "median_ci_low": 0.4, "median_ci_high": 0.6, "alpha": 0.999,
+                         "feature_radius": float("nan"), "feature_change": [float("nan")] * 3})
+    premise = audit_table(rows).set_index("kind").loc["premise_failed"]
+    assert int(premise["total"]) == 0 and math.isnan(float(premise["rate"]))
