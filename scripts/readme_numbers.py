@@ -50,7 +50,7 @@ def _timed_verify(cfg: Any, out: Path) -> tuple[Any, float, float]:
     from robustbench_iqa.runner import run_verify
 
     wall0, cpu0 = time.perf_counter(), _cpu()
-    outcome = run_verify(cfg, out, report=False, progress=False)
+    outcome = run_verify(cfg, out, report=True, progress=False)  # as the command runs: report included
     return outcome, time.perf_counter() - wall0, _cpu() - cpu0
 
 
