@@ -127,5 +127,5 @@ def certify_settings(args: argparse.Namespace, defense: CertifiedDefense) -> dic
         if k not in taken:
             flag = _flag(k)
             raise InputError(f"{flag} does not apply to defense {args.defense!r} (it takes: "
-                             f"{', '.join(_flag(t) for t in sorted(taken)) or 'none'})")
+                             f"{', '.join(_flag(t) for t in sorted(taken) if t in CERTIFY_SETTINGS) or 'none'})")
     return settings_from(defense, given)
