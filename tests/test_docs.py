@@ -1,0 +1,119 @@
+"""The README and the documentation pages (docs/*.md) hold only examples that work: every verify
+configuration parses and validates, every Python block runs (in a fresh interpreter) and prints,
+every `robustbench-iqa` command line parses with the real parser, nothing is a literal `[--flag]`,
+and every generated block has its generator."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from robustbench_iqa.runner import VerifyConfig
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+
+
+def _blocks(lang: str) -> list[tuple[str, str]]:
+    out = []
+    for page in PAGES:
+        for block in re.findall(rf"```{lang}\n(.*?)```", page.read_text(), re.S):
+            out.append((str(page.relative_to(REPO)), block))
+    return out
+
+
+def _ids(blocks: list[tuple[str, str]]) -> list[str]:
+    return [f"{page}:{i}" for i, (page, _) in enumerate(blocks)]
+
+
+VERIFY = [(p, b) for p, b in _blocks("toml") if "[tool.robustbench_iqa.verify]" in b]
+PYTHON = _blocks("python")
+BASH = _blocks("bash")
+
+
+def test_the_pages_show_verify_configs_and_python() -> None:
+    assert len(VERIFY) >= 3 and len(PYTHON) >= 2 and len(BASH) >= 8
+    assert len((REPO / "README.md").read_bytes()) < 8000  # the README stays about one screen
+
+
+@pytest.mark.parametrize("block", [b for _, b in VERIFY], ids=_ids(VERIFY))
+def test_verify_config_is_valid(block: str) -> None:
+    table = tomllib.loads(block)["tool"]["robustbench_iqa"]["verify"]
+    cfg = VerifyConfig.from_mapping(table).validate()
+    assert cfg.models and cfg.defense_cases()
+
+
+@pytest.mark.parametrize("block", [b for _, b in PYTHON], ids=_ids(PYTHON))
+def test_python_block_runs(block: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, env=env,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip()  # the example shows its result
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    out = []
+    for page, block in BASH:
+        for line in block.splitlines():
+            line = line.split(" # ")[0].split("  #")[0]
+            if "robustbench-iqa " in line and not line.lstrip().startswith("#"):
+                out.append((page, line[line.index("robustbench-iqa "):].split(";")[0].split("&&")[0].strip()))
+    return out
+
+
+COMMANDS = _command_lines()
+
+
+def test_no_example_holds_a_literal_optional_flag() -> None:
+    for page in PAGES:
+        for block in re.findall(r"```(?:bash|text|toml)?\n(.*?)```", page.read_text(), re.S):
+            assert not re.search(r"\[--", block), f"{page.name}: {block}"
+
+
+@pytest.mark.parametrize("line", [c for _, c in COMMANDS], ids=_ids(COMMANDS))
+def test_every_documented_command_line_parses(line: str) -> None:
+    from robustbench_iqa.cli import build_parser
+
+    # a GPU is this machine's question, not the example's: parse `--device cuda` as cpu
+    words = ["cpu" if w == "cuda" else w for w in shlex.split(line)[1:]]
+    command = next(w for w in words if not w.startswith("-"))
+    parser = build_parser(command)
+    args = parser.parse_args(words)  # an unknown flag or a bad value raises (exit 2 at the CLI)
+    assert args.command == command
+
+
+def test_every_generated_block_has_its_generator(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import readme_numbers
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    text = "\n".join(p.read_text() for p in PAGES)
+    found = set(re.findall(r"<!-- BEGIN generated:([a-z][a-z0-9-]*) -->", text))
+    assert found == set(re.findall(r"<!-- END generated:([a-z][a-z0-9-]*) -->", text))
+    made = {*readme_numbers.BLOCKS, "verify-full"}  # block_verify writes verify and verify-full
+    assert made <= found  # nox -s docs has a place for everything it measures
+    assert found - made == {"empirical"}  # printed by scripts/empirical_defense_numbers.py
+    # write_blocks rewrites the block in every page holding it and refuses one found nowhere
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    a.write_text("x\n<!-- BEGIN generated:quick -->\nold\n<!-- END generated:quick -->\ny\n")
+    b.write_text("no block\n")
+    assert readme_numbers.write_blocks({"quick": "new"}, [a, b]) == [a]
+    assert a.read_text() == "x\n<!-- BEGIN generated:quick -->\nnew\n<!-- END generated:quick -->\ny\n"
+    with pytest.raises(SystemExit, match="verify-full"):
+        readme_numbers.write_blocks({"verify-full": "t"}, [b])
+
+
+def test_every_page_is_in_the_site_navigation() -> None:
+    nav = (REPO / "mkdocs.yml").read_text()
+    for page in (REPO / "docs").rglob("*.md"):
+        assert str(page.relative_to(REPO / "docs")) in nav, page
