@@ -3,8 +3,9 @@
 A summary row (one per model, defense and sigma; :func:`robustbench_iqa.runner.gate.evaluate`)
 holds the identifying columns, the verdict and the studies' evidence.  The report and the
 terminal show them in one order, :func:`order_columns`: model, defense, sigma, the radius
-kind the verdict is about, the verdict, then the evidence in the order the studies give it
-(never alphabetical: the store keeps the stored summary's keys sorted).
+kind the verdict is about, the verdict, then the evidence it rests on (:data:`EVIDENCE`),
+then the other columns in the order the studies give them (never alphabetical: the store
+keeps the stored summary's keys sorted).
 
 :func:`fit_table` lays a table out as plain text in at most ``width`` columns (default
 100, a normal terminal): the columns that do not fit beside the headline continue in
@@ -27,16 +28,22 @@ RADIUS_KIND = ("radius_kind", "radius kind", "radius")
 VERDICT = ("gate", "verdict")
 """Names of the verdict column (PASS / FAIL)."""
 
+EVIDENCE = ("images", "abstained", "violations", "inconclusive", "premise_failed", "median_eps_x",
+            "median_eps_x_lipschitz", "mean_width")
+"""The evidence the verdict rests on, shown right after it (when present), in this order: how many
+images, how many abstained, what the audit found, the radii, the interval width."""
+
 GAP = "  "
 
 
 def order_columns(columns: Iterable[str]) -> list[str]:
-    """``columns`` in headline order: :data:`KEYS`, the radius kind, the verdict, then the rest
-    in their given order.  Every column appears once; absent headline columns are skipped."""
+    """``columns`` in headline order: :data:`KEYS`, the radius kind, the verdict, :data:`EVIDENCE`,
+    then the rest in their given order.  Every column appears once; absent ones are skipped."""
     cols = list(dict.fromkeys(columns))
     head = [c for c in KEYS if c in cols]
     head += [c for c in RADIUS_KIND if c in cols][:1]
     head += [c for c in VERDICT if c in cols][:1]
+    head += [c for c in EVIDENCE if c in cols]
     return head + [c for c in cols if c not in head]
 
 

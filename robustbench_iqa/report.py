@@ -186,6 +186,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#22
 table.results{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 table.results th,table.results td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}
 table.results th{background:#f3f3f3}
+table.results th,table.results td:not(:last-child){white-space:nowrap}
 .wide{overflow-x:auto;max-width:100%}
 figure{margin:1em 0} figure img{max-width:100%}
 .note{color:#555;font-style:italic} pre{background:#f6f6f6;padding:1em;overflow-x:auto}

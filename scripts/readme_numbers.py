@@ -99,25 +99,19 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-HEADLINE_EVIDENCE = ["images", "abstained", "violations", "inconclusive", "premise_failed", "median_eps_x",
-                     "median_eps_x_lipschitz", "mean_width"]
-"""The evidence the README's table shows after the headline columns (docs/gate.md: every column)."""
-
-
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return lines + ["| " + " | ".join(_fmt(r.get(c, "–")) for c in cols) + " |" for r in rows]
 
 
 def block_verify(tmp: Path, threads: int) -> dict[str, str]:
-    from robustbench_iqa.headline import VERDICT, order_columns, summary_columns
+    from robustbench_iqa.headline import EVIDENCE, KEYS, RADIUS_KIND, VERDICT, summary_columns
     from robustbench_iqa.runner import load_config
 
     cfg = load_config(REPO / "pyproject.toml")
     outcome, wall, cpu = _timed_verify(cfg, tmp / "verify")
-    full = summary_columns(outcome.summary)
-    verdict = next(i for i, c in enumerate(full) if c in VERDICT) + 1 if any(c in VERDICT for c in full) else 3
-    short = order_columns([*full[:verdict], *(c for c in HEADLINE_EVIDENCE if c in full)])
+    full = summary_columns(outcome.summary)  # docs/gate.md: every column, headline first
+    short = [c for c in full if c in (*KEYS, *RADIUS_KIND, *VERDICT, *EVIDENCE)]  # README: the headline
     result = "PASSED" if outcome.passed else "FAILED"
     timing = f"`robustbench-iqa verify`: {result} in {wall:.0f} s wall, {cpu:.0f} s CPU ({_machine(threads)})."
     return {"verify": "\n".join([*_table(outcome.summary, short), "", timing]),

@@ -42,13 +42,16 @@ def test_headline_columns_come_first_then_the_evidence_in_given_order() -> None:
     shuffled = sorted(cols)  # the store keeps the stored summary's keys sorted
     ordered = order_columns(shuffled)
     assert ordered[:5] == HEADLINE
-    assert ordered[5:] == [c for c in shuffled if c not in HEADLINE]
+    first = ["images", "abstained", "violations", "inconclusive", "premise_failed", "median_eps_x",
+             "median_eps_x_lipschitz", "mean_width"]  # the evidence the verdict rests on
+    assert ordered[5:13] == first
+    assert ordered[13:] == [c for c in shuffled if c not in HEADLINE + first]  # the rest: as given
     assert sorted(ordered) == sorted(cols)  # nothing lost, nothing doubled
     # without a radius kind (or with another name for it) the rest still follows the rule
     assert order_columns(["violations", "gate", "sigma", "model", "defense"]) == \
         ["model", "defense", "sigma", "gate", "violations"]
     assert order_columns(["x", "radius kind", "verdict", "model"]) == ["model", "radius kind", "verdict", "x"]
-    assert summary_columns([{"b": 1, "model": "m"}, {"a": 2}]) == ["model", "b", "a"]
+    assert summary_columns([{"b": 1, "model": "m"}, {"a": 2, "images": 3}]) == ["model", "images", "b", "a"]
 
 
 def _parse_blocks(text: str) -> list[list[dict[str, str]]]:
