@@ -85,10 +85,11 @@ class CostEstimate:
         """Seeded with the units ``store`` already holds (a resumed run knows its costs)."""
         est = cls(n=cfg.n)
         frame = store.units_frame()
-        for r in frame.itertuples(index=False) if not frame.empty else ():
-            images = max(1, int(getattr(r, "images", 1) or 1))
-            est._record((str(r.study), str(r.model), str(r.defense), float(r.sigma), str(r.part or "")),
-                        float(r.seconds) / images)
+        for r in frame.to_dict("records") if not frame.empty else ():
+            images = max(1, int(r.get("images") or 1))
+            group = (str(r.get("study")), str(r.get("model")), str(r.get("defense", "none")),
+                     float(r.get("sigma") or 0.0), str(r.get("part") or ""))
+            est._record(group, float(r.get("seconds") or 0.0) / images)
         return est
 
     def prior(self, unit: Unit) -> float:
