@@ -104,18 +104,25 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
     return lines + ["| " + " | ".join(_fmt(r.get(c, "–")) for c in cols) + " |" for r in rows]
 
 
-def block_verify(tmp: Path, threads: int) -> dict[str, str]:
+def verify_tables(summary: list[dict[str, Any]], timing: str) -> dict[str, str]:
+    """The ``verify`` block (README: the headline columns) and ``verify-full`` (docs/gate.md: every
+    column), both in the order the report and the terminal show them."""
     from robustbench_iqa.headline import EVIDENCE, KEYS, RADIUS_KIND, VERDICT, summary_columns
+
+    full = summary_columns(summary)
+    short = [c for c in full if c in (*KEYS, *RADIUS_KIND, *VERDICT, *EVIDENCE)]
+    return {"verify": "\n".join([*_table(summary, short), "", timing]),
+            "verify-full": "\n".join([*_table(summary, full), "", timing])}
+
+
+def block_verify(tmp: Path, threads: int) -> dict[str, str]:
     from robustbench_iqa.runner import load_config
 
     cfg = load_config(REPO / "pyproject.toml")
     outcome, wall, cpu = _timed_verify(cfg, tmp / "verify")
-    full = summary_columns(outcome.summary)  # docs/gate.md: every column, headline first
-    short = [c for c in full if c in (*KEYS, *RADIUS_KIND, *VERDICT, *EVIDENCE)]  # README: the headline
     result = "PASSED" if outcome.passed else "FAILED"
     timing = f"`robustbench-iqa verify`: {result} in {wall:.0f} s wall, {cpu:.0f} s CPU ({_machine(threads)})."
-    return {"verify": "\n".join([*_table(outcome.summary, short), "", timing]),
-            "verify-full": "\n".join([*_table(outcome.summary, full), "", timing])}
+    return verify_tables(outcome.summary, timing)
 
 
 def block_quick(tmp: Path, threads: int) -> str:

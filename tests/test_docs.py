@@ -117,3 +117,35 @@ def test_every_page_is_in_the_site_navigation() -> None:
     nav = (REPO / "mkdocs.yml").read_text()
     for page in (REPO / "docs").rglob("*.md"):
         assert str(page.relative_to(REPO / "docs")) in nav, page
+
+
+def _table_cells(block: str) -> tuple[list[str], list[list[str]]]:
+    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    split = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return split[0], split[2:]
+
+
+def test_the_readme_table_is_the_headline_of_the_full_table() -> None:
+    """The shipped blocks agree with each other and with the generator's layout: the README's
+    table is the gate page's table cut to the headline columns, row for row."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import readme_numbers
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+    def block(page: str, name: str) -> str:
+        text = (REPO / page).read_text()
+        return text.split(f"<!-- BEGIN generated:{name} -->\n")[1].split(f"\n<!-- END generated:{name} -->")[0]
+
+    head, rows = _table_cells(block("README.md", "verify"))
+    full_head, full_rows = _table_cells(block("docs/gate.md", "verify-full"))
+    assert head[:4] == ["model", "defense", "sigma", "gate"] and rows and len(rows) == len(full_rows)
+    for row, full in zip(rows, full_rows, strict=True):
+        assert row == [full[full_head.index(c)] for c in head]
+    # the generator makes the same layout: the headline from summary rows in any key order, the
+    # rest of the columns in the order the studies gave them
+    shuffled = [dict(sorted(zip(full_head, r, strict=True))) for r in full_rows]
+    assert _table_cells(readme_numbers.verify_tables(shuffled, "timing")["verify"]) == (head, rows)
+    given = [dict(zip(full_head, r, strict=True)) for r in full_rows]
+    assert _table_cells(readme_numbers.verify_tables(given, "timing")["verify-full"]) == (full_head, full_rows)
