@@ -149,3 +149,16 @@ def test_the_readme_table_is_the_headline_of_the_full_table() -> None:
     assert _table_cells(readme_numbers.verify_tables(shuffled, "timing")["verify"]) == (head, rows)
     given = [dict(zip(full_head, r, strict=True)) for r in full_rows]
     assert _table_cells(readme_numbers.verify_tables(given, "timing")["verify-full"]) == (full_head, full_rows)
+
+
+def test_sphinx_roles_become_code_spans_on_the_site() -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from griffe_sphinx_roles import rewrite_roles
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    text = ("see :class:`~robustbench_iqa.certify.result.RadiusKind`, :func:`create_model`, "
+            ":meth:`FeatureSmoothedIQA.lipschitz_bound` and :py:mod:`the gate <robustbench_iqa.runner>`; "
+            "a ``literal`` and an :unknown:`role` stay")
+    assert rewrite_roles(text) == ("see `RadiusKind`, `create_model`, `FeatureSmoothedIQA.lipschitz_bound` and "
+                                   "`the gate`; a ``literal`` and an :unknown:`role` stay")
