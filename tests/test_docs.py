@@ -162,3 +162,39 @@ def test_sphinx_roles_become_code_spans_on_the_site() -> None:
             "a ``literal`` and an :unknown:`role` stay")
     assert rewrite_roles(text) == ("see `RadiusKind`, `create_model`, `FeatureSmoothedIQA.lipschitz_bound` and "
                                    "`the gate`; a ``literal`` and an :unknown:`role` stay")
+
+
+def test_the_site_lists_every_command_and_option() -> None:
+    """The generated command-line reference holds every subcommand (nested ones too) and every
+    option string its parser accepts, and the page has the marker the hook replaces."""
+    import argparse
+
+    from robustbench_iqa.cli import _commands, build_parser
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import mkdocs_cli_reference as hook
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    page = (REPO / "docs" / "cli.md").read_text()
+    assert hook.MARKER in page
+    text = hook.on_page_markdown(page, None, None, None)
+    assert hook.MARKER not in text
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> list[tuple[str, str]]:
+        found = [(prefix, o) for a in parser._actions for o in a.option_strings]
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    found += [(f"{prefix} {name}".strip(), "")] + walk(sub, f"{prefix} {name}".strip())
+        return found
+
+    expected = []
+    for command in _commands():
+        sub = next(a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction))
+        expected += [(command, "")] + walk(sub.choices[command], command)
+    assert len(expected) > 100
+    sections = dict(re.findall(r"### `robustbench-iqa ([^`]+)`\n\n```text\n(.*?)```", text, re.S))
+    for command, option in expected:
+        assert command in sections, command
+        assert option in sections[command], (command, option)
