@@ -111,6 +111,30 @@ def size(text: str) -> str:
     return text
 
 
+def split_name(text: str) -> str:
+    """``--split``: a :class:`~robustbench_iqa.data.base.Split` name (or ``training``), kept as its value."""
+    from robustbench_iqa.data.base import parse_split
+
+    try:
+        return parse_split(text).value
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SPLIT_HELP = ("part of the dataset: test (default), train, validation or all; the official set where the dataset "
+              "has an official split (KonIQ-10k: training/validation/test from koniq10k_distributions_sets.csv), "
+              "else a seeded 80/20 split by reference (see --split-seed)")
+
+
+def add_split_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, override: bool = False) -> None:
+    """``--split`` and ``--split-seed``; ``override``: default None (the verify config's values)."""
+    where = " (default: the config's)" if override else ""
+    p.add_argument("--split", type=split_name, default=None if override else "test", help=SPLIT_HELP + where)
+    p.add_argument("--split-seed", type=seed, default=None if override else 0,
+                   help="seed of the seeded split of a dataset without an official one "
+                        + ("(default: the config's, 0)" if override else "(default: 0, as verify)"))
+
+
 def max_pixels(text: str) -> int:
     return _int_in(64, MAX_SEED, "a pixel count")(text)
 
@@ -148,8 +172,7 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inputs")
     g.add_argument("--dataset", default=None, help="registered dataset name (e.g. default, koniq10k, kadid10k, csv)")
     g.add_argument("--root", default=None, help="local folder (or CSV file) of the dataset")
-    g.add_argument("--split", choices=["all", "train", "test"], default="test",
-                   help="which part of the seeded 80/20 split to use (default: test)")
+    add_split_args(g)
     g.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
     g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     g.add_argument("--ref", action="append", default=[], help="reference image for FR models (one, or one per --image)")
@@ -164,13 +187,14 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_training_data_args(p: argparse.ArgumentParser) -> None:
-    """Dataset flags of the training commands (the seeded 80/20 split is made inside)."""
+    """Dataset flags of the training commands (the train/test split is made inside: the official one
+    where the dataset has one, else the seeded 80/20 split by ``--split-seed``)."""
     p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
     p.add_argument("--root", default=None, help="local folder of the dataset")
     p.add_argument("--size", type=size, default=None, help="working size HxW (default: the dataset's)")
     p.add_argument("--resize", default=None, help="resize policy")
     p.add_argument("--limit", type=positive_int, default=None,
-                   help="use at most this many images (before the split)")
+                   help="use at most this many images (train: of each part; train-denoiser: before the split)")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -221,10 +245,7 @@ def load_dataset(args: argparse.Namespace) -> IQADataset:
     ds = create_dataset(args.dataset, root=args.root, size=parse_dataset_size(args.size), resize=args.resize)
     ds = dataclasses.replace(ds, max_pixels=getattr(args, "max_pixels", None),
                              resize_ref=bool(getattr(args, "resize_ref", False)))
-    if args.split != "all":
-        train, test = ds.split(seed=0)
-        ds = train if args.split == "train" else test
-    return ds.head(args.limit)
+    return ds.select(args.split, seed=getattr(args, "split_seed", 0)).head(args.limit)
 
 
 def check_input_args(args: argparse.Namespace) -> None:

@@ -44,6 +44,12 @@ class VerifyConfig:
     resize: str | None = None
     """``resize``, ``center-crop`` or ``none``; default: the dataset's.  Both are recorded in the run."""
     split: str = "test"
+    """The part of the dataset the gate evaluates: ``test`` (default), ``train``, ``validation`` or
+    ``all``.  A dataset with an official split gives its official set (KonIQ-10k's ``test`` set,
+    as the FS-IQA study evaluates on the test part); others a seeded 80/20 split by reference
+    (:meth:`robustbench_iqa.data.base.IQADataset.select`)."""
+    split_seed: int = 0
+    """Seed of the seeded split of a dataset without an official one (unused otherwise)."""
     defenses: tuple[str, ...] = ("fs-iqa",)
     sigma: float | tuple[float, ...] = 0.25
     """Noise standard deviation of the defenses; a list runs every study at each value
@@ -167,8 +173,14 @@ class VerifyConfig:
             raise InputError("verify: `models` is empty")
         if not self.defenses:
             raise InputError("verify: `defenses` is empty")
-        if self.split not in ("train", "test", "all"):
-            raise InputError(f"verify: split must be train, test or all, got {self.split!r}")
+        from robustbench_iqa.data.base import parse_split
+
+        try:
+            parse_split(self.split)
+        except InputError as exc:
+            raise InputError(f"verify: {exc}") from None
+        if not 0 <= self.split_seed < 2**63:
+            raise InputError(f"verify: split_seed must lie in [0, 2^63), got {self.split_seed}")
         parse_dataset_size(self.size)
         if self.resize is not None and self.resize not in [r.value for r in Resize]:
             raise InputError(f"verify: resize must be one of {[r.value for r in Resize]}, got {self.resize!r}")
@@ -212,6 +224,7 @@ class _Globals:
     size: str | None = None
     resize: str | None = None
     split: str = VerifyConfig.split
+    split_seed: int = VerifyConfig.split_seed
     defenses: tuple[str, ...] = VerifyConfig.defenses
     sigma: float | tuple[float, ...] = VerifyConfig.sigma
     n: int = VerifyConfig.n

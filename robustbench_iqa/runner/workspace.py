@@ -177,25 +177,28 @@ class Workspace:
 
 
 def open_split(cfg: VerifyConfig) -> IQADataset:
-    """The configured dataset at its working size and policy, split and limited."""
+    """The configured part (``split``) of the configured dataset at its working size and policy,
+    first ``limit`` images: the official set where the dataset has an official split, else the
+    seeded split by ``split_seed`` (:meth:`~robustbench_iqa.data.base.IQADataset.select`)."""
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
     ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
-    if cfg.split != "all":
-        train, test = ds.split(seed=0)
-        ds = train if cfg.split == "train" else test
-    return ds.head(cfg.limit)
+    return ds.select(cfg.split, seed=cfg.split_seed).head(cfg.limit)
 
 
 def dataset_settings(cfg: VerifyConfig) -> dict[str, Any]:
-    """What the run records of its data: name, size of the whole set, working size and policy."""
+    """What the run records of its data: name, size of the whole set, working size and policy,
+    score range and direction, and the split (official set, or seed, fraction and grouping)."""
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
-    return {"name": ds.name, "samples": len(ds), "size": list(ds.size) if ds.size else None,
-            "resize": str(ds.resize.value), "higher_better": ds.higher_better}
+    full = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
+    ds = full.select(cfg.split, seed=cfg.split_seed)
+    return {"name": ds.name, "samples": len(full), "size": list(ds.size) if ds.size else None,
+            "resize": str(ds.resize.value), "higher_better": ds.higher_better,
+            "score_range": list(ds.score_range), "split": dict(ds.selection),
+            "score_column": ds.extra.get("score_column")}
 
 
 def checkpoint_for(cfg: VerifyConfig, model: str, defense: str, sigma: float) -> str | None:
