@@ -209,9 +209,35 @@ def check_limit(limit: int | None) -> None:
 
 
 def build_model(args: argparse.Namespace) -> IQAModel:
+    """The model of ``--model``/``--weights``; a loud warning when its weights are random."""
     from robustbench_iqa.models.registry import create_model
 
-    return create_model(args.model, weights=args.weights, device=args.device)
+    model = create_model(args.model, weights=args.weights, device=args.device)
+    origin = getattr(model, "weights_origin", None)
+    if getattr(origin, "is_random", False):
+        print(f"warning: model {args.model!r} has RANDOM weights ({origin}): its scores say nothing about image "
+              "quality; every row says weights=random", file=sys.stderr)
+    return model
+
+
+def score_labels(model: Any, scorer: Any = None) -> dict[str, Any]:
+    """What every shown score row carries: the orientation and range of the score (of ``scorer``, the
+    defense, when given, else of the model; :mod:`robustbench_iqa.orientation`) and the model's weights."""
+    from robustbench_iqa.orientation import score_fields
+
+    s = scorer if scorer is not None else model
+    return {**score_fields(lower_better=bool(s.lower_better), score_range=s.score_range),
+            "weights": str(getattr(model, "weights_origin", "unknown"))}
+
+
+RANDOM_ORIGINS = ("random", "pretrained-base")
+
+
+def label_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Table columns after a command's own: ``scale`` (orientation and range), and ``weights`` when
+    some row's model has random weights."""
+    random = any(r.get("weights") in RANDOM_ORIGINS for r in rows)
+    return ["scale"] + (["weights"] if random else [])
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -375,6 +401,10 @@ def emit(rows: list[dict[str, Any]], *, as_json: bool, columns: list[str]) -> No
         for r in rows:
             print(json.dumps(r, default=_json_default))
         return
+    if "scale" in columns:
+        from robustbench_iqa.orientation import scale_text
+
+        rows = [r if "scale" in r else {**r, "scale": scale_text(r)} for r in rows]
     print(format_table(rows, columns))
 
 

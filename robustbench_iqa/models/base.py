@@ -49,6 +49,9 @@ class IQAModel(nn.Module):
     weights_source: Any = None
     """A :class:`~robustbench_iqa.models.weights.WeightsSource` for the published models (what
     their weights were read from, with SHA-256), None otherwise."""
+    weights_origin: Any = "unknown"
+    """A :class:`~robustbench_iqa.models.weights.WeightsOrigin` (local, pretrained, file, random,
+    ...), set by :func:`~robustbench_iqa.models.registry.create_model`; shown next to scores."""
 
     @property
     def full_reference(self) -> bool:

@@ -262,6 +262,8 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
     from robustbench_iqa.store import file_sha256
 
     path = cfg.weights.get(name)
+    if path == "random":
+        return "RANDOM (weights = \"random\": random initialisation, scores mean nothing about quality)"
     if path in ("pretrained", "pretrained-base"):
         return f"{path} (published weights through pyiqa/timm/torchvision)"
     if path is not None:
@@ -269,7 +271,7 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
     p = shipped_weights(name)
     if p.is_file():
         return file_sha256(p)
-    return "default (random init; see the model adapter)"
+    return "the model's own local default weights"
 
 
 def defense_identity(defense: CertifiedDefense) -> str | None:
