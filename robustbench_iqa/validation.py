@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 
@@ -20,9 +23,17 @@ MAX_SAMPLES = 10_000_000
 IMAGE_DTYPE = torch.float32
 """The dtype images are computed in: float64, float16 and bfloat16 images are converted to it."""
 
+RANGE_TOLERANCE = 1e-6
+"""Float tolerance of the [0, 1] range check of images: values in [-1e-6, 1 + 1e-6] (a resize or a
+colour conversion rounding a pixel to 1.0000001) are accepted and clamped into [0, 1]; anything
+further out is refused.  The same check, with this tolerance, for every model and defense."""
+
 
 def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     """Validate a batch of RGB images in [0, 1] with shape (B, 3, H, W).
+
+    Values within :data:`RANGE_TOLERANCE` outside [0, 1] are clamped into it; values further
+    out are refused, the message giving the range with 9 significant digits.
 
     A single image of shape (3, H, W) is promoted to a batch of one.  Floating
     dtypes other than float32 (float64, float16, bfloat16) are converted to
@@ -49,9 +60,32 @@ def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     if not bool(torch.isfinite(xd).all()):
         raise InputError(f"{name} contains NaN or Inf values")
     lo, hi = float(xd.min()), float(xd.max())
+    if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        far = max(-lo, hi - 1.0)
+        raise InputError(f"{name} must have values in [0, 1] (tolerance {RANGE_TOLERANCE:g}), got range "
+                         f"[{lo:.9g}, {hi:.9g}], {far:.3g} outside; rescale (8-bit images: divide by 255) or clamp")
     if lo < 0.0 or hi > 1.0:
-        raise InputError(f"{name} must have values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+        x = x.clamp(0.0, 1.0)
     return x
+
+
+_NOISY = ContextVar("noisy_inputs", default=False)
+
+
+@contextmanager
+def noisy_inputs() -> Iterator[None]:
+    """Inside this block, ``model(x)`` takes tensors outside [0, 1] unchecked: a defense scoring noisy
+    copies of a checked image (input-space smoothing adds Gaussian noise to images it checked first)."""
+    token = _NOISY.set(True)
+    try:
+        yield
+    finally:
+        _NOISY.reset(token)
+
+
+def inputs_checked() -> bool:
+    """Whether ``model(x)`` range-checks tensors here (everywhere but inside :func:`noisy_inputs`)."""
+    return not _NOISY.get()
 
 
 def check_pair(x: torch.Tensor, ref: torch.Tensor | None, *, full_reference: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -80,6 +80,25 @@ class IQAModel(nn.Module):
         """Undefended quality score of shape (B,)."""
         return self.head(self.features(x, ref))
 
+    def __call__(self, x: Any, ref: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """The score of ``x`` (and ``ref``), like pyiqa: tensors (B, 3, H, W) in [0, 1], image file
+        paths or PIL images (:mod:`robustbench_iqa.models.inputs`: decoded and moved to the model's
+        device).  Every input passes the one range check of
+        :func:`~robustbench_iqa.validation.check_pair` (values within
+        :data:`~robustbench_iqa.validation.RANGE_TOLERANCE` of [0, 1] clamped, others refused),
+        except tensors scored inside :func:`~robustbench_iqa.validation.noisy_inputs` (a defense's
+        noisy copies of an image it checked)."""
+        from robustbench_iqa.models.inputs import as_images
+        from robustbench_iqa.validation import inputs_checked
+
+        if not isinstance(x, torch.Tensor) or (ref is not None and not isinstance(ref, torch.Tensor)):
+            x = as_images(x, name="x", device=self.device)
+            ref = as_images(ref, name="ref", device=self.device)
+            x, ref = self.check_inputs(x, ref)
+        elif inputs_checked():
+            x, ref = self.check_inputs(x, ref)
+        return super().__call__(x, ref, *args, **kwargs)
+
     def check_inputs(
         self, x: torch.Tensor, ref: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
