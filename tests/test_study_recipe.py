@@ -108,3 +108,23 @@ def test_cli_certify_on_the_official_test_set(tmp_path: Path, capsys: pytest.Cap
     assert [r["image"] for r in rows] == k.names_of("test")
     assert {r["orientation"] for r in rows} == {"quality"} and {r["weights"] for r in rows} == {"local"}
     assert rows[0]["target"] == pytest.approx(k.mos[k.names.index(rows[0]["image"])])
+
+
+def test_model_protocol_is_set_from_the_config_and_checked() -> None:
+    from robustbench_iqa.errors import InputError
+    from robustbench_iqa.runner.config import VerifyConfig
+    from robustbench_iqa.runner.workspace import Workspace, check_checkpoint_keys
+
+    cfg = VerifyConfig(models=("hyperiqa",), weights={"hyperiqa": "random"},
+                       model_options={"hyperiqa.crops": "random", "hyperiqa.num_crops": "4",
+                                      "hyperiqa.input_size": "384x512"}).validate()
+    check_checkpoint_keys(cfg)
+    assert Workspace(cfg).model("hyperiqa").protocol == {"crops": "random", "num_crops": 4,
+                                                         "input_size": "384x512", "crop_seed": 0}
+    for options, message in (({"dbcnn.input_size": "384x512"}, "names no configured model"),
+                             ({"crops": "random"}, "must look like")):
+        with pytest.raises(InputError, match=message):
+            check_checkpoint_keys(VerifyConfig(models=("hyperiqa",), model_options=options))
+    with pytest.raises(InputError, match="did you mean 'crops'"):
+        Workspace(VerifyConfig(models=("hyperiqa",), weights={"hyperiqa": "random"},
+                               model_options={"hyperiqa.crop": "random"})).model("hyperiqa")

@@ -164,7 +164,10 @@ def check_output_dir(path: str | Path, *, flag: str = "--out") -> Path:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default-nr", help="registered model name (see `robustbench-iqa list`)")
-    p.add_argument("--weights", default=None, help="local checkpoint for the model (default: shipped/random)")
+    p.add_argument("--weights", default=None,
+                   help="pretrained (the published weights), a local checkpoint file, or random (random "
+                        "initialisation, tests only); required for published architectures (dbcnn, lpips, ...); "
+                        "default: the model's own local weights (embedded models)")
     p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
 

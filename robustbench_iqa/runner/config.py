@@ -69,7 +69,11 @@ class VerifyConfig:
     for FS-IQA heads, ``{"model:dms@0.25": path}`` for a denoiser (see
     :func:`robustbench_iqa.runner.workspace.checkpoint_for`)."""
     weights: dict[str, str] = field(default_factory=dict)
-    """Optional ``{model: path}`` of local model weights (or ``"pretrained"``)."""
+    """``{model: "pretrained" | path | "random"}``: the weights of each model.  Required for a published
+    architecture (dbcnn, hyperiqa, koncept, lpips, dists, dreamsim): none is ever random by accident."""
+    model_options: dict[str, str] = field(default_factory=dict)
+    """A model's evaluation protocol: ``{"model.option": value}``, e.g. ``{"hyperiqa.crops" = "random",
+    "hyperiqa.input_size" = "384x512"}`` (integers and numbers are converted); recorded with the run."""
     plugins: tuple[str, ...] = ()
     """Modules imported before anything is built: a research repo registers its own models,
     datasets, defenses or studies there (``@register_model(...)`` etc.)."""
@@ -237,8 +241,31 @@ class _Globals:
     batch_size: int = VerifyConfig.batch_size
     checkpoints: dict[str, str] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
+    model_options: dict[str, str] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
     studies: tuple[str, ...] | None = None
+
+
+def _option_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def options_of(cfg: VerifyConfig, model: str) -> dict[str, Any]:
+    """The keyword options of ``model`` from ``model_options`` (``"model.option" = value``)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.model_options.items():
+        name, sep, option = key.rpartition(".")
+        if not sep or not name or not option:
+            raise InputError(f"verify: model_options key {key!r} must look like \"model.option\", "
+                             f"e.g. \"hyperiqa.crops\"")
+        if name == model:
+            out[option] = _option_value(value)
+    return out
 
 
 def _section(study: str, values: Mapping[str, Any], where: str) -> Any:

@@ -95,8 +95,10 @@ class Workspace:
     def model(self, name: str) -> IQAModel:
         if name not in self._models:
             from robustbench_iqa.models import create_model
+            from robustbench_iqa.runner.config import options_of
 
-            self._models[name] = create_model(name, weights=self.cfg.weights.get(name), device=self.cfg.device)
+            self._models[name] = create_model(name, weights=self.cfg.weights.get(name), device=self.cfg.device,
+                                              **options_of(self.cfg, name))
         return self._models[name]
 
     def defense(self, model: str, name: str, sigma: float) -> CertifiedDefense:
@@ -254,6 +256,12 @@ def check_checkpoint_keys(cfg: VerifyConfig) -> None:
     for key in cfg.weights:
         if key not in cfg.models:
             raise InputError(f"verify: weights key {key!r} is not one of the models {list(cfg.models)}")
+    from robustbench_iqa.runner.config import options_of
+
+    named = {m for m in cfg.models if options_of(cfg, m)}
+    for key in cfg.model_options:
+        if key.rpartition(".")[0] not in named:
+            raise InputError(f"verify: model_options key {key!r} names no configured model {list(cfg.models)}")
 
 
 def weights_identity(cfg: VerifyConfig, name: str) -> str:
