@@ -128,3 +128,19 @@ def test_train_uses_official_sets_and_records_them(koniq, tmp_path: Path) -> Non
     text = "".join(meta.values())
     assert '"set": "training"' in text and '"set": "test"' in text
     assert f'"n": {len(k.names_of("test"))}' in text
+
+
+def test_csv_with_its_own_set_column_has_an_official_split(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rows = ["image,score,set"]
+    for i, st in enumerate(["training", "train", "val", "test", "test"]):
+        Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,{i},{st}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    ds = create_dataset("csv", root=tmp_path / "list.csv", size=None)
+    assert _names(ds.select("train")) == ["0.png", "1.png"] and _names(ds.select("validation")) == ["2.png"]
+    assert _names(ds.select("test")) == ["3.png", "4.png"] and ds.select("test").selection["kind"] == "official"
+    (tmp_path / "list.csv").write_text("\n".join(rows).replace(",val", ",holdout") + "\n")
+    with pytest.raises(InputError, match=r"column 'set' .* has values \['holdout'\]"):
+        create_dataset("csv", root=tmp_path / "list.csv", size=None)
