@@ -79,3 +79,24 @@ def test_cli_refuses_in_one_line_and_shows_random_weights(capsys: pytest.Capture
 
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert row["weights"] == "random"
+
+
+def test_attack_with_random_weights_is_labelled_and_recorded(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from PIL import Image
+
+    from robustbench_iqa.store import ResultsStore
+
+    for i in range(2):
+        Image.fromarray((torch.rand(32, 32, 3, generator=torch.Generator().manual_seed(i)) * 255)
+                        .to(torch.uint8).numpy()).save(tmp_path / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["attack", "--model", "lpips", "--weights", "random", "--image", str(tmp_path / "0.png"),
+                 "--ref", str(tmp_path / "1.png"), "--steps", "2", "--out", str(run), "--json", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows[0]["weights"] == "random" and rows[0]["orientation"] == "distance" and "RANDOM" in err
+    assert rows[-1]["summary"] and rows[-1]["weights"] == "random"
+    with ResultsStore.open(run) as store:
+        assert store.config["weights"] == "random"

@@ -68,7 +68,7 @@ def open_store(args: argparse.Namespace, kind: str, settings: Mapping[str, Any])
             raise InputError("--resume needs --out RUN_DIR")
         return StoreRun(None, None)
     weights = args.weights
-    if weights is not None and weights not in ("pretrained", "pretrained-base"):
+    if weights is not None and weights not in ("pretrained", "pretrained-base", "random"):
         weights = file_sha256(weights)
     checkpoint = getattr(args, "checkpoint", None)
     if args.dataset:  # how the part was chosen (official set, or seeded split), recorded with the run

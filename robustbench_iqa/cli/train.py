@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         extra = {"dataset": ds.describe(), "train_split": dict(train.selection),
                  "test_split": dict(test.selection), "seed": args.seed, "epochs": args.epochs, "lr": args.lr,
                  "heldout_srcc": srcc, "heldout_plcc": plcc, "n_train": len(train), "n_test": len(test),
-                 "weights": args.weights}
+                 "weights": args.weights, "weights_origin": str(getattr(model, "weights_origin", "unknown"))}
         save_fs_checkpoint(path, ftn, scorer, sigma=s, model=model.name, higher_better=ds.higher_better,
                            score_range=ds.score_range, extra=extra)
         print(json.dumps({"model": model.name, "sigma": s, "checkpoint": str(path), "heldout_srcc": srcc,
