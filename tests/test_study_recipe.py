@@ -110,6 +110,25 @@ def test_cli_certify_on_the_official_test_set(tmp_path: Path, capsys: pytest.Cap
     assert rows[0]["target"] == pytest.approx(k.mos[k.names.index(rows[0]["image"])])
 
 
+def test_model_options_are_parsed_and_checked() -> None:
+    from robustbench_iqa.errors import InputError
+    from robustbench_iqa.runner.config import VerifyConfig, options_of
+    from robustbench_iqa.runner.workspace import Workspace, check_checkpoint_keys
+
+    cfg = VerifyConfig(models=("hyperiqa", "default-nr"), model_options={
+        "hyperiqa.crops": "random", "hyperiqa.num_crops": "4", "hyperiqa.input_size": "384x512"}).validate()
+    check_checkpoint_keys(cfg)
+    assert options_of(cfg, "hyperiqa") == {"crops": "random", "num_crops": 4, "input_size": "384x512"}
+    assert options_of(cfg, "default-nr") == {}
+    for options, message in (({"dbcnn.input_size": "384x512"}, "names no configured model"),
+                             ({"crops": "random"}, "must look like")):
+        with pytest.raises(InputError, match=message):
+            check_checkpoint_keys(VerifyConfig(models=("hyperiqa",), model_options=options))
+    with pytest.raises(InputError, match="takes no argument 'crops'"):
+        Workspace(VerifyConfig(models=("default-nr",), model_options={"default-nr.crops": "random"})).model("default-nr")
+
+
+@pytest.mark.slow
 def test_model_protocol_is_set_from_the_config_and_checked() -> None:
     from robustbench_iqa.errors import InputError
     from robustbench_iqa.runner.config import VerifyConfig
