@@ -147,3 +147,24 @@ def test_model_protocol_is_set_from_the_config_and_checked() -> None:
     with pytest.raises(InputError, match="did you mean 'crops'"):
         Workspace(VerifyConfig(models=("hyperiqa",), weights={"hyperiqa": "random"},
                                model_options={"hyperiqa.crop": "random"})).model("hyperiqa")
+
+
+def test_dataset_options_choose_the_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustbench_iqa.runner.config import VerifyConfig
+    from robustbench_iqa.runner.workspace import dataset_settings, open_split
+
+    root = tmp_path / "koniq10k"
+    k = make_koniq(root, n=12)
+    cfg = VerifyConfig(dataset="koniq10k", root=str(root), dataset_options={"score_column": "MOS_zscore"}).validate()
+    rec = dataset_settings(cfg)
+    assert rec["score_column"] == "MOS_zscore" and rec["score_range"] == [0.0, 100.0]
+    want = {n: z for n, z in zip(k.names, k.zscore)}
+    assert {s.name: s.score for s in open_split(cfg)} == pytest.approx({n: want[n] for n in k.names_of("test")})
+    assert main(["predict", "--model", "default-nr", "--dataset", "koniq10k", "--root", str(root), "--size",
+                 "24x32", "--dataset-option", "score_column=MOS_zscore", "--defense", "none", "--json",
+                 "--no-progress"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {r["image"]: r["target"] for r in rows} == pytest.approx({n: want[n] for n in k.names_of("test")})
+    assert main(["predict", "--model", "default-nr", "--dataset", "koniq10k", "--root", str(root),
+                 "--dataset-option", "score_colum=MOS", "--defense", "none", "--no-progress"]) == 2
+    assert "did you mean 'score_column'" in capsys.readouterr().err

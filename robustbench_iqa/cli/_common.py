@@ -171,10 +171,26 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
 
 
+DATASET_OPTION_HELP = ("a keyword option of the dataset (repeatable), e.g. score_column=MOS_zscore for KonIQ-10k's "
+                       "0-100 target (default MOS, 1-5)")
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, str]:
+    """``--dataset-option KEY=VALUE`` (repeatable) as keyword options of the dataset (strings)."""
+    out: dict[str, str] = {}
+    for item in getattr(args, "dataset_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--dataset-option must look like KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def add_input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inputs")
     g.add_argument("--dataset", default=None, help="registered dataset name (e.g. default, koniq10k, kadid10k, csv)")
     g.add_argument("--root", default=None, help="local folder (or CSV file) of the dataset")
+    g.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help=DATASET_OPTION_HELP)
     add_split_args(g)
     g.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
     g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
@@ -194,6 +210,7 @@ def add_training_data_args(p: argparse.ArgumentParser) -> None:
     where the dataset has one, else the seeded 80/20 split by ``--split-seed``)."""
     p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
     p.add_argument("--root", default=None, help="local folder of the dataset")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help=DATASET_OPTION_HELP)
     p.add_argument("--size", type=size, default=None, help="working size HxW (default: the dataset's)")
     p.add_argument("--resize", default=None, help="resize policy")
     p.add_argument("--limit", type=positive_int, default=None,
@@ -271,7 +288,8 @@ class Item:
 def load_dataset(args: argparse.Namespace) -> IQADataset:
     from robustbench_iqa.data.registry import create_dataset
 
-    ds = create_dataset(args.dataset, root=args.root, size=parse_dataset_size(args.size), resize=args.resize)
+    ds = create_dataset(args.dataset, root=args.root, size=parse_dataset_size(args.size), resize=args.resize,
+                        **dataset_options(args))
     ds = dataclasses.replace(ds, max_pixels=getattr(args, "max_pixels", None),
                              resize_ref=bool(getattr(args, "resize_ref", False)))
     return ds.select(args.split, seed=getattr(args, "split_seed", 0)).head(args.limit)

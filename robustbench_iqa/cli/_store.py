@@ -76,6 +76,7 @@ def open_store(args: argparse.Namespace, kind: str, settings: Mapping[str, Any])
 
         settings = {**settings, "split_record": dict(load_dataset(args).selection)}
     config = run_config(kind=kind, model=args.model, weights=weights, dataset=args.dataset, root=args.root,
+                        dataset_options=getattr(args, "dataset_option", []),
                         split=args.split, split_seed=getattr(args, "split_seed", 0), limit=args.limit, images=list(args.image), refs=list(args.ref),
                         size=args.size, resize=args.resize, max_pixels=getattr(args, "max_pixels", None),
                         resize_ref=bool(getattr(args, "resize_ref", False)), seed=args.seed, device=args.device,

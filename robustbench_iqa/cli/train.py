@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     model = c.build_model(args)
     from robustbench_iqa.data.registry import create_dataset
 
-    ds = create_dataset(args.dataset, root=args.root, size=c.parse_dataset_size(args.size), resize=args.resize)
+    ds = create_dataset(args.dataset, root=args.root, size=c.parse_dataset_size(args.size), resize=args.resize,
+                        **c.dataset_options(args))
     train, test = (part.head(args.limit) for part in ds.split(seed=args.split_seed))
     if len(train) < 2 or len(test) < 3:
         raise InputError(f"dataset {ds.name!r} has too few samples for a train/test split "

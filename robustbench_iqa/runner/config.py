@@ -43,6 +43,9 @@ class VerifyConfig:
     """Working size ``"HxW"`` (e.g. ``"384x512"``, as in the FS-IQA study); default: the dataset's."""
     resize: str | None = None
     """``resize``, ``center-crop`` or ``none``; default: the dataset's.  Both are recorded in the run."""
+    dataset_options: dict[str, str] = field(default_factory=dict)
+    """The dataset's own keyword options, e.g. ``{ score_column = "MOS_zscore" }`` for KonIQ-10k's
+    0-100 target (a key the dataset does not take is refused)."""
     split: str = "test"
     """The part of the dataset the gate evaluates: ``test`` (default), ``train``, ``validation`` or
     ``all``.  A dataset with an official split gives its official set (KonIQ-10k's ``test`` set,
@@ -227,6 +230,7 @@ class _Globals:
     root: str | None = None
     size: str | None = None
     resize: str | None = None
+    dataset_options: dict[str, str] = field(default_factory=dict)
     split: str = VerifyConfig.split
     split_seed: int = VerifyConfig.split_seed
     defenses: tuple[str, ...] = VerifyConfig.defenses

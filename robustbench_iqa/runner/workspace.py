@@ -185,7 +185,8 @@ def open_split(cfg: VerifyConfig) -> IQADataset:
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
+    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize,
+                        **cfg.dataset_options)
     return ds.select(cfg.split, seed=cfg.split_seed).head(cfg.limit)
 
 
@@ -195,7 +196,8 @@ def dataset_settings(cfg: VerifyConfig) -> dict[str, Any]:
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
-    full = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
+    full = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize,
+                        **cfg.dataset_options)
     ds = full.select(cfg.split, seed=cfg.split_seed)
     return {"name": ds.name, "samples": len(full), "size": list(ds.size) if ds.size else None,
             "resize": str(ds.resize.value), "higher_better": ds.higher_better,
