@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from robustbench_iqa.data.registry import create_dataset, list_datasets
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.errors import DataWarning, InputError
 
 H, W = 12, 16  # tiny stand-ins for the 384 x 512 originals
 
@@ -125,18 +126,23 @@ def test_koniq_score_columns_checked_against_the_files(tmp_path: Path) -> None:
         create_dataset("koniq10k", root=tmp_path, score_colum="MOS")
     csv = tmp_path / "koniq10k_scores_and_distributions.csv"
     names = [f"{1000 + i}.png" for i in range(4)]
-    # a sets file listing other images than the scores file is refused
+    # a sets file lacking images of the scores file: a warning, and those images are in no part
     (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n1000.png,0,training\n")
-    with pytest.raises(InputError, match="list different images"):
-        create_dataset("koniq10k", root=tmp_path)
-    # a sets file whose MOS is not the scores file's MOS_zscore (here (MOS-1)*25 + 2) is refused
-    rows = [f"{n},{(1 + i) * 25 + 2},{'test' if i else 'training'}" for i, n in enumerate(names)]
+    with pytest.warns(DataWarning, match="3 image.s. of koniq10k_scores_and_distributions.csv have no set"):
+        partial = create_dataset("koniq10k", root=tmp_path)
+    assert len(partial) == 4 and [s.name for s in partial.select("train")] == ["1000.png"]
+    # a sets file whose MOS is not the scores file's MOS_zscore (here off by 2): a warning; the
+    # targets still come from the scores file
+    rows = [f"{n},{i * 100 / 3 + 2},{'test' if i else 'training'}" for i, n in enumerate(names)]
     (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n" + "\n".join(rows) + "\n")
-    with pytest.raises(InputError, match="should equal column 'MOS_zscore'.*differs by up to 2"):
-        create_dataset("koniq10k", root=tmp_path)
+    with pytest.warns(DataWarning, match="should equal column 'MOS_zscore'.*differs by up to 2"):
+        off = create_dataset("koniq10k", root=tmp_path, score_column="MOS_zscore")
+    assert [s.score for s in off] == pytest.approx([i * 100 / 3 for i in range(4)])
     rows = [f"{n},{i * 100 / 3},{'test' if i else 'training'}" for i, n in enumerate(names)]
     (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n" + "\n".join(rows) + "\n")
-    assert [s.name for s in create_dataset("koniq10k", root=tmp_path, split="test")] == names[1:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consistent files: no warning
+        assert [s.name for s in create_dataset("koniq10k", root=tmp_path, split="test")] == names[1:]
     # a 0-100 column where the 1-5 MOS belongs is refused with the column and the file
     csv.write_text(csv.read_text().replace(",1.0,0.5,", ",80,0.5,"))
     with pytest.raises(InputError, match=r"column 'MOS' of .*should hold MOS in \[1, 5\].*80"):

@@ -24,9 +24,11 @@ Targets (``score_column``) are named for what they are, whichever file holds the
   column, or, when only the sets file is there, from the sets file's ``MOS`` column.
 
 Every target is checked against the file: its values must lie in its range (a 1-5 column
-is not a 0-100 one), and when both files are present the sets file's ``MOS`` must equal the
-scores file's ``MOS_zscore`` (within :data:`ZSCORE_TOLERANCE`) and both files must list the
-same images.  A target a file cannot give is refused with the file that has it.
+is not a 0-100 one), and a target a file cannot give is refused with the file that has it.
+When both files are present the targets come from the scores file and the sets file gives
+the split; a sets file whose ``MOS`` is not the scores file's ``MOS_zscore`` (within
+:data:`ZSCORE_TOLERANCE`) or that lacks some images is reported as a
+:class:`~robustbench_iqa.errors.DataWarning` (images without a set are in no part).
 
 Split: when the sets file is present every image carries its official set, and
 :meth:`IQADataset.select` (every command's ``--split``, the verify config's ``split``,
@@ -38,6 +40,7 @@ selection at load time.  No-reference: every image is its own group.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +58,7 @@ from robustbench_iqa.data.csv_dataset import (
 )
 from robustbench_iqa.data.images import Resize
 from robustbench_iqa.data.registry import register_dataset
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.errors import DataWarning, InputError
 from robustbench_iqa.registry import did_you_mean
 
 CSV_NAME = "koniq10k_scores_and_distributions.csv"
@@ -114,30 +117,36 @@ def _read_scores(scores: Path | None, sets: Path | None, target: str) -> tuple[l
     return _names(table), _checked(values, target, path=path, column=column), path, column
 
 
-def _read_sets(sets: Path, names: list[str], scores: Path | None) -> list[str]:
-    """The official set of each of ``names`` from the sets file, checked against the scores file."""
-    table = read_table(sets, ("image_name", "set", "MOS"), dataset="koniq10k")
+def _read_sets(sets: Path, names: list[str], scores: Path | None) -> list[str | None]:
+    """The official set of each of ``names`` from the sets file (None where it lists no set).
+
+    With the scores file present (the targets come from it), the sets file is checked against it:
+    images it does not list, and a ``MOS`` column that is not the scores file's ``MOS_zscore``,
+    are reported as a :class:`~robustbench_iqa.errors.DataWarning` (the numbers read do not change).
+    """
+    table = read_table(sets, ("image_name", "set"), dataset="koniq10k")
     label = dict(zip(_names(table), (str(v).strip() for v in table["set"])))
-    missing = [n for n in names if n not in label]
-    extra = sorted(set(label) - set(names))
-    if missing or extra:
-        raise InputError(f"dataset 'koniq10k': {sets} and {scores} list different images "
-                         f"({len(missing)} only in the scores file, e.g. {missing[:3]}; {len(extra)} only in the "
-                         f"sets file, e.g. {extra[:3]})")
     unknown = sorted(set(label.values()) - set(OFFICIAL_SETS.values()))
     if unknown:
         raise InputError(f"dataset 'koniq10k': column 'set' of {sets} has values {unknown[:5]}; expected "
                          f"{sorted(OFFICIAL_SETS.values())}")
-    if scores is not None:  # the sets file's MOS is the scores file's MOS_zscore: check it is
+    if scores is None:
+        return [label.get(n) for n in names]
+    missing = [n for n in names if n not in label]
+    if missing:
+        warnings.warn(f"koniq10k: {len(missing)} image(s) of {scores.name} have no set in {sets.name} "
+                      f"(e.g. {missing[:3]}); they are in no part of the official split", DataWarning, stacklevel=3)
+    if "MOS" in table.columns:  # the sets file's MOS is the scores file's MOS_zscore: check it is
         z = dict(zip(names, _read_scores(scores, None, "MOS_zscore")[1]))
-        sets_mos = numeric_column(table, "MOS", path=sets, dataset="koniq10k")
-        diff = [(abs(float(m) - z[n]), n, float(m)) for n, m in zip(_names(table), sets_mos)]
-        worst = max(diff)
-        if worst[0] > ZSCORE_TOLERANCE:
-            raise InputError(f"dataset 'koniq10k': column 'MOS' of {sets} should equal column 'MOS_zscore' of "
-                             f"{scores} (the 0-100 z-score MOS), but differs by up to {worst[0]:.4g} "
-                             f"({worst[1]}: {worst[2]:g} vs {z[worst[1]]:g})")
-    return [label[n] for n in names]
+        sets_mos = pd.to_numeric(table["MOS"], errors="coerce").to_numpy(dtype=float)
+        diff = [(abs(float(m) - z[n]), n, float(m)) for n, m in zip(_names(table), sets_mos) if n in z]
+        worst = max(diff, default=(0.0, "", 0.0))
+        if not worst[0] <= ZSCORE_TOLERANCE:
+            warnings.warn(f"koniq10k: column 'MOS' of {sets.name} should equal column 'MOS_zscore' of {scores.name} "
+                          f"(the 0-100 z-score MOS) but differs by up to {worst[0]:.4g} ({worst[1]}: {worst[2]:g} vs "
+                          f"{z[worst[1]]:g}); the targets are read from {scores.name}, the sets file gives only the "
+                          f"split: check that both files are of the same KonIQ-10k release", DataWarning, stacklevel=3)
+    return [label.get(n) for n in names]
 
 
 @register_dataset("koniq10k", references=False,
@@ -166,7 +175,7 @@ def koniq10k(
         raise InputError(f"dataset 'koniq10k': the official split is in {SETS_NAME}, not found in {base}")
     images = find_images(base)
     names, values, path, column = _read_scores(scores, sets, score_column)
-    labels: list[str | None] = list(_read_sets(sets, names, scores)) if sets is not None else [None] * len(names)
+    labels = _read_sets(sets, names, scores) if sets is not None else [None] * len(names)
     samples = tuple(
         IQASample(name=n, image=images / n, score=float(s), ref=None, group=None, subset=lab)
         for n, s, lab in zip(names, values, labels)
