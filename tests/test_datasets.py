@@ -95,8 +95,9 @@ def _fake_koniq_sets(root: Path, sets: tuple[str, ...] = ("training", "training"
 def test_koniq_official_split_and_0_100_scores(tmp_path: Path) -> None:
     mos = _fake_koniq_sets(tmp_path)
     with pytest.raises(InputError, match="the 1-5 MOS.*score_column='MOS_zscore'"):
-        create_dataset("koniq10k", root=tmp_path)  # only the sets file: it has no 1-5 MOS
-    full = create_dataset("koniq10k", root=tmp_path, score_column="MOS_zscore")
+        create_dataset("koniq10k", root=tmp_path, score_column="MOS")  # only the sets file: no 1-5 MOS
+    full = create_dataset("koniq10k", root=tmp_path)  # the default: the target the file has, named as such
+    assert full.describe()["score_column"] == "MOS_zscore"
     assert [s.score for s in full] == pytest.approx(mos) and full.score_range == (0.0, 100.0)
     test = create_dataset("koniq10k", root=tmp_path, split="test", score_column="MOS_zscore")
     assert [s.name for s in test] == ["2003.jpg", "2004.jpg"]

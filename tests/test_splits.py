@@ -144,3 +144,13 @@ def test_csv_with_its_own_set_column_has_an_official_split(tmp_path: Path) -> No
     (tmp_path / "list.csv").write_text("\n".join(rows).replace(",val", ",holdout") + "\n")
     with pytest.raises(InputError, match=r"column 'set' .* has values \['holdout'\]"):
         create_dataset("csv", root=tmp_path / "list.csv", size=None)
+
+
+def test_sets_file_alone_gives_the_official_split_and_names_its_target(tmp_path: Path) -> None:
+    k = make_koniq(tmp_path, n=15, scores_file=False)
+    cfg = VerifyConfig(dataset="koniq10k", root=str(tmp_path), limit=1000).validate()
+    part = open_split(cfg)
+    assert _names(part) == k.names_of("test")
+    assert [s.score for s in part] == pytest.approx([z for n, z in zip(k.names, k.zscore) if n in set(_names(part))])
+    rec = dataset_settings(cfg)
+    assert rec["score_column"] == "MOS_zscore" and rec["score_range"] == [0.0, 100.0]

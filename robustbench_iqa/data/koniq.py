@@ -19,9 +19,12 @@ The layout of the official download, as unpacked under ``root`` (each metadata f
 
 Targets (``score_column``) are named for what they are, whichever file holds them:
 
-* ``"MOS"`` (default): the 1-5 MOS, read from the scores file's ``MOS`` column;
+* ``"MOS"``: the 1-5 MOS, read from the scores file's ``MOS`` column;
 * ``"MOS_zscore"``: the 0-100 z-score MOS, read from the scores file's ``MOS_zscore``
-  column, or, when only the sets file is there, from the sets file's ``MOS`` column.
+  column, or, when only the sets file is there, from the sets file's ``MOS`` column;
+* None (default): ``"MOS"`` when the scores file is present, else ``"MOS_zscore"`` (the only
+  target the sets file has).  The target chosen is recorded by its name and range
+  (``score_column``, ``score_range`` in :meth:`IQADataset.describe`), never as a bare "MOS".
 
 Every target is checked against the file: its values must lie in its range (a 1-5 column
 is not a 0-100 one), and a target a file cannot give is refused with the file that has it.
@@ -157,11 +160,11 @@ def koniq10k(
     root: Path | str | None,
     size: tuple[int, int] | None = PAPER_SIZE,
     resize: Resize | str = Resize.RESIZE,
-    score_column: str = "MOS",
+    score_column: str | None = None,
     split: str = "all",
 ) -> IQADataset:
     """KonIQ-10k from ``root`` (see the module docstring for ``score_column`` and ``split``)."""
-    if score_column not in SCORE_RANGES:
+    if score_column is not None and score_column not in SCORE_RANGES:
         raise InputError(f"koniq10k score_column must be one of {list(SCORE_RANGES)}, "
                          f"got {score_column!r}{did_you_mean(score_column, list(SCORE_RANGES))}")
     part = parse_split(split)
@@ -171,6 +174,8 @@ def koniq10k(
         looked = [str(base / f) for f in (CSV_NAME, SETS_NAME)]
         raise InputError(f"dataset 'koniq10k': neither {CSV_NAME} nor {SETS_NAME} found in {base} "
                          f"(looked at {looked} and a subfolder of each file's name)")
+    if score_column is None:
+        score_column = "MOS" if scores is not None else "MOS_zscore"
     if part is not Split.ALL and sets is None:
         raise InputError(f"dataset 'koniq10k': the official split is in {SETS_NAME}, not found in {base}")
     images = find_images(base)
