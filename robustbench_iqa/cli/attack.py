@@ -282,9 +282,10 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
     summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],
                         score_range=score_range, lower_better=lower_better, confidence=args.confidence)  # type: ignore[arg-type]
     flags = {f.value: sum(f.value in str(r.get("flags", "")).split(",") for r in rows) for f in IMAGE_FLAGS}
+    labels: dict[str, Any] = {k: rows[0][k] for k in ("orientation", "score_range", "weights") if k in rows[0]} \
+        if rows else {}
     out = {"summary": True, "model": args.model, "attack": args.attack, "norm": args.norm, "eps": args.eps,
-           "defense": args.defense, **summary.to_dict(), "flags": flags,
-           **({k: rows[0][k] for k in ("orientation", "score_range", "weights") if k in rows[0]} if rows else {})}
+           "defense": args.defense, **summary.to_dict(), "flags": flags, **labels}
     if args.json:
         c.emit([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}],
                as_json=True, columns=[])
