@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from robustbench_iqa.errors import BoundUnavailableError
+from robustbench_iqa.errors import BoundUnavailableError, InputError
 from robustbench_iqa.validation import check_pair
 
 if TYPE_CHECKING:
@@ -96,7 +96,13 @@ class IQAModel(nn.Module):
             ref = as_images(ref, name="ref", device=self.device)
             x, ref = self.check_inputs(x, ref)
         elif inputs_checked():
-            x, ref = self.check_inputs(x, ref)
+            try:
+                x, ref = self.check_inputs(x, ref)
+            except InputError as exc:
+                if "values in [0, 1]" not in str(exc):
+                    raise
+                raise InputError(f"{exc} (a defense scoring noisy copies of a checked image calls the model "
+                                 "inside robustbench_iqa.validation.noisy_inputs())") from None
         return super().__call__(x, ref, *args, **kwargs)
 
     def check_inputs(
