@@ -45,7 +45,7 @@ from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guaran
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.registry import checked_keywords
-from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma, noisy_inputs
+from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
 
 MS_STATEMENT = (
     "With probability >= alpha over the n noise draws only, for every x' with ||x'-x||_2 <= eps_x the "
@@ -124,8 +124,7 @@ class InputSmoothedIQA(DefenseMixin, nn.Module):
             z = self.denoiser(z)
             if self.clip:
                 z = z.clamp(0.0, 1.0)
-        with noisy_inputs():
-            return self.model(z, ref)
+        return self.model(z, ref)
 
     def _noise(self, shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         dev = generator.device if generator is not None else like.device

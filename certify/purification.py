@@ -61,7 +61,7 @@ from robustbench_iqa.certify.input_smoothing import check_batch_size
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.registry import checked_keywords
-from robustbench_iqa.validation import check_n, check_pair, noisy_inputs
+from robustbench_iqa.validation import check_n, check_pair
 
 
 class Gradient(StrEnum):
@@ -167,8 +167,7 @@ class PurifiedIQA(DefenseMixin, nn.Module):
         out = []
         for s in range(0, x.shape[0], self.batch_size):
             r = None if ref is None else ref[s : s + self.batch_size]
-            with noisy_inputs():  # a purified copy of a checked image
-                out.append(self.model(self.purify(x[s : s + self.batch_size]), r).reshape(-1))
+            out.append(self.model(self.purify(x[s : s + self.batch_size]), r).reshape(-1))
         return torch.cat(out)
 
     # ------------------------------------------------------------- interface

@@ -37,7 +37,7 @@ from robustbench_iqa.certify.purification import Gradient, PurifiedIQA, check_no
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.registry import checked_keywords
-from robustbench_iqa.validation import check_n, check_pair, noisy_inputs
+from robustbench_iqa.validation import check_n, check_pair
 
 XIE_SCALE = 331 / 299
 PADDINGS = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate"}
@@ -126,8 +126,7 @@ class RandomResizePadIQA(PurifiedIQA):
                 with torch.no_grad():
                     r = torch.stack([self.apply_draw(ref, d, out_size, cache_r) for d in chunk], dim=1)
                 r = r.reshape(bsz * len(chunk), *r.shape[2:])
-            with noisy_inputs():  # a resized copy may overshoot [0, 1] (bicubic)
-                cols.append(self.model(z.reshape(bsz * len(chunk), *z.shape[2:]), r).reshape(bsz, len(chunk)))
+            cols.append(self.model(z.reshape(bsz * len(chunk), *z.shape[2:]), r).reshape(bsz, len(chunk)))
         return torch.cat(cols, dim=1)
 
     @checked_keywords

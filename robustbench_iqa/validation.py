@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 
 import torch
 
@@ -26,7 +23,8 @@ IMAGE_DTYPE = torch.float32
 RANGE_TOLERANCE = 1e-6
 """Float tolerance of the [0, 1] range check of images: values in [-1e-6, 1 + 1e-6] (a resize or a
 colour conversion rounding a pixel to 1.0000001) are accepted and clamped into [0, 1]; anything
-further out is refused.  The same check, with this tolerance, for every model and defense."""
+further out is refused.  The one check, with this tolerance, of every entry point: the command
+line, every defense's and attack's inputs, :meth:`IQAModel.check_inputs` and ``model(path)``."""
 
 
 def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
@@ -67,25 +65,6 @@ def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     if lo < 0.0 or hi > 1.0:
         x = x.clamp(0.0, 1.0)
     return x
-
-
-_NOISY = ContextVar("noisy_inputs", default=False)
-
-
-@contextmanager
-def noisy_inputs() -> Iterator[None]:
-    """Inside this block, ``model(x)`` takes tensors outside [0, 1] unchecked: a defense scoring noisy
-    copies of a checked image (input-space smoothing adds Gaussian noise to images it checked first)."""
-    token = _NOISY.set(True)
-    try:
-        yield
-    finally:
-        _NOISY.reset(token)
-
-
-def inputs_checked() -> bool:
-    """Whether ``model(x)`` range-checks tensors here (everywhere but inside :func:`noisy_inputs`)."""
-    return not _NOISY.get()
 
 
 def check_pair(x: torch.Tensor, ref: torch.Tensor | None, *, full_reference: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

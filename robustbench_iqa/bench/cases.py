@@ -33,7 +33,6 @@ from robustbench_iqa.bench.memory import cpu_peak_mb, cuda_peak_mb
 from robustbench_iqa.bench.subjects import Subject, SubjectSpec, build_subject
 from robustbench_iqa.certify.spectral import DEFAULT_BOUND_ITER, jacobian_spectral_norm
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.validation import noisy_inputs
 
 
 class CaseKind(StrEnum):
@@ -110,8 +109,7 @@ def _ideal(subject: Subject, case: CaseSpec, front: nn.Module | None) -> Callabl
         for start in range(0, case.n, bs):
             c = min(bs, case.n - start)
             z = xb[:c] if front is None else front(xb[:c])
-            with noisy_inputs():
-                outs.append(subject.model(z, None if rb is None else rb[:c]))
+            outs.append(subject.model(z, None if rb is None else rb[:c]))
         return torch.cat(outs)
 
     return run

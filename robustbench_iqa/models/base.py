@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.errors import BoundUnavailableError
 from robustbench_iqa.validation import check_pair
 
 if TYPE_CHECKING:
@@ -81,28 +81,20 @@ class IQAModel(nn.Module):
         return self.head(self.features(x, ref))
 
     def __call__(self, x: Any, ref: Any = None, *args: Any, **kwargs: Any) -> Any:
-        """The score of ``x`` (and ``ref``), like pyiqa: tensors (B, 3, H, W) in [0, 1], image file
-        paths or PIL images (:mod:`robustbench_iqa.models.inputs`: decoded and moved to the model's
-        device).  Every input passes the one range check of
-        :func:`~robustbench_iqa.validation.check_pair` (values within
-        :data:`~robustbench_iqa.validation.RANGE_TOLERANCE` of [0, 1] clamped, others refused),
-        except tensors scored inside :func:`~robustbench_iqa.validation.noisy_inputs` (a defense's
-        noisy copies of an image it checked)."""
+        """The score of ``x`` (and ``ref``), like pyiqa: image file paths, PIL images or lists of them
+        (:mod:`robustbench_iqa.models.inputs`) are decoded, moved to the model's device and pass the
+        range check of :func:`~robustbench_iqa.validation.check_pair` (values within
+        :data:`~robustbench_iqa.validation.RANGE_TOLERANCE` of [0, 1] clamped, others refused);
+        anything else that is not a tensor is one :class:`InputError`.  Tensors are scored as
+        given, because defenses and attacks score noisy or look-ahead copies of images they
+        checked; :meth:`check_inputs` is the check every entry point (CLI, defenses, attacks)
+        applies to them."""
         from robustbench_iqa.models.inputs import as_images
-        from robustbench_iqa.validation import inputs_checked
 
         if not isinstance(x, torch.Tensor) or (ref is not None and not isinstance(ref, torch.Tensor)):
             x = as_images(x, name="x", device=self.device)
             ref = as_images(ref, name="ref", device=self.device)
             x, ref = self.check_inputs(x, ref)
-        elif inputs_checked():
-            try:
-                x, ref = self.check_inputs(x, ref)
-            except InputError as exc:
-                if "values in [0, 1]" not in str(exc):
-                    raise
-                raise InputError(f"{exc} (a defense scoring noisy copies of a checked image calls the model "
-                                 "inside robustbench_iqa.validation.noisy_inputs())") from None
         return super().__call__(x, ref, *args, **kwargs)
 
     def check_inputs(
