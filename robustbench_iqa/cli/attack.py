@@ -222,8 +222,10 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
     def key(it: c.Item) -> RowKey:
         return RowKey(AttackRow.table, model.name, args.defense, sigma, it.id, extra)
 
+    labels = c.score_labels(model, state.defense)
+
     def shown(payload: dict[str, Any], it: c.Item, at: int) -> None:
-        row = rows[at] = {"image": it.name, **payload, "defense": args.defense}
+        row = rows[at] = {"image": it.name, **payload, "defense": args.defense, **labels}
         if args.json:
             c.emit([row], as_json=True, columns=COLUMNS)
 
@@ -238,7 +240,8 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
             rows.append(None)
             if store.done(key(it)):  # type: ignore[union-attr]
                 done = next(store.iter_rows_for(key(it)))  # type: ignore[union-attr]
-                rows[-1] = {"image": it.name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__}}
+                rows[-1] = {"image": it.name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__},
+                            **labels}
                 bar.update(1)
                 continue
             yield len(rows) - 1, it
@@ -279,13 +282,15 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
     summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],
                         score_range=score_range, lower_better=lower_better, confidence=args.confidence)  # type: ignore[arg-type]
     flags = {f.value: sum(f.value in str(r.get("flags", "")).split(",") for r in rows) for f in IMAGE_FLAGS}
+    labels: dict[str, Any] = {k: rows[0][k] for k in ("orientation", "score_range", "weights") if k in rows[0]} \
+        if rows else {}
     out = {"summary": True, "model": args.model, "attack": args.attack, "norm": args.norm, "eps": args.eps,
-           "defense": args.defense, **summary.to_dict(), "flags": flags}
+           "defense": args.defense, **summary.to_dict(), "flags": flags, **labels}
     if args.json:
         c.emit([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}],
                as_json=True, columns=[])
     else:
-        c.emit(rows, as_json=False, columns=COLUMNS)
+        c.emit(rows, as_json=False, columns=COLUMNS + c.label_columns(rows))
         print()
         for key in SUMMARY_KEYS:
             print(f"{key:>14}: {out[key]:.4g}  [{out[key + '_low']:.4g}, {out[key + '_high']:.4g}]  "

@@ -43,7 +43,16 @@ class VerifyConfig:
     """Working size ``"HxW"`` (e.g. ``"384x512"``, as in the FS-IQA study); default: the dataset's."""
     resize: str | None = None
     """``resize``, ``center-crop`` or ``none``; default: the dataset's.  Both are recorded in the run."""
+    dataset_options: dict[str, str] = field(default_factory=dict)
+    """The dataset's own keyword options, e.g. ``{ score_column = "MOS_zscore" }`` for KonIQ-10k's
+    0-100 target (a key the dataset does not take is refused)."""
     split: str = "test"
+    """The part of the dataset the gate evaluates: ``test`` (default), ``train``, ``validation`` or
+    ``all``.  A dataset with an official split gives its official set (KonIQ-10k's ``test`` set,
+    as the FS-IQA study evaluates on the test part); others a seeded 80/20 split by reference
+    (:meth:`robustbench_iqa.data.base.IQADataset.select`)."""
+    split_seed: int = 0
+    """Seed of the seeded split of a dataset without an official one (unused otherwise)."""
     defenses: tuple[str, ...] = ("fs-iqa",)
     sigma: float | tuple[float, ...] = 0.25
     """Noise standard deviation of the defenses; a list runs every study at each value
@@ -63,7 +72,11 @@ class VerifyConfig:
     for FS-IQA heads, ``{"model:dms@0.25": path}`` for a denoiser (see
     :func:`robustbench_iqa.runner.workspace.checkpoint_for`)."""
     weights: dict[str, str] = field(default_factory=dict)
-    """Optional ``{model: path}`` of local model weights (or ``"pretrained"``)."""
+    """``{model: "pretrained" | path | "random"}``: the weights of each model.  Required for a published
+    architecture (dbcnn, hyperiqa, koncept, lpips, dists, dreamsim): none is ever random by accident."""
+    model_options: dict[str, str] = field(default_factory=dict)
+    """A model's evaluation protocol: ``{"model.option": value}``, e.g. ``{"hyperiqa.crops" = "random",
+    "hyperiqa.input_size" = "384x512"}`` (integers and numbers are converted); recorded with the run."""
     plugins: tuple[str, ...] = ()
     """Modules imported before anything is built: a research repo registers its own models,
     datasets, defenses or studies there (``@register_model(...)`` etc.)."""
@@ -167,8 +180,14 @@ class VerifyConfig:
             raise InputError("verify: `models` is empty")
         if not self.defenses:
             raise InputError("verify: `defenses` is empty")
-        if self.split not in ("train", "test", "all"):
-            raise InputError(f"verify: split must be train, test or all, got {self.split!r}")
+        from robustbench_iqa.data.base import parse_split
+
+        try:
+            parse_split(self.split)
+        except InputError as exc:
+            raise InputError(f"verify: {exc}") from None
+        if not 0 <= self.split_seed < 2**63:
+            raise InputError(f"verify: split_seed must lie in [0, 2^63), got {self.split_seed}")
         parse_dataset_size(self.size)
         if self.resize is not None and self.resize not in [r.value for r in Resize]:
             raise InputError(f"verify: resize must be one of {[r.value for r in Resize]}, got {self.resize!r}")
@@ -211,7 +230,9 @@ class _Globals:
     root: str | None = None
     size: str | None = None
     resize: str | None = None
+    dataset_options: dict[str, str] = field(default_factory=dict)
     split: str = VerifyConfig.split
+    split_seed: int = VerifyConfig.split_seed
     defenses: tuple[str, ...] = VerifyConfig.defenses
     sigma: float | tuple[float, ...] = VerifyConfig.sigma
     n: int = VerifyConfig.n
@@ -224,8 +245,31 @@ class _Globals:
     batch_size: int = VerifyConfig.batch_size
     checkpoints: dict[str, str] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
+    model_options: dict[str, str] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
     studies: tuple[str, ...] | None = None
+
+
+def _option_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def options_of(cfg: VerifyConfig, model: str) -> dict[str, Any]:
+    """The keyword options of ``model`` from ``model_options`` (``"model.option" = value``)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.model_options.items():
+        name, sep, option = key.rpartition(".")
+        if not sep or not name or not option:
+            raise InputError(f"verify: model_options key {key!r} must look like \"model.option\", "
+                             f"e.g. \"hyperiqa.crops\"")
+        if name == model:
+            out[option] = _option_value(value)
+    return out
 
 
 def _section(study: str, values: Mapping[str, Any], where: str) -> Any:

@@ -95,8 +95,10 @@ class Workspace:
     def model(self, name: str) -> IQAModel:
         if name not in self._models:
             from robustbench_iqa.models import create_model
+            from robustbench_iqa.runner.config import options_of
 
-            self._models[name] = create_model(name, weights=self.cfg.weights.get(name), device=self.cfg.device)
+            self._models[name] = create_model(name, weights=self.cfg.weights.get(name), device=self.cfg.device,
+                                              **options_of(self.cfg, name))
         return self._models[name]
 
     def defense(self, model: str, name: str, sigma: float) -> CertifiedDefense:
@@ -177,25 +179,30 @@ class Workspace:
 
 
 def open_split(cfg: VerifyConfig) -> IQADataset:
-    """The configured dataset at its working size and policy, split and limited."""
+    """The configured part (``split``) of the configured dataset at its working size and policy,
+    first ``limit`` images: the official set where the dataset has an official split, else the
+    seeded split by ``split_seed`` (:meth:`~robustbench_iqa.data.base.IQADataset.select`)."""
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
-    if cfg.split != "all":
-        train, test = ds.split(seed=0)
-        ds = train if cfg.split == "train" else test
-    return ds.head(cfg.limit)
+    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize,
+                        **cfg.dataset_options)
+    return ds.select(cfg.split, seed=cfg.split_seed).head(cfg.limit)
 
 
 def dataset_settings(cfg: VerifyConfig) -> dict[str, Any]:
-    """What the run records of its data: name, size of the whole set, working size and policy."""
+    """What the run records of its data: name, size of the whole set, working size and policy,
+    score range and direction, and the split (official set, or seed, fraction and grouping)."""
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
-    return {"name": ds.name, "samples": len(ds), "size": list(ds.size) if ds.size else None,
-            "resize": str(ds.resize.value), "higher_better": ds.higher_better}
+    full = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize,
+                        **cfg.dataset_options)
+    ds = full.select(cfg.split, seed=cfg.split_seed)
+    return {"name": ds.name, "samples": len(full), "size": list(ds.size) if ds.size else None,
+            "resize": str(ds.resize.value), "higher_better": ds.higher_better,
+            "score_range": list(ds.score_range), "split": dict(ds.selection),
+            "score_column": ds.extra.get("score_column")}
 
 
 def checkpoint_for(cfg: VerifyConfig, model: str, defense: str, sigma: float) -> str | None:
@@ -251,6 +258,12 @@ def check_checkpoint_keys(cfg: VerifyConfig) -> None:
     for key in cfg.weights:
         if key not in cfg.models:
             raise InputError(f"verify: weights key {key!r} is not one of the models {list(cfg.models)}")
+    from robustbench_iqa.runner.config import options_of
+
+    named = {m for m in cfg.models if options_of(cfg, m)}
+    for key in cfg.model_options:
+        if key.rpartition(".")[0] not in named:
+            raise InputError(f"verify: model_options key {key!r} names no configured model {list(cfg.models)}")
 
 
 def weights_identity(cfg: VerifyConfig, name: str) -> str:
@@ -259,6 +272,8 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
     from robustbench_iqa.store import file_sha256
 
     path = cfg.weights.get(name)
+    if path == "random":
+        return "RANDOM (weights = \"random\": random initialisation, scores mean nothing about quality)"
     if path in ("pretrained", "pretrained-base"):
         return f"{path} (published weights through pyiqa/timm/torchvision)"
     if path is not None:
@@ -266,7 +281,7 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
     p = shipped_weights(name)
     if p.is_file():
         return file_sha256(p)
-    return "default (random init; see the model adapter)"
+    return "the model's own local default weights"
 
 
 def defense_identity(defense: CertifiedDefense) -> str | None:

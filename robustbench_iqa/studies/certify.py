@@ -56,6 +56,10 @@ class CorrelationRow(Row):
     seconds_certify: float | None = None
     batch: int = 1
     seed: int | None = None
+    orientation: str | None = None
+    """``quality`` (higher is better) or ``distance`` (lower is better): :mod:`robustbench_iqa.orientation`."""
+    score_range: tuple[float, float] | None = None
+    """The nominal range of ``score`` (the model's, or the defense's scale)."""
 
 
 @dataclass(frozen=True)
@@ -83,16 +87,30 @@ class GuaranteeRow(Row):
     eps_x_local: float | None = None
     """FS-IQA: a certified local radius (embedded models only, when asked for)."""
     lipschitz_bound: float | None = None
+    orientation: str | None = None
+    """Of ``score``, ``lower`` and ``upper``: ``quality`` or ``distance`` (:mod:`robustbench_iqa.orientation`)."""
+    score_range: tuple[float, float] | None = None
 
 
-def guarantee_row(c: Any, *, alpha: float, n: int, seconds: float, batch: int, pixels: int) -> GuaranteeRow:
-    """The stored row of a :class:`~robustbench_iqa.certify.result.CertifiedScore`."""
+def scale_of(scorer: Any) -> dict[str, Any]:
+    """``orientation`` and ``score_range`` of the scores of ``scorer`` (a model or a defense)."""
+    from robustbench_iqa.orientation import orientation_of
+
+    lo, hi = scorer.score_range
+    return {"orientation": orientation_of(lower_better=bool(scorer.lower_better)).value,
+            "score_range": (float(lo), float(hi))}
+
+
+def guarantee_row(c: Any, *, alpha: float, n: int, seconds: float, batch: int, pixels: int,
+                  scorer: Any = None) -> GuaranteeRow:
+    """The stored row of a :class:`~robustbench_iqa.certify.result.CertifiedScore` (``scorer``: the
+    defense that made it, whose orientation and range the row records)."""
     return GuaranteeRow(
         score=c.score, lower=c.lower, upper=c.upper, eps_x=c.eps_x, abstained=c.abstained,
         reason=c.reason.value if c.reason else None, spectral_norm=c.spectral_norm, guarantee=c.guarantee.value,
         alpha=alpha, n=n, seconds=seconds, batch=batch, pixels=pixels,
         eps_x_lipschitz=getattr(c, "eps_x_lipschitz", None), eps_x_local=getattr(c, "eps_x_local", None),
-        lipschitz_bound=getattr(c, "lipschitz_bound", None))
+        lipschitz_bound=getattr(c, "lipschitz_bound", None), **(scale_of(scorer) if scorer is not None else {}))
 
 
 @dataclass(frozen=True)
@@ -163,15 +181,15 @@ class CertifyStudy(Study):
         for i, image in enumerate(b.ids):
             if first:  # the undefended scores, once per image
                 out.append(record(CorrelationRow(float(clean[i]), b.targets[i], bool(model.lower_better),
-                                                 t_model.seconds / k, None, k), unit, image,
+                                                 t_model.seconds / k, None, k, **scale_of(model)), unit, image,
                                   defense="none", sigma=0.0))
             out.append(record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better),
                                              t_predict.seconds / k, t_certify.seconds / k if certified else None,
-                                             k, cfg.seed),
+                                             k, cfg.seed, **scale_of(defense)),
                               unit, image))
             if certified:
                 out.append(record(guarantee_row(certs[i], alpha=cfg.alpha, n=cfg.n, seconds=t_certify.seconds / k,
-                                                batch=k, pixels=pixels), unit, image))
+                                                batch=k, pixels=pixels, scorer=defense), unit, image))
         if not certified:
             return out
         batch = CertifiedBatch(unit, model, defense, b, certs, clean)
