@@ -325,7 +325,11 @@ def max_frequency_bound(
     if k.shape[1] < k.shape[0]:
         k = k.transpose(0, 1)
     o, _, qh, qw = k.shape
-    auto = torch.nn.functional.conv2d(k, k, padding=(qh - 1, qw - 1)).to(torch.complex128)  # R(d), d + (q - 1)
+    auto = autocorrelation(k).to(torch.complex128)  # R(d), d + (q - 1)
+    offs_h, offs_w = torch.meshgrid(torch.arange(2 * qh - 1, dtype=torch.float64) - (qh - 1),
+                                    torch.arange(2 * qw - 1, dtype=torch.float64) - (qw - 1), indexing="ij")
+    offs_h, offs_w = offs_h.reshape(-1), offs_w.reshape(-1)
+    auto_flat = auto.permute(2, 3, 0, 1).reshape(-1, o * o)  # (offsets, O*O)
     u, v = torch.meshgrid(torch.arange(mh, dtype=torch.float64), torch.arange(mw // 2 + 1, dtype=torch.float64),
                           indexing="ij")
     wh, ww = (2 * math.pi / mh) * u.reshape(-1), (2 * math.pi / mw) * v.reshape(-1)
@@ -333,13 +337,29 @@ def max_frequency_bound(
     best = 0.0
     for start in range(0, wh.numel(), step):
         fh, fw = wh[start : start + step], ww[start : start + step]
-        gram = torch.zeros((fh.numel(), o, o), dtype=torch.complex128)
-        for a in range(2 * qh - 1):
-            for b in range(2 * qw - 1):
-                phase = torch.exp(-1j * (fh * (a - qh + 1) + fw * (b - qw + 1)))
-                gram += phase[:, None, None] * auto[None, :, :, a, b]
+        phase = torch.exp(-1j * (fh[:, None] * offs_h[None, :] + fw[:, None] * offs_w[None, :]))
+        gram = (phase @ auto_flat).reshape(-1, o, o)  # G(w) = sum_d R(d) exp(-i w.d), one product
         best = max(best, max_gram_iteration_bound(gram, iterations=iterations))
     return math.sqrt(best)
+
+
+def autocorrelation(k: torch.Tensor) -> torch.Tensor:
+    """R(d) = sum_b K_(b+d) K_b^T for d + (q - 1) in [0, 2q - 1)^2, shape (O, O, 2q_h - 1, 2q_w - 1).
+
+    Equal to ``conv2d(k, k, padding=q - 1)``, computed as one matrix product per offset d over
+    the valid taps only (BLAS; the float64 convolution is several times slower).
+    """
+    o, c, qh, qw = k.shape
+    kt = k.permute(2, 3, 0, 1)  # (q_h, q_w, O, C)
+    out = k.new_zeros((o, o, 2 * qh - 1, 2 * qw - 1))
+    for a in range(-(qh - 1), qh):
+        for b in range(-(qw - 1), qw):
+            h0, h1 = max(0, -a), min(qh, qh - a)
+            w0, w1 = max(0, -b), min(qw, qw - b)
+            left = kt[h0 + a : h1 + a, w0 + b : w1 + b].permute(2, 0, 1, 3).reshape(o, -1)
+            right = kt[h0:h1, w0:w1].permute(2, 0, 1, 3).reshape(o, -1)
+            out[:, :, a + qh - 1, b + qw - 1] = left @ right.T
+    return out
 
 
 def conv_layer_bound(

@@ -165,9 +165,20 @@ def maxpool_bound(layer: nn.MaxPool2d, size: tuple[int, int]) -> tuple[float, tu
     sh, sw = _pair(layer.stride if layer.stride is not None else layer.kernel_size)
     if _pair(layer.dilation) != (1, 1):
         raise BoundUnavailableError(f"cannot bound MaxPool2d with dilation={layer.dilation} (only 1 is supported)")
-    out = F.max_pool2d(torch.empty((1, 1, *size), device="meta"), (kh, kw), (sh, sw), layer.padding,
-                       1, layer.ceil_mode).shape[-2:]
-    return math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw)) * SAFETY, (int(out[0]), int(out[1]))
+    out = tuple(_pool_out(n, k, s, p, layer.ceil_mode)
+                for n, k, s, p in zip(size, (kh, kw), (sh, sw), _pair(layer.padding), strict=True))
+    if min(out) < 1:
+        raise InputError(f"input size {size} is too small for {layer}")
+    return math.sqrt(math.ceil(kh / sh) * math.ceil(kw / sw)) * SAFETY, (out[0], out[1])
+
+
+def _pool_out(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
+    """torch's pooling output length (``ceil_mode``: the last window must start inside the input or left pad)."""
+    span = n + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
 
 
 def channel_norm_global_bound(layer: ChannelNorm) -> float:

@@ -339,14 +339,28 @@ def module_lipschitz_bound(module: nn.Module, input_size: tuple[int, int] | None
     """A certified Lipschitz bound of ``module`` on inputs of spatial size ``input_size``.
 
     Uses the module's own ``lipschitz_bound(input_size)`` when it has one (models that
-    know their structure: the embedded models, FTN), else a plain ``Sequential``
-    (:func:`sequential_bound`).  Raises :class:`BoundUnavailableError` for anything
-    else, naming the type.
+    know their structure: the embedded models, FTN); when that is unavailable and the
+    module (or the model it wraps) has a ``feature_map`` attribute that is exactly a
+    :class:`~robustbench_iqa.certify.tapped.TappedFeatures` (the model declares that its
+    features are computed by it), that feature map's bound; else a plain ``Sequential``
+    (:func:`sequential_bound`).  Refuses any module with a hook inside.  Raises
+    :class:`BoundUnavailableError` for anything else, naming the type.
     """
-    require_no_hooks(module)
+    for m in module.modules():  # a hook anywhere inside may change what the bound reads
+        require_no_hooks(m)
     own = getattr(module, "lipschitz_bound", None)
+    feature_map = getattr(getattr(module, "model", module), "feature_map", None)
     if callable(own):
-        bound = cast(Callable[[tuple[int, int] | None], object], own)(input_size)
+        try:
+            bound = cast(Callable[[tuple[int, int] | None], object], own)(input_size)
+        except BoundUnavailableError:
+            # a model without its own bound whose features are a certified feature map
+            # (:class:`robustbench_iqa.certify.tapped.TappedFeatures`)
+            from robustbench_iqa.certify.tapped import TappedFeatures
+
+            if type(feature_map) is not TappedFeatures:
+                raise
+            bound = feature_map.lipschitz_bound(input_size)
         if not isinstance(bound, LipschitzBound):
             raise BoundUnavailableError(f"{type(module).__name__}.lipschitz_bound returned {type(bound).__name__}")
         return bound

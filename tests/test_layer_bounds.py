@@ -88,6 +88,14 @@ def test_maxpool_bound_holds_and_is_attained() -> None:
             assert float((layer(a) - layer(b)).norm()) <= bound * float((a - b).norm())
 
 
+@pytest.mark.parametrize("k,s,p,ceil", [(3, 1, 0, False), (3, 2, 1, True), (2, 2, 0, True), (3, 3, 1, True),
+                                         (4, 3, 2, False), (5, 2, 2, True)])
+def test_maxpool_output_size_is_torch_s(k: int, s: int, p: int, ceil: bool) -> None:
+    layer = nn.MaxPool2d(k, stride=s, padding=p, ceil_mode=ceil)
+    for size in ((7, 8), (9, 10), (5, 6), (12, 11)):
+        assert maxpool_bound(layer, size)[1] == tuple(layer(torch.zeros(1, 1, *size)).shape[-2:])
+
+
 def test_channel_norm_and_spatial_mean_constants() -> None:
     eps = 1e-3
     c, _ = sequential_bound([ChannelNorm(eps=eps)], (2, 2))
