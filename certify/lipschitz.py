@@ -304,8 +304,11 @@ def flatten_layers(layers: Sequence[nn.Module]) -> list[nn.Module]:
 
 # -------------------------------------------------------------------------- caching
 def weights_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's class and state (names, dtypes, shapes, values): the cache key."""
+    """SHA-256 of a module's structure (every submodule's name, exact class and ``extra_repr``: stride,
+    padding, kernel ...) and state (names, dtypes, shapes, values): the cache key."""
     h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, m in module.named_modules():  # structure: classes and settings not in the state (stride, padding...)
+        h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{m.extra_repr()}".encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(t.dtype).encode())

@@ -160,7 +160,8 @@ class TappedFeatures(nn.Module):
         require_exact(self, TappedFeatures)
         if self.norm is not None:
             require_exact(self.norm, ChannelNorm)
-        require_no_hooks(self.slices)
+        for m in self.modules():  # checked on every call: a cached bound must not skip them
+            require_no_hooks(m)
         flatten_layers(list(self.slices))
 
     def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
@@ -205,7 +206,7 @@ def channel_norm_deviation(pixel_norms: torch.Tensor, d: float, eps: float) -> f
     """Bound of ||n(v) - n(u)||_2 over all v with ||v - u||_2 <= d (module docstring, step 2)."""
     rho = torch.clamp(pixel_norms - d, min=0.0)
     c = torch.sort(1.0 / (rho + eps), descending=True).values  # c_p, largest first
-    j = torch.arange(c.numel() + 1, dtype=c.dtype)  # j pixels capped at CAP, the rest at slope c_(j)
+    j = torch.arange(c.numel() + 1, dtype=c.dtype, device=c.device)  # j pixels capped at CAP, the rest at slope c_(j)
     slope = torch.cat([c, c.new_zeros(1)])
     total = CAP**2 * j + slope.square() * d * d
     return math.sqrt(float(total.min())) * SAFETY

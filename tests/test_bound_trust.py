@@ -204,3 +204,19 @@ def test_grouped_convolutions_are_bounded_against_the_dense_operator(groups: int
     exact = float(torch.linalg.svdvals(conv_operator_matrix(conv, (6, 5))).max())
     bound = conv_layer_bound(conv, (6, 5))
     assert exact <= bound <= 1.3 * exact
+
+
+def test_a_cached_bound_never_skips_the_checks() -> None:
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.ReLU())
+    first = module_lipschitz_bound(net, SIZE).value
+    net[0].stride = (2, 2)  # not in the state dict: still another network
+    assert module_lipschitz_bound(net, SIZE).value != first
+    net[0].__class__ = ScaledConv2d
+    with pytest.raises(BoundUnavailableError, match="ScaledConv2d"):
+        module_lipschitz_bound(net, SIZE)
+    net[0].__class__ = nn.Conv2d
+    module_lipschitz_bound(net, SIZE)
+    net[0].register_forward_hook(lambda m, i, o: 9.0 * o)
+    with pytest.raises(BoundUnavailableError, match="hook"):
+        module_lipschitz_bound(net, SIZE)
