@@ -46,8 +46,19 @@ in quadrature.  Per step:
 Everything is deterministic (no random start): inside ``eps_x_local`` the FS-IQA
 premise ||B(x') - B(x)||_2 <= sigma_f is a theorem.  Implemented for the embedded
 ``default-nr`` / ``default-fr`` architectures (:class:`~robustbench_iqa.models.embedded.ConvTrunk`
-with SiLU, their poolings, and an FTN of Linear / GELU / sigmoid layers); other models
-get None.  Cost: one full Jacobian of b per image (D backward passes, D = 128 here).
+with SiLU, their poolings, and an FTN of Linear / GELU / sigmoid layers; cost: one full
+Jacobian of b per image, D backward passes, D = 128 here).
+
+*Any trunk of plain layers* (:class:`~robustbench_iqa.certify.tapped.TappedFeatures`: convolutions,
+ReLU, max and blur pooling, pads, LPIPS' channel normalisation, spatial means or RMS
+distances, NR or FR): the backbone itself, or an IQA model's ``feature_map`` attribute that
+computes its ``features`` (checked on the images before anything is certified).  There the
+radius comes from a deviation bound instead of a first-order term (ReLU networks are not
+differentiable at their kinks): for ||u|| <= r, ||B(x+u) - B(x)|| <= D_FTN(D_b(r)) with D_b of
+:func:`robustbench_iqa.certify.tapped.feature_deviation` and D_FTN the product of the FTN's
+local slopes (:func:`ftn_deviation`); ``eps_x_local`` is the largest r with
+min(D_FTN(D_b(r)), r L) <= sigma_f (:func:`deviation_radius`).  Cost: one float64 forward of
+the trunk per image (and of the reference) plus closed-form bounds.  Other models get None.
 """
 
 from __future__ import annotations
@@ -411,10 +422,11 @@ def tapped_local_radii(fs: nn.Module, tf: TappedFeatures, ftn: FTN, x: torch.Ten
     size = (int(x.shape[-2]), int(x.shape[-1]))
     bound = fs.lipschitz_bound(size)  # type: ignore[operator]
     global_lip = None if bound is None else bound.value
-    with torch.no_grad():
-        claimed, actual = tf(x, ref), fs.backbone(x, ref)  # type: ignore[operator]
-    if claimed.shape != actual.shape or not torch.allclose(claimed, actual, rtol=1e-4, atol=1e-6):
-        raise BoundUnavailableError("the backbone's output differs from the feature_map it exposes: no local bound")
+    if fs.backbone is not tf:
+        with torch.no_grad():
+            claimed, actual = tf(x, ref), fs.backbone(x, ref)  # type: ignore[operator]
+        if claimed.shape != actual.shape or not torch.allclose(claimed, actual, rtol=1e-4, atol=1e-6):
+            raise BoundUnavailableError("the backbone's output differs from the feature_map it exposes: no local bound")
     prefix = tf.prefix_bounds(size)
     t64 = copy.deepcopy(tf).double().eval()
     f64 = copy.deepcopy(ftn).double().eval()

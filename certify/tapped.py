@@ -86,6 +86,11 @@ class TappedFeatures(nn.Module):
     layers); ``shift`` / ``scale``: per input channel, h = (x - shift) / scale;
     ``norm_eps``: LPIPS' channel normalisation u / (|u| + norm_eps), or None for none;
     ``reduction``: ``"mean"`` or ``"rms"``; ``rms_eps``: inside the root of ``"rms"``.
+
+    An IQA model whose ``features(x, ref)`` *is* this map exposes it as the attribute
+    ``feature_map``: FS-IQA then gets ``eps_x_lipschitz`` (when the model has no
+    ``lipschitz_bound`` of its own) and ``eps_x_local`` from it; the local radius first
+    checks on the images that the model's features equal ``feature_map(x, ref)``.
     """
 
     shift: torch.Tensor
