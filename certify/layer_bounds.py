@@ -94,7 +94,7 @@ def pad_bound(size: tuple[int, int], pad: tuple[int, int, int, int], mode: str) 
 def pad_layer_bound(layer: nn.Module, size: tuple[int, int]) -> tuple[float, tuple[int, int]]:
     """Constant and output size of a ``ZeroPad2d`` / ``ReflectionPad2d`` / ``ReplicationPad2d``."""
     mode = PAD_TYPES[type(layer)]
-    pad = tuple(int(p) for p in layer.padding)  # type: ignore[attr-defined]
+    pad = tuple(int(p) for p in layer.padding)  # type: ignore[union-attr,attr-defined]
     if len(pad) != 4 or min(pad) < 0:
         raise BoundUnavailableError(f"cannot bound {type(layer).__name__} with padding {pad}")
     out = (size[0] + pad[2] + pad[3], size[1] + pad[0] + pad[1])
@@ -142,7 +142,7 @@ def blurpool_operators(layer: BlurPool2d, size: tuple[int, int]) -> tuple[torch.
     mode = layer.pad_mode
     ah = blur_operator_1d(size[0], (top, bottom), mode, row, layer.stride)
     aw = blur_operator_1d(size[1], (left, right), mode, col, layer.stride)
-    return ah, aw, residual * pad_bound(size, layer.pad, mode)
+    return ah, aw, residual * pad_bound(size, (left, right, top, bottom), mode)
 
 
 def blurpool_bound(layer: BlurPool2d, size: tuple[int, int]) -> tuple[float, tuple[int, int]]:
