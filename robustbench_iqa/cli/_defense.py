@@ -48,7 +48,7 @@ def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
                        help="FS-IQA: certify from an upper bound of ||J_B(x)||_2 that fails with probability delta "
                             "(confidence alpha - delta; default: the first-order Lanczos estimate)")
         g.add_argument("--local-radius", action="store_true", default=None,
-                       help="FS-IQA: also compute the certified local radius eps_x_local (embedded models, TappedFeatures backbones)")
+                       help="FS-IQA: also compute the certified local radius eps_x_local (embedded models)")
         g.add_argument("--no-lipschitz", dest="lipschitz", action="store_false", default=None,
                        help="FS-IQA: skip the certified global radius eps_x_lipschitz")
     r = p.add_argument_group("RS-Reg / Cert-Reg certificate")
