@@ -359,7 +359,8 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         ``lipschitz``: also report ``eps_x_lipschitz`` when the model has a certified
         Lipschitz bound (cached per model and image size; cheap after the first call).
         ``local_radius``: also compute ``eps_x_local`` (one exact Jacobian per image;
-        embedded models only, see :mod:`robustbench_iqa.certify.local_lipschitz`).
+        embedded models and backbones computed by a ``TappedFeatures``, see
+        :mod:`robustbench_iqa.certify.local_lipschitz`).
         """
         x, ref = check_pair(x, ref, full_reference=self.full_reference)
         n, alpha = check_n(n), check_alpha(alpha)
