@@ -167,20 +167,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register_defense(name: str, *, space: str, statistic: str, trained: bool = False, certified: bool = True,
-                     noise: bool = True, randomized: bool = True, description: str = "") -> Callable[[F], F]:
+                     noise: bool = True, randomized: bool = True, artifact: str | None = None,
+                     artifact_bare_keys: bool = False, preflight: Callable[..., None] | None = None,
+                     description: str = "") -> Callable[[F], F]:
     """Decorator registering a defense factory under ``name``.
 
     ``space``: where the noise (or the transform) acts (``"feature"`` or ``"input"``);
-    ``statistic``: the defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``);
-    ``trained``: whether it needs a trained artifact (FS-IQA heads, a denoiser, a purifier);
+    ``statistic``: the defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``, or a name of
+    the defense's own); ``artifact``: the factory keyword that takes its trained artifact (FS-IQA
+    heads: ``"checkpoint"``; a denoiser: ``"denoiser"``), which makes it ``trained``;
+    ``artifact_bare_keys``: the verify config's bare ``"model"`` / ``"model@sigma"`` keys of
+    ``checkpoints`` name this defense's artifact (one defense at most: FS-IQA);
     ``certified``: whether it has a certificate (empirical defenses predict only);
     ``noise``: whether it draws Gaussian noise of standard deviation ``sigma`` (False: it
     takes only ``sigma=0``); ``randomized``: whether its scores are random at all (False:
-    ``noisy_scores`` repeats one deterministic score n times).
+    ``noisy_scores`` repeats one deterministic score n times);
+    ``preflight``: ``preflight(n=, sigma=, alpha=, settings=)`` raises :class:`InputError` when a
+    certification with these settings cannot succeed (too few draws), before any model is built.
     """
+    if artifact_bare_keys and any(e.metadata.get("artifact_bare_keys") and n != name
+                                  for n, e in DEFENSES._entries.items()):
+        raise ValueError(f"defense {name!r}: another defense already owns the bare checkpoint keys")
     return DEFENSES.register(name, description=description, space=space, statistic=statistic,
-                             trained=bool(trained), certified=bool(certified), noise=bool(noise),
-                             randomized=bool(randomized))
+                             trained=bool(trained or artifact is not None), certified=bool(certified),
+                             noise=bool(noise), randomized=bool(randomized), artifact=artifact,
+                             artifact_bare_keys=bool(artifact_bare_keys), preflight=preflight)
 
 
 def list_defenses(**where: Any) -> list[str]:

@@ -152,7 +152,7 @@ class CertifyStudy(Study):
         certified = cfg.certified(unit.defense)  # an empirical defense is scored, not certified
         certs = []
         if certified:
-            settings = settings_from(defense, {**cfg.globals()})
+            settings = {**settings_from(defense, {**cfg.globals()}), **cfg.defense_table(unit.defense).certify}
             with ws.timed("certify.certify"), Stopwatch(ws.device) as t_certify:
                 certs = defense.certify(b.x, b.ref, n=cfg.n, alpha=cfg.alpha,
                                         generator=ws.generator(unit, "certify"), **settings)
@@ -239,7 +239,9 @@ class CertifyStudy(Study):
         gq = data.frame(GuaranteeRow)
         if not gq.empty:
             table = guarantee.guarantee_table(gq, bins=options.bins)
-            kinds = [table.assign(radius=table["defense"].map(_main_radius_kind))]
+            variants = data.config.get("defense") or {}  # [verify.defense.<variant>] defense = "..."
+            kinds = [table.assign(radius=table["defense"].map(
+                lambda d: _main_radius_kind((variants.get(d) or {}).get("defense", d))))]
             for col, kind in (("eps_x_lipschitz", "lipschitz"), ("eps_x_local", "local")):
                 radii = pd.to_numeric(gq[col], errors="coerce")
                 if radii.notna().any():  # a sound radius beside the first-order one (FS-IQA Figure 3, per kind)
