@@ -14,7 +14,8 @@ or class (STYLE 16):
   input from fresh draws with a confidence interval of its own kind (order
   statistics for a median, DKW for a trimmed mean, Hoeffding for a bounded mean);
 * ``eot_aggregate``: how an adaptive (EOT) attack aggregates the noisy scores to
-  attack that statistic;
+  attack that statistic: ``"mean"``, ``"soft-median"``, or the defense's own differentiable
+  callable ``(B, n) -> (B,)`` (a method) for a statistic of its own;
 * ``certify_settings``: the typed, keyword-only settings of its ``certify``
   (FS-IQA: ``tau`` and the spectral method; input-space defenses: the radius
   ``eps``), so a runner or CLI passes exactly the settings the defense takes;
@@ -43,7 +44,10 @@ from robustbench_iqa.registry import Registry
 
 
 class Statistic(StrEnum):
-    """The defended score: which statistic of the noisy scores a defense outputs."""
+    """The defended score: which statistic of the noisy scores a suite's defense outputs.
+
+    The built-in names; a defense of another statistic (a quantile, say) declares its own
+    name as a string, with its ``estimate`` interval and its ``eot_aggregate``."""
 
     MEDIAN = "median"
     MEAN = "mean"
@@ -87,7 +91,7 @@ class Defense(Protocol):
     mode: Mode
     lower_better: bool
     score_range: tuple[float, float]
-    eot_aggregate: str
+    eot_aggregate: str | Callable[[torch.Tensor], torch.Tensor]
 
     def noisy_scores(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int,
@@ -104,7 +108,7 @@ class Defense(Protocol):
 class CertifiedDefense(Defense, Protocol):
     """A defense with a certificate; ``certify`` returns one :class:`CertifiedScore` per image."""
 
-    statistic: Statistic
+    statistic: Statistic | str
     certify_settings: ClassVar[type]
 
     def certify(

@@ -44,8 +44,17 @@ class Option:
 
     @property
     def type_text(self) -> str:
-        a = self.annotation
-        return a if isinstance(a, str) else getattr(a, "__name__", None) or str(a).replace("typing.", "")
+        return _type_text(self.annotation)
+
+
+def _type_text(a: Any) -> str:
+    if isinstance(a, str):
+        return a
+    if typing.get_origin(a) in (Union, types.UnionType):
+        return " | ".join("None" if p is type(None) else _type_text(p) for p in typing.get_args(a))
+    if typing.get_origin(a) is not None:
+        return str(a).replace("typing.", "")
+    return getattr(a, "__name__", None) or str(a).replace("typing.", "")
 
 
 def _hints(obj: Any) -> dict[str, Any]:

@@ -241,7 +241,7 @@ class Study:
 
 S = TypeVar("S", bound=type[Study])
 
-STUDIES: Registry[Study] = Registry("study", package="robustbench_iqa.studies")
+STUDIES: Registry[Study] = Registry("study", package="robustbench_iqa.studies", plural="studies")
 """Every registered study; entries are the study classes (``STUDIES.create(name)`` builds one)."""
 
 _INSTANCES: dict[str, Study] = {}
