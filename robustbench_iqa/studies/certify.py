@@ -33,7 +33,6 @@ from robustbench_iqa.studies.base import (
     Unit,
     batched,
     finite,
-    get_study,
     record,
     register_study,
 )
@@ -41,7 +40,7 @@ from robustbench_iqa.studies.base import (
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import Workspace
+    from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
 
 
 @dataclass(frozen=True)
@@ -135,6 +134,11 @@ class CertifyStudy(Study):
                 for ids in batched(plan.images(m), cfg.batch_size)]
 
     def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+        return self.run_stage(unit, ws)[0]
+
+    def run_stage(self, unit: Unit, ws: Workspace) -> tuple[list[Record], CertifiedBatch | None]:
+        """The certify rows of one unit, and the certified batch that ``stage = "certify"`` studies
+        (the audit) receive from the runner; None for an empirical defense (nothing certified)."""
         import torch
 
         from robustbench_iqa.certify.defense import settings_from
@@ -173,13 +177,8 @@ class CertifyStudy(Study):
                 out.append(record(guarantee_row(certs[i], alpha=cfg.alpha, n=cfg.n, seconds=t_certify.seconds / k,
                                                 batch=k, pixels=pixels), unit, image))
         if not certified:
-            return out
-        batch = CertifiedBatch(unit, model, defense, b, certs, clean)
-        for name in cfg.active_studies():
-            study = get_study(name)
-            if study.stage == self.name:
-                out += study.on_certified(batch, ws)
-        return out
+            return out, None
+        return out, CertifiedBatch(unit, model, defense, b, certs, clean)
 
     # ------------------------------------------------------------ judgement
     def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
