@@ -99,6 +99,8 @@ class Entry(Generic[T]):
     target: Callable[..., T] | str
     description: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    plugin: bool = False
+    """From an installed plugin's entry point: its metadata is on the decorator it imports."""
 
     def factory(self) -> Callable[..., T]:
         """The factory, importing ``module:attr`` targets on first use."""
@@ -200,7 +202,7 @@ class Registry(Generic[T]):
             self._plugins_loaded = True
             for ep in importlib_metadata.entry_points(group=f"robustbench_iqa.{self.plural}"):
                 if ep.name not in self._entries:
-                    self._entries[ep.name] = Entry(ep.name, ep.value, f"plugin {ep.value}", {})
+                    self._entries[ep.name] = Entry(ep.name, ep.value, f"plugin {ep.value}", {}, plugin=True)
 
     def names(self, **where: Any) -> list[str]:
         """Registered names, sorted; ``where`` keeps entries whose metadata equal the given values."""
@@ -240,7 +242,7 @@ class Registry(Generic[T]):
         A plugin's entry point names only its factory; its metadata is on the plugin's decorator,
         so an entry point without metadata is imported (once) to read it."""
         e = self.entry(name)
-        if isinstance(e.target, str) and not e.metadata and e.description.startswith("plugin "):
+        if e.plugin and isinstance(e.target, str):
             e.factory()
             e = self.entry(name)
         return {} if e.name.endswith(":<name>") else dict(e.metadata)
