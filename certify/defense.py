@@ -91,7 +91,10 @@ class Defense(Protocol):
     mode: Mode
     lower_better: bool
     score_range: tuple[float, float]
-    eot_aggregate: str | Callable[[torch.Tensor], torch.Tensor]
+
+    @property
+    def eot_aggregate(self) -> str | Callable[[torch.Tensor], torch.Tensor]:
+        """``"mean"``, ``"soft-median"``, or the defense's own differentiable ``(B, n) -> (B,)``."""
 
     def noisy_scores(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int,
