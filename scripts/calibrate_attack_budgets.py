@@ -34,7 +34,13 @@ import torch
 from robustbench_iqa.attacks.calibration import FLOORS, calibrate_budget
 from robustbench_iqa.attacks.objective import Objective
 from robustbench_iqa.attacks.presets import PresetTable
-from robustbench_iqa.attacks.registry import attack_info, create_attack, list_attacks
+from robustbench_iqa.attacks.registry import (
+    ATTACKS,
+    attack_info,
+    attack_options,
+    create_attack,
+    list_attacks,
+)
 from robustbench_iqa.data.registry import create_dataset
 from robustbench_iqa.models.registry import create_model
 
@@ -43,20 +49,22 @@ HI = {"linf": 64 / 255, "l2": 8.0}
 
 
 def settings_for(name: str, args: argparse.Namespace) -> dict[str, Any]:
-    if name == "fgsm":
-        return {}
-    if name in ("square", "random-search"):
+    """The effort of attack ``name``, from the options it declares: ``queries`` for a query attack,
+    ``steps`` for an iterative one (``--uap-steps`` for one trained by ``fit``, e.g. the UAP)."""
+    options = attack_options(name)
+    if "queries" in options:
         return {"queries": args.queries}
-    if name == "uap":
-        return {"steps": args.uap_steps}
-    return {"steps": args.steps}
+    if "steps" in options:
+        trained = hasattr(ATTACKS.factory(name), "fit")
+        return {"steps": args.uap_steps if trained else args.steps}
+    return {}
 
 
 def make_attack(eps: float, *, name: str, norm: str, settings: dict[str, Any], obj: Objective,
                 tx: torch.Tensor, tr: torch.Tensor | None) -> Any:
-    """The attack at budget ``eps``; a UAP is trained on (tx, tr) first, with a fixed seed."""
+    """The attack at budget ``eps``; one trained on data (a UAP) is fitted on (tx, tr) first, with a fixed seed."""
     atk = create_attack(name, eps=eps, norm=norm, **settings)
-    if name == "uap":
+    if hasattr(atk, "fit"):
         atk.fit(obj, tx, tr, generator=torch.Generator().manual_seed(0))
     return atk
 

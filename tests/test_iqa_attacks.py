@@ -199,3 +199,35 @@ def test_a_missing_preset_is_one_clear_error(tmp_path: Path) -> None:
 def test_mse_shapes() -> None:
     with pytest.raises(InputError):
         mse(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
+
+
+def _calibration_script():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_attack_budgets.py"
+    spec = importlib.util.spec_from_file_location("calibrate_attack_budgets", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_script_derives_each_attack_s_effort_from_its_options() -> None:
+    """The settings the script gives each attack are those recorded in the shipped calibration."""
+    import argparse
+
+    script = _calibration_script()
+    args = argparse.Namespace(queries=100, steps=10, uap_steps=20)
+    recorded = {r["attack"]: r["settings"] for r in json.loads(CALIBRATION_FILE.read_text())["rows"]}
+    assert {a: script.settings_for(a, args) for a in recorded} == recorded
+
+
+def test_merging_a_new_attack_keeps_the_other_rows_and_refuses_another_protocol() -> None:
+    script = _calibration_script()
+    old = {"settings": {"size": [96, 128], "hi": {"linf": 0.25}, "models": ["a"]},
+           "rows": [{"attack": "pgd", "eps": 0.1}, {"attack": "new", "eps": 0.5}]}
+    new = {"settings": {"size": [96, 128], "hi": {"linf": 0.25}, "models": ["b"]}, "rows": [{"attack": "new", "eps": 0.2}]}
+    merged = script.merged(old, new)
+    assert merged["rows"] == [{"attack": "pgd", "eps": 0.1}, {"attack": "new", "eps": 0.2}]
+    with pytest.raises(SystemExit, match="settings differ"):
+        script.merged(old, {**new, "settings": {**new["settings"], "size": [48, 64]}})
