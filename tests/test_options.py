@@ -170,8 +170,8 @@ def test_a_misspelled_defense_option_in_the_config_is_exit_2(tmp_path: Path, cap
 
 def test_variants_of_one_defense_run_side_by_side_through_verify(tmp_path: Path) -> None:
     """RS-Reg with its mean bounds and with the published radius, gated in one run."""
-    table = {"models": ["default-nr"], "defenses": ["rs-reg", "rs-reg-radius", "cert-reg"], "limit": 2,
-             "n": 300, "alpha": 0.99, "studies": ["certify"], "certify": {"max_abstain_rate": 1.0},
+    table = {"models": ["default-nr"], "defenses": ["rs-reg", "rs-reg-radius", "cert-reg"], "limit": 1,
+             "n": 200, "alpha": 0.99, "studies": ["certify"], "certify": {"max_abstain_rate": 1.0},
              "defense": {"rs-reg-radius": {"defense": "rs-reg", "certificate": "radius"},
                          "cert-reg": {"trim": 0.25, "eps": 0.05}}}
     cfg = VerifyConfig.from_mapping(table)

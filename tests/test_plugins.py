@@ -75,6 +75,7 @@ def test_the_plugin_is_listed_with_its_options(site: Path) -> None:
     assert "contrast" in out.split("studies:")[1]
 
 
+@pytest.mark.slow
 def test_the_plugin_defense_certifies_through_the_cli_with_its_own_option(site: Path) -> None:
     base = ["certify", "--model", "plugin-contrast", "--dataset", "default", "--limit", "2", "--defense",
             "quantile", "--n", "400", "--alpha", "0.99", "--json", "--no-progress"]
