@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -603,7 +603,13 @@ def shipped_checkpoint(model: str, sigma: float) -> Path | None:
     return path if path.is_file() else None
 
 
-@register_defense("fs-iqa", space="feature", statistic="median", trained=True,
+def fs_iqa_preflight(*, n: int, sigma: float, alpha: float, settings: Mapping[str, Any]) -> None:
+    """Refuse ``n`` too small for the percentile bounds at the feature radius eps_f = sigma_f."""
+    require_indices(n, sigma=sigma, eps=sigma, alpha=alpha)
+
+
+@register_defense("fs-iqa", space="feature", statistic="median", artifact="checkpoint", artifact_bare_keys=True,
+                  preflight=fs_iqa_preflight,
                   description="FS-IQA: median smoothing in feature space with the IVE radius (Shumitskaya et al.)")
 def create_fs_iqa(
     model: IQAModel, *, sigma: float, checkpoint: str | Path | None = None, chunk_size: int = 1000,

@@ -309,10 +309,20 @@ def check_input_args(args: argparse.Namespace) -> None:
 
 def work_kind(args: argparse.Namespace) -> str:
     """Which row of :data:`robustbench_iqa.data.memory.WORK_BYTES_PER_PIXEL` the command's work is."""
-    if getattr(args, "defense", "none") in ("ms", "dms", "dms-iqa", "rs-reg", "cert-reg"):
+    if _input_noise(getattr(args, "defense", "none")):
         return "noise"  # 64 noisy copies per forward pass, whatever the batch of images
     command = getattr(args, "command", "")
     return command if command in ("certify", "attack") else "forward"
+
+
+def _input_noise(defense: str) -> bool:
+    """Whether ``defense`` draws Gaussian noise in input space (its registered ``space`` and ``noise``)."""
+    from robustbench_iqa.certify.defense import DEFENSES
+
+    if defense == "none" or defense not in DEFENSES:
+        return False
+    meta = DEFENSES.metadata(defense)
+    return meta.get("space") == "input" and bool(meta.get("noise", True))
 
 
 def work_batch(args: argparse.Namespace, total: int | None) -> int:

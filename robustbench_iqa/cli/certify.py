@@ -13,6 +13,8 @@ from robustbench_iqa.cli._defense import (
     add_defense_args,
     build_defense,
     certify_settings,
+    defense_options,
+    preflight,
     require_certified,
     resolve_sigma,
 )
@@ -36,7 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustbench_iqa.certify.bounds import require_indices
     from robustbench_iqa.validation import check_alpha, check_n, check_sigma
 
     check_executor_args(args, needs_out=True)
@@ -50,13 +51,13 @@ def run(args: argparse.Namespace) -> int:
         from robustbench_iqa.errors import InputError
 
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.defense in ("fs-iqa", "ms", "dms", "dms-iqa"):  # fail fast, before any model is built
-        eps = args.sigma if args.defense == "fs-iqa" else (args.eps if args.eps is not None else args.sigma / 2)
-        require_indices(args.n, sigma=args.sigma, eps=eps, alpha=args.alpha)
+    preflight(args)  # fail fast, before any model is built
     c.apply_threads(args)
     state = build_certifier(args)
+    built = defense_options(args).build  # recorded with the run (only when given: older runs resume)
     with open_store(args, "certify", {"defense": args.defense, "sigma": args.sigma, "n": args.n,
-                                      "alpha": args.alpha, **state.settings}) as store:
+                                      "alpha": args.alpha, **state.settings,
+                                      **({"options": built} if built else {})}) as store:
         return _certify_all(args, state, store)
 
 

@@ -6,7 +6,12 @@ import argparse
 import time
 
 from robustbench_iqa.cli import _common as c
-from robustbench_iqa.cli._defense import add_defense_args, build_defense, resolve_sigma
+from robustbench_iqa.cli._defense import (
+    add_defense_args,
+    build_defense,
+    defense_options,
+    resolve_sigma,
+)
 
 COLUMNS = ["image", "score", "target", "seconds"]
 
@@ -31,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     c.check_input_args(args)
     check_n(args.n)
     args.sigma = resolve_sigma(args)
+    defense_options(args)  # checked before any model is built
     c.apply_threads(args)
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)

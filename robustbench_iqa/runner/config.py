@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.runner.defense_tables import TABLE, DefenseTable, parse_tables, table_for
 from robustbench_iqa.typed_config import build
 from robustbench_iqa.validation import MAX_SAMPLES
 
@@ -84,6 +85,8 @@ class VerifyConfig:
     """Studies to run (default: every registered study marked ``default``)."""
     sections: Mapping[str, Any] = field(default_factory=dict)
     """Per-study settings: study name -> its ``Config`` dataclass instance."""
+    defense_tables: Mapping[str, DefenseTable] = field(default_factory=dict)
+    """Per-defense options, ``[verify.defense.<name>]`` (:mod:`robustbench_iqa.runner.defense_tables`)."""
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -98,13 +101,15 @@ class VerifyConfig:
         _import_plugins(table.get("plugins", ()), where)
         studies = set(STUDIES.names())
         nested = {k: table.pop(k) for k in list(table) if k in studies}
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("sections", "defense_tables")]
         if "sections" in table:
             raise InputError(f"`{where}.sections` is not a key; give each study's settings as [{where}.<study>]")
+        tables = parse_tables(table.pop(TABLE, {}), where=where)
         base = build(_Globals, {k: v for k, v in table.items() if k in names or k not in studies},
                      where=where)
         sections = {name: _section(name, nested.get(name, {}), where) for name in sorted(studies)}
-        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(_Globals)}, sections=sections)
+        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(_Globals)}, sections=sections,
+                   defense_tables=tables)
 
     def with_overrides(self, **values: Any) -> VerifyConfig:
         """This config with run-wide keys replaced (None values ignored), re-checked."""
@@ -148,18 +153,28 @@ class VerifyConfig:
         out: list[tuple[str, float]] = []
         for s in self.sigmas():
             for d in self.defenses:
-                noise = DEFENSES.metadata(d).get("noise", True) if d in DEFENSES else True
+                r = self.registered(d)
+                noise = DEFENSES.metadata(r).get("noise", True) if r in DEFENSES else True
                 case = (d, float(s)) if noise else (d, 0.0)
                 if case not in out:
                     out.append(case)
         return tuple(out)
 
-    @staticmethod
-    def certified(defense: str) -> bool:
+    def certified(self, defense: str) -> bool:
         """Whether ``defense`` has a certificate (the empirical ones predict only)."""
         from robustbench_iqa.certify.defense import DEFENSES
 
-        return bool(DEFENSES.metadata(defense).get("certified", True)) if defense in DEFENSES else True
+        r = self.registered(defense)
+        return bool(DEFENSES.metadata(r).get("certified", True)) if r in DEFENSES else True
+
+    # ------------------------------------------------- per-defense options
+    def defense_table(self, name: str) -> DefenseTable:
+        """The options of defense name ``name`` of ``defenses`` (``[verify.defense.<name>]``)."""
+        return table_for(self.defense_tables, name)
+
+    def registered(self, name: str) -> str:
+        """The registered defense that defense name ``name`` builds (itself, or a variant's)."""
+        return self.defense_table(name).defense
 
     def globals(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(_Globals)}
@@ -167,6 +182,8 @@ class VerifyConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(_Globals(**self.globals()))
         d["sections"] = {k: dataclasses.asdict(v) for k, v in sorted(self.sections.items())}
+        if self.defense_tables:  # only when given: the records of runs without them stay as they were
+            d[TABLE] = {k: t.to_dict() for k, t in sorted(self.defense_tables.items())}
         return d
 
     # ------------------------------------------------------------- validation

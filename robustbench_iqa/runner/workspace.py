@@ -209,48 +209,64 @@ def checkpoint_for(cfg: VerifyConfig, model: str, defense: str, sigma: float) ->
     """The configured checkpoint of ``defense`` on ``model`` at ``sigma``, if any.
 
     Keys of ``checkpoints``, most specific first: ``"model:defense@sigma"``,
-    ``"model:defense"``, and for FS-IQA heads also ``"model@sigma"`` and ``"model"``.
+    ``"model:defense"``, and for the defense registered with ``artifact_bare_keys``
+    (FS-IQA heads) also ``"model@sigma"`` and ``"model"``.
     """
     s = f"@{float(sigma):g}"
     keys = [f"{model}:{defense}{s}", f"{model}:{defense}"]
-    if defense == "fs-iqa":
+    if _bare_keys(cfg, defense):
         keys += [f"{model}{s}", model]
     return next((cfg.checkpoints[k] for k in keys if k in cfg.checkpoints), None)
 
 
+def _bare_keys(cfg: VerifyConfig, defense: str) -> bool:
+    """Whether bare ``"model"`` keys of ``checkpoints`` name the artifact of ``defense``."""
+    from robustbench_iqa.certify.defense import DEFENSES
+
+    r = cfg.registered(defense)
+    return r in DEFENSES and bool(DEFENSES.metadata(r).get("artifact_bare_keys"))
+
+
 def build_defense(cfg: VerifyConfig, model: IQAModel, name: str, sigma: float) -> CertifiedDefense:
-    """The defense ``name`` around ``model`` at ``sigma``, with its configured trained artifact."""
+    """The defense ``name`` around ``model`` at ``sigma``, with its configured trained artifact (given to
+    the keyword the defense names for it) and its options (``[verify.defense.<name>]``)."""
     from robustbench_iqa.certify.defense import DEFENSES, create_defense
+    from robustbench_iqa.certify.options import artifact_option
     from robustbench_iqa.registry import did_you_mean
 
-    if name not in DEFENSES:
-        raise InputError(f"verify: unknown defense {name!r}{did_you_mean(name, DEFENSES.names())}; "
-                         f"known: {', '.join(DEFENSES.names())}")
-    options: dict[str, Any] = {}
+    table = cfg.defense_table(name)
+    registered = table.defense
+    if registered not in DEFENSES:
+        known = sorted({*DEFENSES.names(), *cfg.defense_tables})
+        raise InputError(f"verify: unknown defense {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+    options: dict[str, Any] = dict(table.build)
     path = checkpoint_for(cfg, model.name, name, sigma)
-    trained = bool(DEFENSES.metadata(name).get("trained"))
+    key = artifact_option(registered)
     if path is not None:
-        if not trained:
+        if key is None:
             raise InputError(f"verify: checkpoints key for {model.name}:{name} given, but {name!r} uses no "
                              "trained artifact")
-        options["checkpoint" if name == "fs-iqa" else "denoiser"] = path
+        if key in options:
+            raise InputError(f"verify: the artifact of {name!r} is given twice: in checkpoints and as "
+                             f"`verify.defense.{name}.{key}`")
+        options[key] = path
     try:
-        return create_defense(name, model, sigma=float(sigma), **options)
+        return create_defense(registered, model, sigma=float(sigma), **options)
     except InputError as exc:
-        if path is not None or not trained:
+        if path is not None or key is None or key in options:
             raise
-        key = f"{model.name}@{float(sigma):g}" if name == "fs-iqa" else f"{model.name}:{name}@{float(sigma):g}"
-        raise InputError(f"{exc}; in the verify config: checkpoints = {{ \"{key}\" = \"PATH\" }}") from None
+        ckpt = f"{model.name}@{float(sigma):g}" if _bare_keys(cfg, name) else f"{model.name}:{name}@{float(sigma):g}"
+        raise InputError(f"{exc}; in the verify config: checkpoints = {{ \"{ckpt}\" = \"PATH\" }}") from None
 
 
 def check_checkpoint_keys(cfg: VerifyConfig) -> None:
     """Every key of ``checkpoints`` and ``weights`` must name a configured model (and defense, sigma)."""
     sig = {f"{s:g}" for s in cfg.sigmas()}
+    bare = any(_bare_keys(cfg, d) for d in cfg.defenses)
     for key in cfg.checkpoints:
         head, _, s = key.partition("@")
         model, _, defense = head.partition(":")
-        ok = model in cfg.models and (not s or s in sig) and (defense in cfg.defenses if defense else
-                                                              "fs-iqa" in cfg.defenses)
+        ok = model in cfg.models and (not s or s in sig) and (defense in cfg.defenses if defense else bare)
         if not ok:
             raise InputError(f"verify: checkpoints key {key!r} matches no configured model"
                              f"{'' if not defense else ':defense'}{'' if not s else '@sigma'} "

@@ -33,7 +33,6 @@ from robustbench_iqa.studies.base import (
     Unit,
     batched,
     finite,
-    get_study,
     record,
     register_study,
 )
@@ -41,7 +40,7 @@ from robustbench_iqa.studies.base import (
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import Workspace
+    from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
 
 
 @dataclass(frozen=True)
@@ -153,6 +152,11 @@ class CertifyStudy(Study):
                 for ids in batched(plan.images(m), cfg.batch_size)]
 
     def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+        return self.run_stage(unit, ws)[0]
+
+    def run_stage(self, unit: Unit, ws: Workspace) -> tuple[list[Record], CertifiedBatch | None]:
+        """The certify rows of one unit, and the certified batch that ``stage = "certify"`` studies
+        (the audit) receive from the runner; None for an empirical defense (nothing certified)."""
         import torch
 
         from robustbench_iqa.certify.defense import settings_from
@@ -170,7 +174,7 @@ class CertifyStudy(Study):
         certified = cfg.certified(unit.defense)  # an empirical defense is scored, not certified
         certs = []
         if certified:
-            settings = settings_from(defense, {**cfg.globals()})
+            settings = {**settings_from(defense, {**cfg.globals()}), **cfg.defense_table(unit.defense).certify}
             with ws.timed("certify.certify"), Stopwatch(ws.device) as t_certify:
                 certs = defense.certify(b.x, b.ref, n=cfg.n, alpha=cfg.alpha,
                                         generator=ws.generator(unit, "certify"), **settings)
@@ -191,13 +195,8 @@ class CertifyStudy(Study):
                 out.append(record(guarantee_row(certs[i], alpha=cfg.alpha, n=cfg.n, seconds=t_certify.seconds / k,
                                                 batch=k, pixels=pixels, scorer=defense), unit, image))
         if not certified:
-            return out
-        batch = CertifiedBatch(unit, model, defense, b, certs, clean)
-        for name in cfg.active_studies():
-            study = get_study(name)
-            if study.stage == self.name:
-                out += study.on_certified(batch, ws)
-        return out
+            return out, None
+        return out, CertifiedBatch(unit, model, defense, b, certs, clean)
 
     # ------------------------------------------------------------ judgement
     def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
@@ -257,7 +256,9 @@ class CertifyStudy(Study):
         gq = data.frame(GuaranteeRow)
         if not gq.empty:
             table = guarantee.guarantee_table(gq, bins=options.bins)
-            kinds = [table.assign(radius=table["defense"].map(_main_radius_kind))]
+            variants = data.config.get("defense") or {}  # [verify.defense.<variant>] defense = "..."
+            kinds = [table.assign(radius=table["defense"].map(
+                lambda d: _main_radius_kind((variants.get(d) or {}).get("defense", d))))]
             for col, kind in (("eps_x_lipschitz", "lipschitz"), ("eps_x_local", "local")):
                 radii = pd.to_numeric(gq[col], errors="coerce")
                 if radii.notna().any():  # a sound radius beside the first-order one (FS-IQA Figure 3, per kind)
