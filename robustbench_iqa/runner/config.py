@@ -77,7 +77,7 @@ class VerifyConfig:
     architecture (dbcnn, hyperiqa, koncept, lpips, dists, dreamsim): none is ever random by accident."""
     model_options: dict[str, str] = field(default_factory=dict)
     """A model's evaluation protocol: ``{"model.option": value}``, e.g. ``{"hyperiqa.crops" = "random",
-    "hyperiqa.input_size" = "384x512"}`` (integers and numbers are converted); recorded with the run."""
+    "hyperiqa.input_size" = "512x384"}`` (integers and numbers are converted); recorded with the run."""
     plugins: tuple[str, ...] = ()
     """Modules imported before anything is built: a research repo registers its own models,
     datasets, defenses or studies there (``@register_model(...)`` etc.)."""
