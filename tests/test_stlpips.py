@@ -1,0 +1,119 @@
+"""ST-LPIPS rebuilt from plain layers equals the official ``stlpips_pytorch`` forward on its real weights."""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import pytest
+import torch
+
+from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.models import create_model, model_info
+
+pytest.importorskip("stlpips_pytorch")
+
+_STUBS = ("IPython", "torchsummary")
+
+
+def official_lpips(net: str) -> Any:
+    """The official network; the package imports IPython and torchsummary (unused for scoring) at import
+    time, so stubs are put in sys.modules for the import only and removed afterwards."""
+    saved = {k: sys.modules.get(k) for k in _STUBS}
+    sys.modules.setdefault("IPython", types.SimpleNamespace(embed=lambda *a, **k: None))  # type: ignore[arg-type]
+    sys.modules.setdefault("torchsummary", types.SimpleNamespace(summary=lambda *a, **k: None))  # type: ignore[arg-type]
+    try:
+        from stlpips_pytorch.stlpips import LPIPS
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+    return LPIPS(pretrained=True, net=net, variant="shift_tolerant", verbose=False).eval()
+
+
+def _pair(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.rand(2, 3, h, w, generator=g)
+    x = (ref + 0.15 * torch.randn(2, 3, h, w, generator=g)).clamp(0, 1)
+    return x, ref
+
+
+@pytest.mark.parametrize("net,h,w", [("alex", 64, 64), ("alex", 96, 128), ("alex", 256, 256),
+                                     ("vgg", 64, 64), ("vgg", 96, 128)])
+def test_distance_equals_the_official_package(net: str, h: int, w: int) -> None:
+    torch.set_num_threads(1)
+    official = official_lpips(net)
+    ours = create_model(f"st-lpips-{net}")
+    x, ref = _pair(h, w, seed=h + w)
+    with torch.no_grad():
+        expected = official(x, ref, normalize=True).flatten()
+        got = ours(x, ref)
+        feats = ours.features(x, ref)
+    assert feats.shape == (2, sum(official.chns))
+    assert float(expected.min()) > 1e-3  # a real, non-trivial distance
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    assert "IPython" not in sys.modules and "torchsummary" not in sys.modules
+
+
+def test_features_are_fixed_size_at_any_image_size() -> None:
+    model = create_model("st-lpips-alex")
+    dims = set()
+    for h, w in [(48, 48), (64, 96), (97, 131)]:
+        x, ref = _pair(h, w, seed=1)
+        with torch.no_grad():
+            dims.add(tuple(model.features(x, ref).shape))
+    assert dims == {(2, 1152)}
+
+
+def test_metadata_provenance_and_identity() -> None:
+    for name in ("st-lpips-alex", "st-lpips-vgg"):
+        info = model_info(name)
+        assert info.mode.value == "fr" and info.lower_better
+    model = create_model("st-lpips-alex")
+    rec = model.weights_source.describe()
+    (file,) = rec["files"]
+    assert file["path"].endswith("alex_shift_tolerant.pth")
+    import hashlib
+    from pathlib import Path
+
+    assert file["sha256"] == hashlib.sha256(Path(file["path"]).read_bytes()).hexdigest()
+    x, _ = _pair(64, 64, seed=3)
+    with torch.no_grad():
+        assert float(model(x, x).abs().max()) < 1e-6  # d(x, x) = 0
+
+
+def test_weights_path_and_bad_files(tmp_path: Any) -> None:
+    from robustbench_iqa.models.stlpips import package_weights
+
+    path = package_weights("alex")
+    a = create_model("st-lpips-alex")
+    b = create_model("st-lpips-alex", weights=str(path))
+    x, ref = _pair(64, 64, seed=4)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x, ref), b(x, ref), rtol=0, atol=0)
+    with pytest.raises(InputError, match="does not fit|not an ST-LPIPS"):
+        create_model("st-lpips-vgg", weights=str(path))  # AlexNet file for the VGG network
+    with pytest.raises(InputError, match="no random version"):
+        create_model("st-lpips-alex", weights="random")
+    with pytest.raises(InputError):
+        create_model("st-lpips-alex", wieghts=str(path))  # misspelled keyword
+
+
+def test_gradient_is_finite_and_nonzero() -> None:
+    model = create_model("st-lpips-alex")
+    x, ref = _pair(64, 64, seed=5)
+    x.requires_grad_(True)
+    model(x, ref).sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
+
+
+def test_lipschitz_bound_goes_through_the_generic_machinery() -> None:
+    """Either a finite certified bound, or a refusal naming the layer type the machinery lacks."""
+    model = create_model("st-lpips-alex")
+    try:
+        bound = model.lipschitz_bound((64, 64))
+    except BoundUnavailableError as exc:
+        assert any(t in str(exc) for t in ("BlurPool2d", "MaxPool2d", "ChannelNorm"))
+    else:
+        assert bound.value > 0
