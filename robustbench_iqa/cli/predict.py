@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)
     total, items = c.iter_items(args, model)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    gen = c.seeded_generator(args)
     with tqdm(total=total, desc=f"predict {args.model} ({args.defense})", unit="img",
                disable=not c.progress_enabled(args)) as bar:
         rows = []
