@@ -117,3 +117,55 @@ def test_lipschitz_bound_goes_through_the_generic_machinery() -> None:
         assert any(t in str(exc) for t in ("BlurPool2d", "MaxPool2d", "ChannelNorm"))
     else:
         assert bound.value > 0
+
+
+def test_nr_model_features_are_the_official_trunk_pooled() -> None:
+    """b(x) of st-lpips-alex-nr = the per-channel spatial means of the official network's five stages."""
+    official = official_lpips("alex")
+    model = create_model("st-lpips-alex-nr")
+    x, _ = _pair(80, 96, seed=9)
+    with torch.no_grad():
+        stages = official.net(official.scaling_layer(2 * x - 1))
+        expected = torch.cat([s.mean(dim=(2, 3)) for s in stages], dim=1)
+        feats = model.features(x)
+        torch.testing.assert_close(feats, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model(x), model.head(feats))
+    assert model.mode.value == "nr" and not model.lower_better
+    roles = [f["role"] for f in model.weights_source.describe()["files"]]
+    assert roles == ["ST-LPIPS alex trunk + lin", "ridge head"]
+    with pytest.raises(InputError, match="no-reference"):
+        model.features(x, x)
+
+
+@pytest.mark.slow
+def test_nr_head_reproduces_its_recorded_heldout_correlation() -> None:
+    """The shipped ridge head on all held-out images of the embedded dataset: the recorded SRCC/PLCC."""
+    import json
+    from importlib import resources
+
+    from scipy import stats
+
+    from robustbench_iqa.data.registry import create_dataset
+
+    record = json.loads((resources.files("robustbench_iqa") / "weights" / "st-lpips-alex-nr-head.json").read_text())
+    model = create_model("st-lpips-alex-nr")
+    _, test = create_dataset("default").split(seed=0)
+    pred = []
+    with torch.no_grad():
+        for s in range(0, len(test), 32):
+            pred += model(torch.stack([test.load(i)[0] for i in range(s, min(s + 32, len(test)))])).tolist()
+    labels = [smp.score for smp in test.samples]
+    assert stats.spearmanr(pred, labels).statistic == pytest.approx(record["heldout_srcc"], abs=1e-3)
+    assert stats.pearsonr(pred, labels).statistic == pytest.approx(record["heldout_plcc"], abs=1e-3)
+
+
+def test_fs_iqa_certifies_on_the_real_nr_network() -> None:
+    """The shipped FS-IQA heads of st-lpips-alex-nr: a certificate with S^l <= S <= S^u and eps_x > 0."""
+    from robustbench_iqa.certify.defense import create_defense
+
+    model = create_model("st-lpips-alex-nr")
+    fs = create_defense("fs-iqa", model, sigma=0.25)
+    x, _ = _pair(64, 64, seed=10)
+    (res,) = fs.certify(x[:1], n=200, alpha=0.99, generator=torch.Generator().manual_seed(0))
+    assert not res.abstained and res.lower <= res.score <= res.upper
+    assert res.eps_x is not None and res.eps_x > 0
