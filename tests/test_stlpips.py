@@ -159,13 +159,16 @@ def test_nr_head_reproduces_its_recorded_heldout_correlation() -> None:
     assert stats.pearsonr(pred, labels).statistic == pytest.approx(record["heldout_plcc"], abs=1e-3)
 
 
-def test_fs_iqa_certifies_on_the_real_nr_network() -> None:
-    """The shipped FS-IQA heads of st-lpips-alex-nr: a certificate with S^l <= S <= S^u and eps_x > 0."""
+@pytest.mark.parametrize("name", ["st-lpips-alex-nr", "st-lpips-alex"])
+def test_fs_iqa_certifies_on_the_real_networks(name: str) -> None:
+    """The shipped FS-IQA heads: a certificate with S^l <= S <= S^u and eps_x = sigma_f / ||J_B(x)|| > 0."""
     from robustbench_iqa.certify.defense import create_defense
 
-    model = create_model("st-lpips-alex-nr")
+    model = create_model(name)
     fs = create_defense("fs-iqa", model, sigma=0.25)
-    x, _ = _pair(64, 64, seed=10)
-    (res,) = fs.certify(x[:1], n=200, alpha=0.99, generator=torch.Generator().manual_seed(0))
+    x, ref = _pair(64, 64, seed=10)
+    r = ref[:1] if model.full_reference else None
+    (res,) = fs.certify(x[:1], r, n=200, alpha=0.99, generator=torch.Generator().manual_seed(0))
     assert not res.abstained and res.lower <= res.score <= res.upper
-    assert res.eps_x is not None and res.eps_x > 0
+    assert res.eps_x is not None and res.spectral_norm is not None
+    assert res.eps_x == pytest.approx(0.25 / res.spectral_norm)
