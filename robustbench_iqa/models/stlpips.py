@@ -126,7 +126,9 @@ class STLPIPSTrunk(nn.Module):
         shift, scale = shift.flatten().double(), scale.flatten().double()
         with torch.no_grad():
             self.scaling.weight.copy_(torch.diag(2.0 / scale)[:, :, None, None].float())
-            self.scaling.bias.copy_(((-1.0 - shift) / scale).float())
+            bias = self.scaling.bias
+            assert bias is not None
+            bias.copy_(((-1.0 - shift) / scale).float())
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = self.scaling(x)
@@ -138,7 +140,8 @@ class STLPIPSTrunk(nn.Module):
 
     def chain(self, stage: int) -> list[nn.Module]:
         """The plain layers from the image to the output of stage ``stage`` (0-based), in order."""
-        return [self.scaling, *(m for s in list(self.stages)[: stage + 1] for m in s)]
+        stages = [s for s in self.stages if isinstance(s, nn.Sequential)][: stage + 1]
+        return [self.scaling, *(m for s in stages for m in s)]
 
 
 # -------------------------------------------------------------------------- weights
