@@ -172,12 +172,16 @@ def gate(model: str, sigma: float, limit: int) -> dict[str, Any]:
 
 
 def settings_line(cfg: dict[str, Any]) -> str:
+    if not cfg.get("measured", True):
+        return (f"- {', '.join(cfg['models'])} ({cfg['date']}, sigma_f {', '.join(f'{s:g}' for s in cfg['sigmas'])}): "
+                f"gate only, `verify` with the repository's settings on {cfg['gate_limit']} images.")
     return (f"- {', '.join(cfg['models'])} ({cfg['date']}, torch {cfg['torch']}, {cfg['threads']} thread, CPU "
             f"{cfg['cpu']}): the first {cfg['limit']} held-out images of the embedded `default` dataset at 96x128 "
             f"and {cfg['large']} at 384x512, {cfg['acc_limit']} for SRCC/PLCC; n = {cfg['n']}, alpha = 0.999; "
             f"feature attack {cfg['steps']} steps and {cfg['restarts']} random starts at 96x128 "
             f"({cfg['large_steps']} and {cfg['large_restarts']} at 384x512), plus the top singular direction and "
-            f"its negative; gate: `verify` with the repository's settings on {cfg['gate_limit']} images.")
+            f"its negative" + (f"; gate: `verify` with the repository's settings on {cfg['gate_limit']} images."
+                                if cfg.get("gated") else "; no gate in this run."))
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -240,7 +244,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(), "limit": args.limit, "large": args.large,
         "acc_limit": args.acc_limit, "n": args.n, "steps": args.steps, "restarts": args.restarts,
         "large_steps": args.large_steps, "large_restarts": args.large_restarts, "sigmas": args.sigmas,
-        "gate_limit": args.gate_limit, "measured": not args.no_measure}]}
+        "gate_limit": args.gate_limit, "gated": not args.no_gate, "measured": not args.no_measure}]}
     for name in args.models:
         model = create_model(name)
         if not args.no_measure:
