@@ -184,6 +184,30 @@ def settings_line(cfg: dict[str, Any]) -> str:
                                 if cfg.get("gated") else "; no gate in this run."))
 
 
+def summary(results: dict[str, Any]) -> list[str]:
+    """One plain line per model: how often the feature attack broke each radius, and the gate."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in results["radii"] + results["gate"]):
+        parts = []
+        rows = [r for r in results["radii"] if r["model"] == model]
+        for kind in KINDS:
+            got = [r[kind] for r in rows if "failures" in r[kind]]
+            if got:
+                fails, total = sum(e["failures"] for e in got), sum(len(e["radii"]) for e in got)
+                worst = max(e["max_change_over_sigma"] for e in got)
+                parts.append(f"{kind.replace('_', '-')} radius broken on {fails} of {total} certified images "
+                             f"(largest feature change {worst:.3g} sigma_f)")
+            elif rows:
+                parts.append(f"no {kind.replace('_', '-')} radius")
+        gates = [r for r in results["gate"] if r["model"] == model]
+        if gates:
+            verdicts = ", ".join(f"{'PASS' if g['passed'] else 'FAIL'} at {g['sigma']:g}"
+                                 for g in sorted(gates, key=lambda g: g["sigma"]))
+            parts.append(f"gate {verdicts}")
+        out.append(f"- `{model}`: " + "; ".join(parts) + ".")
+    return out
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# FS-IQA on real trained networks (ST-LPIPS)", "",
@@ -192,6 +216,8 @@ def markdown(results: dict[str, Any]) -> str:
         "moved B(x) by more than sigma_f inside the radius.  CPU times are single-thread process times on a "
         "shared, busy 2-core machine.  Settings:", "",
         *[settings_line(cfg) for cfg in results["settings"]], "",
+        "## Summary", "",
+        *summary(results), "",
         "## Radii and premise failures", "",
         "| model | sigma_f | size | first-order eps_x | failures | Lipschitz eps_x | failures | local eps_x "
         "| failures | max feature change / sigma_f (first order) |",
@@ -215,7 +241,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"{mark} {text}  " for text, mark in notes.items()]
     lines += ["", "## Gate verdict per sigma (`verify`, quick settings)", "",
               "| model | sigma_f | verdict | failed checks |", "|---|---|---|---|"]
-    for row in results["gate"]:
+    for row in sorted(results["gate"], key=lambda r: (r["model"], r["sigma"])):
         lines.append(f"| {row['model']} | {row['sigma']:g} | {'PASS' if row['passed'] else 'FAIL'} | "
                      f"{', '.join(row['failed']) or '-'} |")
     if not results["gate"]:
