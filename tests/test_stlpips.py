@@ -172,3 +172,23 @@ def test_fs_iqa_certifies_on_the_real_networks(name: str) -> None:
     assert not res.abstained and res.lower <= res.score <= res.upper
     assert res.eps_x is not None and res.spectral_norm is not None
     assert res.eps_x == pytest.approx(0.25 / res.spectral_norm)
+
+
+def test_cli_scores_a_pair_and_refuses_a_wrong_file_with_one_line(tmp_path: Any, capsys: Any) -> None:
+    from robustbench_iqa.cli import main
+    from robustbench_iqa.data.images import save_image
+    from robustbench_iqa.models.stlpips import package_weights
+
+    x, ref = _pair(48, 64, seed=12)
+    save_image(x[0], tmp_path / "x.png")
+    save_image(ref[0], tmp_path / "r.png")
+    args = ["predict", "--defense", "none", "--image", str(tmp_path / "x.png"), "--ref", str(tmp_path / "r.png"),
+            "--json", "--no-progress"]
+    assert main([*args, "--model", "st-lpips-alex"]) == 0
+    import json
+
+    row = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert row["score"] > 0
+    assert main([*args, "--model", "st-lpips-vgg", "--weights", str(package_weights("alex"))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "does not fit the ST-LPIPS vgg network" in err
