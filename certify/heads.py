@@ -19,6 +19,26 @@ if TYPE_CHECKING:
     from robustbench_iqa.certify.lipschitz import LipschitzBound
 
 
+MAX_FEATURES = 262_144
+"""The widest backbone FS-IQA accepts: FTN's first layer Linear(D, 512) then holds 2^27 weights
+(512 MB in float32).  A spatial cut whose width grows with the image (a feature map flattened) is
+refused with one line instead of allocating gigabytes; pool it to a fixed-size vector."""
+
+
+def check_feature_width(width: int, *, what: str = "the backbone") -> int:
+    """``width`` if FS-IQA can take it (<= :data:`MAX_FEATURES`), else one :class:`InputError` line."""
+    from robustbench_iqa.errors import InputError
+
+    if width > MAX_FEATURES:
+        gib = width * 512 * 4 / 2**30
+        raise InputError(
+            f"{what} gives {width:,} features per image (more than {MAX_FEATURES:,}): FS-IQA's FTN "
+            f"Linear({width}, 512) would need {gib:.1f} GiB; use a model whose backbone gives a fixed-size "
+            f"vector (pool the feature map, or name a pooled layer with pyiqa:<metric>@<layer>)"
+        )
+    return width
+
+
 class FTN(nn.Module):
     """f_norm = FTN(f_init) in [0, 1]^out_dim.
 
@@ -30,6 +50,7 @@ class FTN(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int = 512, hidden: Sequence[int] = ()) -> None:
         super().__init__()
+        check_feature_width(int(in_dim), what="FTN's input")
         self.in_dim, self.out_dim, self.hidden = int(in_dim), int(out_dim), tuple(int(h) for h in hidden)
         self.register_buffer("mean", torch.zeros(self.in_dim))
         self.register_buffer("std", torch.ones(self.in_dim))

@@ -499,14 +499,14 @@ def jacobian_spectral_norm(
         bsz = x.shape[0]
         return SpectralNormEstimate(
             value=val.detach(),
-            iterations=torch.zeros(bsz, dtype=torch.long),
-            rel_change=torch.zeros(bsz, dtype=val.dtype),
-            converged=torch.ones(bsz, dtype=torch.bool),
+            iterations=torch.zeros(bsz, dtype=torch.long, device=val.device),
+            rel_change=torch.zeros(bsz, dtype=val.dtype, device=val.device),
+            converged=torch.ones(bsz, dtype=torch.bool, device=val.device),
             method=method,
             output=out.detach(),
             upper_bound=None if delta is None else val.detach(),
             delta=None if delta is None else 0.0,
-            products=torch.zeros(bsz, dtype=torch.long),
+            products=torch.zeros(bsz, dtype=torch.long, device=val.device),
         )
     out, jt, jv = _operator(fn, x)
     if method is SpectralMethod.POWER:

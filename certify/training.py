@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
-from robustbench_iqa.certify.heads import FTN, Scorer
+from robustbench_iqa.certify.heads import FTN, Scorer, check_feature_width
 from robustbench_iqa.data.base import IQADataset
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel
@@ -53,7 +53,10 @@ def extract_features(
         loaded = [dataset.load(i) for i in chunk]
         x = torch.stack([a for a, _ in loaded]).to(device)
         ref = torch.stack([r for _, r in loaded]).to(device) if full_reference else None  # type: ignore[misc]
-        feats.append(backbone(x, ref).float().cpu())
+        f = backbone(x, ref)
+        if not feats:  # before caching a whole dataset of a feature map flattened
+            check_feature_width(int(f[0].numel()), what=f"the backbone of dataset {dataset.name!r}")
+        feats.append(f.float().cpu())
         scores.extend(dataset.samples[i].score for i in chunk)
         bar.update(len(chunk))
     bar.close()

@@ -102,6 +102,17 @@ def device(text: str) -> str:
     return text
 
 
+def seeded_generator(args: argparse.Namespace, seed: int | None = None) -> torch.Generator:
+    """A ``torch.Generator`` on the run's ``--device`` seeded with ``seed`` (default ``--seed``).
+
+    Noise is drawn where the data lives (no host-to-device copy per draw); the same seed gives
+    the same rows on the same device (CPU and CUDA generators give different streams).
+    """
+    import torch
+
+    return torch.Generator(device=torch.device(args.device)).manual_seed(args.seed if seed is None else seed)
+
+
 def size(text: str) -> str:
     """``HxW`` whose image fits in memory (:func:`robustbench_iqa.data.images.parse_size`), kept as given."""
     try:

@@ -108,4 +108,4 @@ def item_generator(args: argparse.Namespace, *parts: object) -> torch.Generator:
 
     from robustbench_iqa.runner.workspace import derived_seed
 
-    return torch.Generator(device="cpu").manual_seed(derived_seed(args.seed, *parts))
+    return torch.Generator(device=torch.device(args.device)).manual_seed(derived_seed(args.seed, *parts))

@@ -117,7 +117,6 @@ def build_objective(
     With ``--defense``, ``defense`` is the built defense (built here if None) and
     ``generator`` drives the EOT noise (default: one seeded by ``--seed``).
     """
-    import torch
 
     from robustbench_iqa.attacks.eot import eot_objective
     from robustbench_iqa.attacks.objective import Objective
@@ -126,7 +125,7 @@ def build_objective(
         obj = Objective.from_model(model, target=args.target, target_score=args.target_score)
         return obj, bool(model.lower_better), tuple(model.score_range)  # type: ignore[return-value]
     defense = build_defense(args, model) if defense is None else defense
-    gen = torch.Generator(device="cpu").manual_seed(args.seed) if generator is None else generator
+    gen = c.seeded_generator(args) if generator is None else generator
     aggregate = args.eot_aggregate or defense.eot_aggregate
     obj = eot_objective(defense, n=args.eot, aggregate=aggregate, noise=args.eot_noise,
                         generator=gen, target=args.target, target_score=args.target_score,
@@ -236,7 +235,6 @@ def attack_item(state: Attacker, item: c.Item) -> dict[str, Any]:
 def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | None) -> list[dict[str, Any]]:
     """Attack every input; with a store, image by image with per-input seeds, skipping stored rows
     (with ``--executor ray`` the images not stored run on Ray actors, and this process writes their rows)."""
-    import torch
     from tqdm.auto import tqdm
 
     from robustbench_iqa.store import RowKey
@@ -292,7 +290,7 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
                     pool.close()
         else:
             objective, _, _ = build_objective(args, model, state.defense)
-            gen = torch.Generator(device="cpu").manual_seed(args.seed)
+            gen = c.seeded_generator(args)
             for chunk in c.batches(items, args.batch_size):
                 x, ref = c.stack(chunk, args.device)
                 check_budget(args.eps, args.norm, hw=tuple(x.shape[-2:]), name="--eps")  # type: ignore[arg-type]

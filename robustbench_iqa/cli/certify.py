@@ -117,7 +117,7 @@ def _certify_all(args: argparse.Namespace, state: Certifier, store: Any) -> int:
     model, defense, settings = state.model, state.defense, state.settings
     labels = c.score_labels(model, defense)
     total, items = c.iter_items(args, model)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    gen = c.seeded_generator(args)
     device = torch.device(args.device)
     rows: list[dict[str, Any] | None] = []
     skipped = 0

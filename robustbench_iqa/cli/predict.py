@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     defense = None if args.defense == "none" else build_defense(args, model)
     labels = c.score_labels(model, defense)
     total, items = c.iter_items(args, model)
-    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    gen = c.seeded_generator(args)
     with tqdm(total=total, desc=f"predict {args.model} ({args.defense})", unit="img",
                disable=not c.progress_enabled(args)) as bar:
         rows = []

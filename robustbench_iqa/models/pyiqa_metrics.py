@@ -9,7 +9,11 @@ comes from :data:`PYIQA_TABLE`, one entry per metric of ``pyiqa.list_models()``:
   learned layers a parameter-free head compares (DISTS' stages, MS-SWD's projections);
   ``head`` says whether :meth:`PyiqaMetric.head` reproduces pyiqa's score from the features
   (``"mean"``: the head module's output, averaged over its calls and crops; ``"mos"``: then
-  pyiqa's ``dist_to_mos``; ``"first"``: its first output) or is left to FS-IQA's scorer (None).
+  pyiqa's ``dist_to_mos``; ``"first"``: its first output; ``"sum"``: summed over the layers, LPIPS)
+  or is left to FS-IQA's scorer (None).  Spatial FR cuts (the LPIPS family's lin inputs, DISTS'
+  stages) are averaged over space (``pool``), so that b(x) has a fixed size at any image size;
+  FS-IQA refuses, before caching features or building its FTN, a backbone wider than
+  :data:`robustbench_iqa.certify.heads.MAX_FEATURES`.
 * :class:`Formula`: a hand-crafted metric (PSNR, SSIM, NIQE, ...).  It builds, scores and can
   be attacked, but has no learned backbone to smooth: :meth:`features` refuses.  Some read
   parameter files (NIQE's ``.mat``) that pyiqa downloads once into its cache.
@@ -45,8 +49,11 @@ class Cut:
     """b(x) = the ``take`` of each of ``layers`` (every call, in call order); see module doc."""
 
     layers: tuple[Layer, ...]
-    head: str | None = None  # "mean" | "mos" | "first" | None
+    head: str | None = None  # "mean" | "sum" | "mos" | "first" | None
     note: str = ""
+    pool: bool = False
+    """Average every captured (rows, C, H, W) map over its H x W positions: a fixed-size b(x) at any
+    image size.  Exact for heads that are linear per position and then spatially averaged (LPIPS)."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,12 @@ def _out(*names: str) -> tuple[Layer, ...]:
     return tuple((n, "output") for n in names)
 
 
-_LPIPS = Cut(_in("lin0", "lin1", "lin2", "lin3", "lin4"),
-             note="squared differences of unit-normalised trunk features, the input of the 5 lin layers")
+_LPIPS = Cut(_in("lin0", "lin1", "lin2", "lin3", "lin4"), "sum",
+             "squared differences of unit-normalised trunk features, the input of the 5 lin layers, averaged "
+             "over space (the 1x1 lin layers are linear, so the score is their sum exactly)", pool=True)
+_LPIPS_PLUS = Cut(_in("lin0", "lin1", "lin2", "lin3", "lin4"), None,
+                  "squared differences of unit-normalised trunk features, the input of the 5 lin layers, "
+                  "averaged over space (LPIPS+ weights positions by semantic features: no exact head)", pool=True)
 _TOPIQ = Cut(_in("score_linear"), "mean", "the attention-pooled token, input of the score MLP")
 _TOPIQ_MOS = Cut(_in("score_linear"), "mos", "the attention-pooled token, input of the score MLP (10 bins)")
 _MUSIQ = Cut(_in("head"), "mean", "the class token, input of the linear head")
@@ -104,10 +115,11 @@ PYIQA_TABLE: dict[str, Entry] = {
     "dbcnn": Cut(_in("fc"), "mean", "the bilinear-pooled VGG x SCNN features, input of fc"),
     "hyperiqa": Cut(_out("lda_modules.0", "lda_modules.1", "lda_modules.2", "lda_modules.3", "conv1"), None,
                     "local-distortion features and the hyper-network input (the `hyperiqa` model splits it exactly)"),
-    "lpips": _LPIPS, "lpips+": _LPIPS, "lpips-vgg": _LPIPS, "lpips-vgg+": _LPIPS,
+    "lpips": _LPIPS, "lpips+": _LPIPS_PLUS, "lpips-vgg": _LPIPS, "lpips-vgg+": _LPIPS_PLUS,
     "stlpips": _LPIPS, "stlpips-vgg": _LPIPS,
     "dists": Cut((("stage1", "input"),) + _out("stage1", "stage2", "stage3", "stage4", "stage5"), None,
-                 "the normalised image and the 5 VGG stages of both images, compared by alpha/beta"),
+                 "the channel means of the normalised image and the 5 VGG stages of both images (the "
+                 "`dists` model splits DISTS exactly)", pool=True),
     "maniqa": _MANIQA, "maniqa-kadid": _MANIQA, "maniqa-pipal": _MANIQA,
     "msswd": Cut(_out("conv_m1"), None, "the learned projections of both images, compared by sorting"),
     "musiq": _MUSIQ, "musiq-paq2piq": _MUSIQ, "musiq-spaq": _MUSIQ,
@@ -170,7 +182,7 @@ class PyiqaMetric(PyiqaAdapter):
     """
 
     def __init__(self, net: nn.Module, metric: str, name: str, *, layers: tuple[Layer, ...],
-                 head: str | None = None) -> None:
+                 head: str | None = None, pool: bool = False) -> None:
         super().__init__(net, metric, name)
         modules = dict(net.named_modules())
         for layer, take in layers:
@@ -181,7 +193,7 @@ class PyiqaMetric(PyiqaAdapter):
                 raise InputError(f"feature take must be 'input' or 'output', got {take!r}")
         if head is not None and (len({n for n, _ in layers}) != len(layers) or any(t != "input" for _, t in layers)):
             raise ValueError("a head needs distinct layers whose inputs are taken")
-        self.layers, self.head_kind = layers, head
+        self.layers, self.head_kind, self.pool = layers, head, bool(pool)
         self._captured: list[tuple[int, torch.Tensor]] | None = None
         self._shapes: list[tuple[int, int, tuple[int, ...]]] = []  # (layer index, rows, shape of a row)
         for i, (layer, take) in enumerate(layers):
@@ -196,6 +208,8 @@ class PyiqaMetric(PyiqaAdapter):
                 value = value[0]
             if not isinstance(value, torch.Tensor):
                 raise InputError(f"the {take} of layer {self.layers[index][0]!r} is not a tensor")
+            if self.pool and value.dim() == 4:
+                value = value.mean(dim=(2, 3), keepdim=True)
             self._captured.append((index, value))
 
         return hook
@@ -249,6 +263,8 @@ class PyiqaMetric(PyiqaAdapter):
             return dist_to_mos(q).reshape(b)
         if self.head_kind == "first":
             return q[:, 0]
+        if self.head_kind == "sum":  # LPIPS: the per-layer spatial means are summed
+            return torch.cat(outs, dim=1).sum(dim=1).reshape(b, -1).mean(dim=1)
         return q.reshape(b, -1).mean(dim=1)
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -331,4 +347,4 @@ def create_pyiqa_model(
     if isinstance(entry, Unverified):
         raise InputError(f"pyiqa:{metric} has no default feature cut ({entry.reason}); name one as "
                          f"pyiqa:{metric}@<layer>[:input|:output]")
-    return PyiqaMetric(net, metric, f"pyiqa:{sub}", layers=entry.layers, head=entry.head)
+    return PyiqaMetric(net, metric, f"pyiqa:{sub}", layers=entry.layers, head=entry.head, pool=entry.pool)
