@@ -9,7 +9,9 @@ per-channel spatial reduction of w_k = n(u_k(x)) - n(u_k(ref)) (FR; w_k = n(u_k(
 
 - ``"mean"``: mean_hw w_k (for FR: mean n(u_k(x)) - mean n(u_k(ref)), the FR difference);
 - ``"rms"``: sqrt(mean_hw w_k^2 + rms_eps) (the LPIPS distance per channel:
-  LPIPS = sum_k sum_c lin_kc (b_kc^2 - rms_eps)).
+  LPIPS = sum_k sum_c lin_kc (b_kc^2 - rms_eps));
+- ``"meansq"``: mean_hw w_k^2 (LPIPS' own per-channel term: LPIPS = sum_k sum_c lin_kc b_kc
+  exactly, a linear head); needs the channel normalisation, which keeps |w_p| <= 2 per pixel.
 
 b(x) is the concatenation over taps (sum_k C_k values at any image size).  ``ref`` is
 fixed, so Lip(b(., ref)) is bounded like the NR map.
@@ -17,7 +19,10 @@ fixed, so Lip(b(., ref)) is bounded like the NR map.
 **Global bound** (:meth:`TappedFeatures.lipschitz_bound`): branch k is
 pool_k o n o prefix_k o standardisation, so L_k = (1/min|scale|) Lip(prefix_k) Lip(n)
 / sqrt(H_k W_k) (Lip(n) = 1/eps, vacuous for LPIPS' eps = 1e-10; both reductions are
-1/sqrt(N)-Lipschitz), and L = sqrt(sum_k L_k^2) (concatenation).  Lip(prefix_k) is
+1/sqrt(N)-Lipschitz; ``"meansq"`` g_c(w) = |w_c|^2 / N has the block-diagonal Jacobian with
+rows 2 w_c^T / N, of norm max_c 2 |w_c| / N <= 2 sqrt(4 N) / N = 4 / sqrt(N), because
+sum_c w_cp^2 = |w_p|^2 <= 4 at every pixel p (|n| < 1; FR difference of two such vectors),
+and 2 / sqrt(N) for NR, |w_p| <= 1), and L = sqrt(sum_k L_k^2) (concatenation).  Lip(prefix_k) is
 :func:`~robustbench_iqa.certify.lipschitz.sequential_bound` of slices 1..k (exact
 classes only).
 
@@ -38,7 +43,11 @@ bound d of the deviation ||v(x+u) - v(x)||_2 of each intermediate tensor v:
    increasing in a_c; on the ball a_c <= a_c(x) + d / sqrt(N), and the Jacobian is block
    diagonal over channels, so d' = d max_c phi(a_c(x) + d / sqrt N) / sqrt N.  At the
    reference (w = 0) this is about d^2 / (N sqrt(eps)): the first-order radius breaks
-   there (b is not differentiable at w = 0 for rms_eps -> 0), this bound does not;
+   there (b is not differentiable at w = 0 for rms_eps -> 0), this bound does not.
+   ``meansq``: for |delta_c| <= e_c with sum_c e_c^2 <= d^2,
+   |g_c(w + delta) - g_c(w)| = |2 w_c . delta_c + |delta_c|^2| / N <= (2 |w_c| e_c + e_c^2) / N,
+   and by the triangle inequality (|(e_c^2)_c|_2 <= sum_c e_c^2 <= d^2)
+   d' = 2 max_c a_c d / sqrt(N) + d^2 / N with a_c = |w_c| / sqrt(N);
 4. concatenation: D_b = sqrt(sum_k d_k'^2).
 
 The FS-IQA radius then composes with the FTN's local deviation bound
@@ -74,7 +83,10 @@ from robustbench_iqa.certify.lipschitz import (
 from robustbench_iqa.certify.trust import require_exact, require_no_hooks
 from robustbench_iqa.errors import BoundUnavailableError, InputError
 
-REDUCTIONS = ("mean", "rms")
+REDUCTIONS = ("mean", "rms", "meansq")
+MEANSQ_SLOPE = 4.0
+"""sup_w sqrt(N) ||D g(w)|| of ``"meansq"``: 2 max_p |w_p| <= 4 (an FR difference of two unit-bounded
+vectors; 2 for NR, but the global bound does not know whether a reference will be given)."""
 CAP = 2.0
 """||n(v) - n(u)|| <= |n(v)| + |n(u)| < 2 for the channel normalisation."""
 
@@ -85,7 +97,7 @@ class TappedFeatures(nn.Module):
     ``slices``: the trunk, cut where features are tapped (each an ``nn.Sequential`` of plain
     layers); ``shift`` / ``scale``: per input channel, h = (x - shift) / scale;
     ``norm_eps``: LPIPS' channel normalisation u / (|u| + norm_eps), or None for none;
-    ``reduction``: ``"mean"`` or ``"rms"``; ``rms_eps``: inside the root of ``"rms"``.
+    ``reduction``: ``"mean"``, ``"rms"`` or ``"meansq"``; ``rms_eps``: inside the root of ``"rms"``.
 
     An IQA model whose ``features(x, ref)`` *is* this map exposes it as the attribute
     ``feature_map``: FS-IQA then gets ``eps_x_lipschitz`` (when the model has no
@@ -107,6 +119,9 @@ class TappedFeatures(nn.Module):
             raise InputError(f"shift and scale must have one finite value per channel, scale non-zero: {scale}")
         if not rms_eps > 0:
             raise InputError(f"rms_eps must be > 0, got {rms_eps}")
+        if reduction == "meansq" and norm_eps is None:
+            raise InputError("reduction 'meansq' needs the channel normalisation (norm_eps): without it the "
+                             "mean of squares has no global Lipschitz bound")
         self.slices = nn.ModuleList(slices)
         self.register_buffer("shift", torch.tensor(list(shift), dtype=torch.float32).reshape(1, -1, 1, 1))
         self.register_buffer("scale", torch.tensor(list(scale), dtype=torch.float32).reshape(1, -1, 1, 1))
@@ -128,6 +143,8 @@ class TappedFeatures(nn.Module):
     def reduce(self, w: torch.Tensor) -> torch.Tensor:
         if self.reduction == "mean":
             return w.mean(dim=(2, 3))
+        if self.reduction == "meansq":
+            return w.pow(2).mean(dim=(2, 3))
         return torch.sqrt(w.pow(2).mean(dim=(2, 3)) + self.rms_eps)
 
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
@@ -176,7 +193,8 @@ class TappedFeatures(nn.Module):
         size = (int(input_size[0]), int(input_size[1]))
         std = self.standardisation_bound()
         norm = 1.0 if self.norm is None else channel_norm_global_bound(self.norm)
-        branches = [LipschitzBound(std * p * norm * spatial_mean_bound(hw), ((f"tap {k + 1}", p),))
+        square = MEANSQ_SLOPE if self.reduction == "meansq" else 1.0
+        branches = [LipschitzBound(std * p * norm * square * spatial_mean_bound(hw), ((f"tap {k + 1}", p),))
                     for k, (p, hw) in enumerate(self.prefix_bounds(size))]
         notes = () if self.norm is None else (f"channel normalisation: Lip 1/eps = {norm:.3g} (vacuous)",)
         cat = concatenation_bound(branches, "taps")
@@ -228,6 +246,8 @@ def feature_deviation(tf: TappedFeatures, c: TapCentre, prefix: list[tuple[float
             d = min(channel_norm_deviation(norms, d, tf.norm.eps), d / tf.norm.eps * SAFETY)
         if tf.reduction == "mean":
             d = d / math.sqrt(n) * SAFETY
+        elif tf.reduction == "meansq":
+            d = (2.0 * float(a.max()) * d / math.sqrt(n) + d * d / n) * SAFETY
         else:
             top = a + d / math.sqrt(n)
             phi = float((top / torch.sqrt(top.square() + tf.rms_eps)).max())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import types
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.errors import InputError
 from robustbench_iqa.models import create_model, model_info
 
 pytest.importorskip("stlpips_pytorch")
@@ -108,15 +109,26 @@ def test_gradient_is_finite_and_nonzero() -> None:
     assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
 
 
-def test_lipschitz_bound_goes_through_the_generic_machinery() -> None:
-    """Either a finite certified bound, or a refusal naming the layer type the machinery lacks."""
-    model = create_model("st-lpips-alex")
-    try:
-        bound = model.lipschitz_bound((64, 64))
-    except BoundUnavailableError as exc:
-        assert any(t in str(exc) for t in ("BlurPool2d", "MaxPool2d", "ChannelNorm"))
-    else:
-        assert bound.value > 0
+@pytest.mark.parametrize("name", ["st-lpips-alex", "st-lpips-alex-nr"])
+def test_sound_radii_exist_and_hold_on_the_real_networks(name: str) -> None:
+    """The features are the TappedFeatures map the bounds read, and its certified global bound is at
+    least the exact Jacobian norm (FR: also at the reference itself).  The local radius on these maps
+    is attacked in tests/test_tapped.py (real_fs)."""
+    from robustbench_iqa.certify.tapped import TappedFeatures
+
+    model = create_model(name)
+    assert type(model.feature_map) is TappedFeatures
+    x, ref = _pair(32, 32, seed=11)
+    refs = [ref, x.clone()] if model.full_reference else [None]
+    bound = model.lipschitz_bound((32, 32)).value
+    assert math.isfinite(bound) and bound > 0
+    for r in refs:
+        with torch.no_grad():
+            torch.testing.assert_close(model.features(x, r), model.feature_map(x, r), rtol=0, atol=0)
+        r0 = None if r is None else r[:1]
+        jac = torch.autograd.functional.jacobian(lambda z, r0=r0: model.features(z[None], r0)[0], x[0])
+        jac = jac.reshape(model.feature_dim, -1)
+        assert float(torch.linalg.matrix_norm(jac, ord=2)) <= bound
 
 
 def test_nr_model_features_are_the_official_trunk_pooled() -> None:

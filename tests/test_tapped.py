@@ -28,7 +28,7 @@ from robustbench_iqa.certify.tapped import (
     feature_deviation,
     tap_centre,
 )
-from robustbench_iqa.errors import BoundUnavailableError
+from robustbench_iqa.errors import BoundUnavailableError, InputError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from tests.stlpips_trunk import alex_feature_map, official_lpips_alex
 
@@ -50,8 +50,8 @@ def _images(n: int, size: tuple[int, int] = SIZE, seed: int = 0) -> torch.Tensor
 
 
 # ------------------------------------------------------------------ global bound
-@pytest.mark.parametrize("norm_eps", [None, 1e-2])
-@pytest.mark.parametrize("reduction", ["mean", "rms"])
+@pytest.mark.parametrize("norm_eps,reduction", [(None, "mean"), (None, "rms"), (1e-2, "mean"), (1e-2, "rms"),
+                                                (1e-2, "meansq")])
 def test_global_bound_is_above_every_exact_jacobian_norm(norm_eps: float | None, reduction: str) -> None:
     tf = _small_tf(reduction, norm_eps)
     bound = tf.lipschitz_bound(SIZE).value
@@ -140,7 +140,8 @@ def _top_singular_direction(fn, x: torch.Tensor, iterations: int = 12) -> torch.
     return v / v.norm()
 
 
-CASES = [("mean", "nr"), ("rms", "fr-equal"), ("rms", "fr-near"), ("mean", "fr-near"), ("rms", "nr")]
+CASES = [("mean", "nr"), ("rms", "fr-equal"), ("rms", "fr-near"), ("mean", "fr-near"), ("rms", "nr"),
+         ("meansq", "nr"), ("meansq", "fr-equal"), ("meansq", "fr-near"), ("meansq", "fr-far")]
 
 
 @pytest.mark.parametrize("reduction,case", CASES)
@@ -150,7 +151,8 @@ def test_local_deviation_bounds_the_strongest_change_found(reduction: str, case:
     x = _images(1, seed=7)
     ref = None
     if case.startswith("fr"):
-        ref = x.clone() if case == "fr-equal" else (x + 0.01 * _images(1, seed=8)).clamp(0, 1)
+        ref = {"fr-equal": x.clone(), "fr-near": (x + 0.01 * _images(1, seed=8)).clamp(0, 1),
+               "fr-far": _images(1, seed=9)}[case]
     c = tap_centre(tf, x[0], None if ref is None else ref[0])
     prefix = tf.prefix_bounds(SIZE)
     pre = ftn_preacts(ftn, tf(x, ref)[0])
@@ -159,6 +161,11 @@ def test_local_deviation_bounds_the_strongest_change_found(reduction: str, case:
         assert _attack_change(lambda z: tf(z, ref), x, r, restarts=2, steps=25) <= d_b
         d_big = ftn_deviation(ftn, pre, d_b)
         assert _attack_change(lambda z: ftn(tf(z, ref)), x, r, restarts=1, steps=25) <= d_big
+
+
+def test_meansq_needs_the_channel_normalisation() -> None:
+    with pytest.raises(InputError, match="meansq"):
+        _small_tf("meansq", norm_eps=None)
 
 
 def test_deviation_radius_is_the_largest_radius_meeting_the_condition() -> None:
@@ -246,10 +253,14 @@ def test_alexnet_feature_map_equals_the_official_st_lpips(size: tuple[int, int])
 
 @pytest.fixture(scope="module")
 def real_fs() -> dict[str, FeatureSmoothedIQA]:
+    """FS-IQA on the feature maps of the registered real models (st-lpips-alex-nr: ``"mean"`` without
+    normalisation; st-lpips-alex: LPIPS' own ``"meansq"`` of normalised differences)."""
+    from robustbench_iqa.models import create_model
+
     torch.manual_seed(0)
     out = {}
-    for reduction, mode in (("mean", "nr"), ("rms", "fr")):
-        tf = alex_feature_map(reduction=reduction)
+    for name, mode in (("st-lpips-alex-nr", "nr"), ("st-lpips-alex", "fr")):
+        tf = create_model(name).feature_map
         out[mode] = FeatureSmoothedIQA(tf, FTN(1152, 64), Scorer(64, 32), sigma=0.25, mode=mode).eval()
     return out
 
@@ -296,10 +307,10 @@ def test_real_st_lpips_trunk_no_attack_exceeds_sigma_inside_the_sound_radii(real
 
 @pytest.mark.slow
 def test_real_st_lpips_trunk_strong_attack_slow(real_fs) -> None:  # type: ignore[no-untyped-def]
-    """More restarts and steps at 64x64 (about 20 min of one CPU core)."""
-    x = _images(2, (64, 64), seed=15).float()
-    _real_check(real_fs["nr"], x, None, restarts=2, steps=60, power=100)
-    ref = _images(2, (64, 64), seed=16).float()
+    """More restarts and steps at 48x48 (a few minutes of one CPU core)."""
+    x = _images(2, (48, 48), seed=15).float()
+    _real_check(real_fs["nr"], x, None, restarts=2, steps=40, power=60)
+    ref = _images(2, (48, 48), seed=16).float()
     near = ref.clone()
     near[1] = (ref[1] + 1e-3 * torch.randn(ref[1].shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
-    _real_check(real_fs["fr"], near, ref, restarts=2, steps=60, power=100)
+    _real_check(real_fs["fr"], near, ref, restarts=2, steps=40, power=60)

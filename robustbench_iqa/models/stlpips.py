@@ -36,9 +36,12 @@ embedded ``default`` dataset's weak labels (``scripts/train_stlpips_nr.py``, shi
 ``weights/st-lpips-alex-nr-head.safetensors``).  FS-IQA's FTN and scorer for it are trained with
 ``robustbench-iqa train`` and shipped as ``weights/fs-iqa-st-lpips-alex-nr-sigma*.safetensors``.
 
-Certified bounds: :meth:`STLPIPS.lipschitz_bound` and :meth:`STLPIPSNR.lipschitz_bound` compose the
-generic per-layer machinery (:func:`robustbench_iqa.certify.lipschitz.sequential_bound`) over the
-layers above; a layer the machinery cannot bound raises
+Certified bounds: both models compute b through their ``feature_map``, a
+:class:`~robustbench_iqa.certify.tapped.TappedFeatures` over the same stages (the input scaling as
+its shift and scale; FR: channel normalisation and ``"meansq"``; NR: no normalisation and
+``"mean"``), so FS-IQA gets the certified global radius ``eps_x_lipschitz`` from
+:meth:`TappedFeatures.lipschitz_bound` and, on request, the certified local radius ``eps_x_local``
+from its local deviation bound; a layer the machinery cannot bound raises
 :class:`~robustbench_iqa.errors.BoundUnavailableError` naming it.
 """
 
@@ -54,7 +57,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from robustbench_iqa.certify.layers import BlurPool2d, ChannelNorm, SpatialMean
+from robustbench_iqa.certify.layers import BlurPool2d
+from robustbench_iqa.certify.tapped import TappedFeatures
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel, Mode
 from robustbench_iqa.models.registry import register_model
@@ -67,7 +71,6 @@ NETS = ("alex", "vgg")
 CHANNELS: dict[str, tuple[int, ...]] = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
 NORM_EPS = 1e-10
 """LPIPS' channel normalisation eps (added to the norm)."""
-SQUARED_DIFFERENCE_LIPSCHITZ = 4.0
 """Lip of v -> v*v (elementwise) on pixel vectors v = n(a) - n(r) with |v_c| <= 2: |v_c + v'_c| <= 4."""
 PACKAGE = "stlpips-pytorch"
 
@@ -138,10 +141,6 @@ class STLPIPSTrunk(nn.Module):
             outs.append(h)
         return outs
 
-    def chain(self, stage: int) -> list[nn.Module]:
-        """The plain layers from the image to the output of stage ``stage`` (0-based), in order."""
-        stages = [s for s in self.stages if isinstance(s, nn.Sequential)][: stage + 1]
-        return [self.scaling, *(m for s in stages for m in s)]
 
 
 # -------------------------------------------------------------------------- weights
@@ -213,20 +212,6 @@ def _size(input_size: tuple[int, int] | None) -> tuple[int, int]:
     return int(input_size[0]), int(input_size[1])
 
 
-def _stage_bounds(trunk: STLPIPSTrunk, size: tuple[int, int], tail: list[nn.Module]
-                  ) -> list[tuple[LipschitzBound, tuple[int, int]]]:
-    """Per stage k: a certified bound of x -> tail(phi_k(x)) and phi_k's spatial size."""
-    from robustbench_iqa.certify.lipschitz import sequential_bound
-
-    out = []
-    for k in range(len(trunk.stages)):
-        bound, hw = sequential_bound([*trunk.chain(k), *tail], size)
-        if hw is None:
-            raise InputError("the bound machinery lost the spatial size of an ST-LPIPS stage")
-        out.append((bound, hw))
-    return out
-
-
 class _STLPIPSBase(IQAModel):
     score_range = (0.0, 1.0)
 
@@ -234,11 +219,23 @@ class _STLPIPSBase(IQAModel):
         super().__init__()
         self.arch = net
         self.trunk = trunk
-        self.norm = ChannelNorm(eps=NORM_EPS)
-        self.pool = SpatialMean()
         self.feature_dim = sum(CHANNELS[net])
         for p in self.trunk.parameters():
             p.requires_grad_(False)
+        # h = w x + c (the 1x1 scaling convolution, diagonal) is (x - shift') / scale' with
+        # scale' = 1 / w and shift' = -c / w: the same stages, read by the bound machinery.
+        w = trunk.scaling.weight.detach().double().diagonal().flatten()
+        bias = trunk.scaling.bias
+        c = bias.detach().double() if bias is not None else torch.zeros_like(w)
+        fr = self.mode == Mode.FR
+        self.feature_map = TappedFeatures(
+            slices=list(trunk.stages), shift=(-c / w).tolist(), scale=(1.0 / w).tolist(),
+            norm_eps=NORM_EPS if fr else None, reduction="meansq" if fr else "mean")
+
+    def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
+        """Certified Lip(b) in x (ref fixed): :meth:`TappedFeatures.lipschitz_bound` of
+        ``feature_map`` (the stages concatenated, sqrt(sum_k L_k^2))."""
+        return self.feature_map.lipschitz_bound(_size(input_size))
 
 
 class STLPIPS(_STLPIPSBase):
@@ -262,34 +259,10 @@ class STLPIPS(_STLPIPSBase):
             ref = ref.expand(x.shape[0], -1, -1, -1)
         if ref.shape != x.shape:
             raise InputError(f"x and ref must have the same shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
-        b = x.shape[0]
-        outs = self.trunk(torch.cat([x, ref.to(x.dtype)]))
-        return torch.cat([self.pool((self.norm(f[:b]) - self.norm(f[b:])).pow(2)) for f in outs], dim=1)
+        return self.feature_map(x, ref.to(x.dtype))
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         return feats @ self.lin.to(feats.dtype)
-
-    def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
-        """Certified Lip(b) in x (ref fixed): the stages concatenated, sqrt(sum_k L_k^2), with
-        L_k = Lip(n o phi_k) * 4 (squared difference of vectors with |v_c| <= 2) * 1/sqrt(H_k W_k)."""
-        from robustbench_iqa.certify.lipschitz import (
-            cached_bound,
-            concatenation_bound,
-            mean_pool_bound,
-        )
-
-        size = _size(input_size)
-
-        def compute() -> LipschitzBound:
-            branches = [
-                b.scaled(SQUARED_DIFFERENCE_LIPSCHITZ, f"stage {k + 1} squared difference")
-                 .scaled(mean_pool_bound(hw), f"stage {k + 1} spatial mean over {hw[0]}x{hw[1]}")
-                for k, (b, hw) in enumerate(_stage_bounds(self.trunk, size, [self.norm]))
-            ]
-            return concatenation_bound(branches, "stages")
-
-        return cached_bound(self, f"features{size}", compute)
-
 
 class STLPIPSNR(_STLPIPSBase):
     """No-reference model on the frozen ST-LPIPS trunk: b = per-channel spatial means of the five
@@ -315,7 +288,7 @@ class STLPIPSNR(_STLPIPSBase):
         """``[mean_hw phi_k(x)_c]_{k,c}``: (B, sum_k C_k)."""
         if ref is not None:
             raise InputError("this is a no-reference model: do not pass a reference image")
-        return torch.cat([self.pool(f) for f in self.trunk(x)], dim=1)
+        return self.feature_map(x)
 
     def head(self, feats: torch.Tensor) -> torch.Tensor:
         z = (feats - self.feat_mean.to(feats.dtype)) / self.feat_std.to(feats.dtype)
@@ -337,23 +310,6 @@ class STLPIPSNR(_STLPIPSBase):
             raise InputError(f"{path} is not a head of {self.name}: keys {sorted(state)}")
         for k, v in state.items():
             getattr(self, k).copy_(v)
-
-    def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
-        """Certified Lip(b): the stages concatenated, sqrt(sum_k (Lip(phi_k) / sqrt(H_k W_k))^2)."""
-        from robustbench_iqa.certify.lipschitz import (
-            cached_bound,
-            concatenation_bound,
-            mean_pool_bound,
-        )
-
-        size = _size(input_size)
-
-        def compute() -> LipschitzBound:
-            branches = [b.scaled(mean_pool_bound(hw), f"stage {k + 1} spatial mean over {hw[0]}x{hw[1]}")
-                        for k, (b, hw) in enumerate(_stage_bounds(self.trunk, size, []))]
-            return concatenation_bound(branches, "stages")
-
-        return cached_bound(self, f"features{size}", compute)
 
 
 def nr_head_file(net: str) -> Path:
