@@ -432,12 +432,13 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
             raise InputError(f"tau must be >= 0, got {tau!r}")
         if est.method is SpectralMethod.POWER:
             raise InputError(POWER_REFUSAL)
-        norms, statement = est.value, STATEMENT
+        norms, statement, confidence = est.value, STATEMENT, alpha
         bounded = est.delta is not None and est.upper_bound is not None
         if est.delta is not None and est.upper_bound is not None:
             check_delta(est.delta, alpha=alpha)
             norms = est.upper_bound
-            statement = STATEMENT_UPPER_BOUND.format(confidence=alpha - est.delta, alpha=alpha, delta=est.delta)
+            confidence = alpha - est.delta
+            statement = STATEMENT_UPPER_BOUND.format(confidence=confidence, alpha=alpha, delta=est.delta)
         idx = require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
         with torch.no_grad():
             # The spectral estimate already ran the forward pass: reuse B(x).
@@ -458,20 +459,24 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
                 reason = AbstainReason.ZERO_JACOBIAN
             elif not bounded and not bool(est.converged[i]):  # the upper bound holds converged or not
                 reason = AbstainReason.SPECTRAL_NORM_NOT_CONVERGED
-            eps_first = None if reason else self.sigma / norm
+            value = float(est.value[i])  # the first-order value, also when eps_x uses the upper bound
+            eps_main = None if reason else self.sigma / norm
+            eps_first = None if reason or not value > 0.0 else self.sigma / value
             results.append(
                 CertifiedScore(
                     score=float(med[i]),
                     lower=None if reason else float(lo[i]),
                     upper=None if reason else float(hi[i]),
-                    eps_x=eps_first,
+                    eps_x=eps_main,
                     eps_x_first_order=eps_first,
+                    confidence=confidence,
+                    spectral_norm_upper=norm if bounded else None,
                     eps_x_lipschitz=None if reason or bound is None else _radius(self.sigma, bound.value),
                     eps_x_local=None if reason or local_radii is None else local_radii[i],
                     lipschitz_bound=None if bound is None else bound.value,
                     abstained=reason is not None,
                     reason=reason,
-                    spectral_norm=norm,
+                    spectral_norm=value,
                     spectral_iterations=int(est.iterations[i]),
                     spectral_rel_change=float(est.rel_change[i]),
                     n=n,
