@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -507,9 +507,29 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         med, lo, hi = median_intervals(v, confidence=confidence)
         return [Estimate(float(m), float(a), float(b), n, confidence) for m, a, b in zip(med, lo, hi)]
 
+    def sound_radii(self, x: torch.Tensor, ref: torch.Tensor | None = None, *,
+                    kinds: Sequence[str] = ("lipschitz",)) -> dict[str, list[float | None]]:
+        """The sound radii recomputed from the model (not from a certificate), per kind and image.
+
+        ``"lipschitz"``: sigma_f / L with L from :meth:`lipschitz_bound` (None when the model has
+        none); ``"local"``: :meth:`local_radii`.  The audit compares a certificate's claimed sound
+        radius with these: a sound radius is a deterministic theorem, so a claim above them is wrong.
+        """
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        out: dict[str, list[float | None]] = {}
+        if "lipschitz" in kinds:
+            bound = self.lipschitz_bound((int(x.shape[-2]), int(x.shape[-1])))
+            value = None if bound is None else _radius(self.sigma, bound.value)
+            out["lipschitz"] = [value] * x.shape[0]
+        if "local" in kinds:
+            out["local"] = self.local_radii(x, ref)
+        return out
+
     def audit_premise(
         self, x: torch.Tensor, ref: torch.Tensor | None, certificates: list[CertifiedScore], *,
         attacked: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+        probe_radii: Mapping[str, Sequence[float | None]] | None = None,
+        probe_points: Mapping[str, torch.Tensor] | None = None,
     ) -> list[dict[str, float]]:
         """The IVE premise ``||B(x') - B(x)||_2 <= sigma_f`` inside each certified ball.
 
@@ -518,6 +538,12 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         worst case, from the certificate's own IVE evidence, and from one random direction), and at
         the ``attacked`` points of the score attack; next to the feature radius sigma_f.
         Abstained images get ``{}``.
+
+        ``probe_radii``: other radii to measure the premise at without a new attack (a sound radius,
+        an inflated one), per name and certificate: the best feature perturbation u found inside
+        eps_x is rescaled to each radius r (x + u r / ||u||, clipped to [0, 1], so inside the
+        r-ball), and so are the ``probe_points`` of that name (B, ...) if given; the larger
+        change is reported as ``feature_change@<name>``.
         """
         from robustbench_iqa.attacks.feature_space import feature_space_attack
 
@@ -545,7 +571,29 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         for j, i in enumerate(idx):
             out[i] = {"feature_change": max(float(fa.feature_change[j]), float(at_adv[j])),
                       "feature_radius": float(self.sigma)}
+        for name, radii in (probe_radii or {}).items():
+            r = torch.tensor([float(radii[i]) if radii[i] is not None else math.nan for i in idx],
+                             device=x.device, dtype=x.dtype)
+            known = torch.isfinite(r)
+            if not bool(known.any()):
+                continue
+            r = torch.where(known, r, torch.zeros_like(r))
+            candidates = [_rescaled(xs, fa.perturbation, r)]
+            if probe_points is not None and name in probe_points:
+                candidates.append(_rescaled(xs, probe_points[name][idx].to(x) - xs, r))
+            with torch.no_grad():
+                change = torch.stack([(fmap(c) - f0).reshape(len(idx), -1).norm(dim=1) for c in candidates]).amax(0)
+            for j, i in enumerate(idx):
+                if bool(known[j]):
+                    out[i][f"feature_change@{name}"] = float(change[j])
         return out
+
+
+def _rescaled(x: torch.Tensor, u: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """x + u * radius / ||u||_2 per image, clipped to [0, 1] (clipping only moves towards x)."""
+    norm = u.reshape(u.shape[0], -1).norm(dim=1).clamp_min(1e-30)
+    scale = (radius / norm).reshape(-1, *([1] * (u.dim() - 1)))
+    return (x + u * scale).clamp(0.0, 1.0)
 
 
 def _radius(sigma: float, lipschitz: float) -> float:
