@@ -507,6 +507,13 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         med, lo, hi = median_intervals(v, confidence=confidence)
         return [Estimate(float(m), float(a), float(b), n, confidence) for m, a, b in zip(med, lo, hi)]
 
+    def bound_levels(self, certificate: CertifiedScore) -> tuple[float, float]:
+        """(p_lo, p_hi) = (Phi(-1), Phi(1)): the population quantiles of the noisy scores at x that
+        ``lower`` and ``upper`` stand for (Chiang et al. Thm. 1 with eps_f = sigma_f)."""
+        from robustbench_iqa.certify.bounds import percentile_levels
+
+        return percentile_levels(sigma=self.sigma, eps=self.sigma)
+
     def sound_radii(self, x: torch.Tensor, ref: torch.Tensor | None = None, *,
                     kinds: Sequence[str] = ("lipschitz",)) -> dict[str, list[float | None]]:
         """The sound radii recomputed from the model (not from a certificate), per kind and image.

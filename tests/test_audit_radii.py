@@ -198,3 +198,26 @@ def test_shrunk_interval_is_reported_as_its_fraction() -> None:
 
     assert "interval -25%" in planted_names(cfg.section("audit"))
     assert math.isclose(cfg.section("audit").plant_sound, 2.0)
+
+
+# ------------------------------------------- detection power against real planted runs
+def _shrink(fraction: float) -> Any:
+    def change(r: CertifiedScore) -> dict[str, float]:
+        return {"lower": r.score - (1 - fraction) * (r.score - r.lower),  # type: ignore[operator]
+                "upper": r.score + (1 - fraction) * (r.upper - r.score)}  # type: ignore[operator]
+    return change
+
+
+@pytest.mark.parametrize(("planted", "change", "failing"), [
+    ("interval -30%", _shrink(0.3), "certificate audit"),
+    ("first_order x2", lambda r: {"eps_x": r.eps_x * 2}, "premise"),
+])
+def test_detection_power_predicts_the_planted_run(tmp_path: Path, planted: str, change: Any, failing: str) -> None:
+    """The honest run says it sees a planted certificate; the gate run on that certificate then fails."""
+    audit = {"n": 4000, "steps": 10, "eot": 8, "resample_n": 16000}
+    honest = _run(tmp_path / "honest", "fs-iqa", model="default-fr", **audit)
+    assert honest.passed, honest.failures
+    power = next(c for c in honest.checks if c.name == "detection power").detail
+    assert f"{planted} yes" in power, power
+    wrong = _run(tmp_path / "planted", "fs-planted", _planted(change), model="default-fr", **audit)
+    assert not wrong.passed and failing in {c.name for c in wrong.failures}, wrong.checks

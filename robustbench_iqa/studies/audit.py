@@ -94,6 +94,11 @@ class AuditRow(Row):
     feature_change: float = math.nan
     feature_radius: float = math.nan
     reason: str | None = None
+    quantile_lo_ucb: float = math.nan
+    """Upper confidence bound (at ``confidence``) of the population quantile that ``lower`` stands for,
+    from ``bounds_n`` fresh draws at x (:func:`~robustbench_iqa.certify.bounds.quantile_check_indices`)."""
+    quantile_hi_lcb: float = math.nan
+    """Lower confidence bound of the population quantile that ``upper`` stands for."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,9 @@ class AuditConfig:
     premise_tolerance: float = 0.1
     """A premise fails on an image when its feature change exceeds (1 + tolerance) * feature radius."""
     max_premise_failure_rate: float = 0.1
+    bounds_n: int = 16000
+    """Fresh draws at each clean image to test that [lower, upper] is not narrower than the
+    population quantiles the theorem names (0: no such test)."""
     radius: str = "auto"
     """The radius the run certifies (its headline): ``first_order`` (an estimate), ``lipschitz``
     or ``local`` (sound), or ``auto``: the largest sound radius every certificate carries, else
@@ -144,6 +152,8 @@ class AuditConfig:
         for name in ("n", "steps", "eot"):
             if getattr(self, name) < 1:
                 raise InputError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.bounds_n < 0 or self.bounds_n > MAX_SAMPLES:
+            raise InputError(f"{where}.bounds_n must lie in [0, {MAX_SAMPLES:,}], got {self.bounds_n}")
         if self.resample_n < 0:
             raise InputError(f"{where}.resample_n must be >= 0, got {self.resample_n}")
         for name in ("n", "resample_n"):
@@ -236,6 +246,10 @@ class AuditStudy(Study):
                     best[j] = (best[j][0], est)
                     rows[todo[j]]["resampled"] = True
             mine = [certs[i] for i in todo]
+            if sec.bounds_n > 0 and hasattr(defense, "bound_levels"):
+                with ws.timed("audit.bounds"):
+                    for j, q in enumerate(self._quantile_checks(defense, sub, mine, sec, ws, unit)):
+                        rows[todo[j]].update(q)
             plan = audit_probes.probes(mine, inflate=sec.plant_radius, inflate_sound=sec.plant_sound)
             points = {p.name: audit_probes.rescaled_points(sub.x, best_x, p.radii) for p in plan}
             with ws.timed("audit.premise"):
@@ -254,6 +268,27 @@ class AuditStudy(Study):
                 probe_records = self._probe_records(unit, sub, mine, plan, points, premise, ws, todo, b.ids)
             return [record(AuditRow(**rows[i]), unit, image) for i, image in enumerate(b.ids)] + probe_records
         return [record(AuditRow(**rows[i]), unit, image) for i, image in enumerate(b.ids)]
+
+    @staticmethod
+    def _quantile_checks(defense: Any, sub: Any, certs: list[Any], sec: AuditConfig, ws: Workspace,
+                         unit: Any) -> list[dict[str, float]]:
+        """Per image, the inner confidence bounds of the quantiles ``lower``/``upper`` stand for."""
+        import torch
+
+        from robustbench_iqa.certify.bounds import quantile_check_indices
+
+        with torch.no_grad():
+            v = defense.noisy_scores(sub.x, sub.ref, n=sec.bounds_n,
+                                     generator=ws.generator(unit, "audit-bounds")).double().sort(dim=1).values
+        out = []
+        for j, c in enumerate(certs):
+            p_lo, p_hi = defense.bound_levels(c)
+            idx = quantile_check_indices(sec.bounds_n, p_lo=p_lo, p_hi=p_hi, confidence=sec.confidence)
+            if idx is None or not bool(torch.isfinite(v[j]).all()):
+                out.append({})
+                continue
+            out.append({"quantile_lo_ucb": float(v[j, idx[0] - 1]), "quantile_hi_lcb": float(v[j, idx[1] - 1])})
+        return out
 
     def _probe_records(self, unit: Any, sub: Any, certs: list[Any], plan: list[audit_probes.Probe],
                        points: dict[str, Any], premise: list[dict[str, float]], ws: Workspace,
@@ -326,6 +361,10 @@ class AuditStudy(Study):
                 failed = int(((fc > (1.0 + sec.premise_tolerance) * fr) & ~c["abstained"].astype(bool)).sum())
                 tests.append(("premise", group, failed, certified, sec.max_premise_failure_rate,
                               f"feature change > {1 + sec.premise_tolerance:g} x radius"))
+            narrow, checked = _too_narrow(c)
+            if checked:
+                tests.append(("bounds recomputed", group, narrow, checked, p0,
+                              "bounds narrower than the theorem's quantiles at x"))
             rate = incon / certified if certified else 0.0
             out.append(Check("inconclusive", *group, rate <= sec.max_inconclusive_rate,
                              f"{incon}/{certified} = {rate:.1%} inconclusive after re-sampling "
@@ -335,7 +374,9 @@ class AuditStudy(Study):
         rejected = audit.holm(pvalues, level=level)
         eps_kind = {group: _eps_x_kind(group[1]) for group, _ in classified}
         for (name, group, k, n, p0, what), p, rej in zip(tests, pvalues, rejected):
-            detail = (f"{RADIUS_WORDS.get(eps_kind[group], eps_kind[group])} eps_x: "
+            where = "all radii (the interval is theirs)" if name == "bounds recomputed" else \
+                f"{RADIUS_WORDS.get(eps_kind[group], eps_kind[group])} eps_x"
+            detail = (f"{where}: "
                       + binomial_wording(k, n, p0, p, rej, what) + f", Holm over {len(tests)} tests at {level:g}") \
                 if n else "no certified images to audit"
             out.append(Check(name, *group, not rej, detail))
@@ -420,6 +461,8 @@ class AuditStudy(Study):
         for f in sec.plant_shrink:
             s = audit_probes.shrunk(cert, f) if n else cert
             hit = significant(int((s["status"] == "violation").sum()), p0)
+            narrow, checked = _too_narrow(s)
+            hit = hit or (checked > 0 and audit.binomial_upper_pvalue(narrow, checked, p0) <= threshold)
             if honest is not None and not honest.empty:
                 hit = hit or bool((audit_probes.shrunk(honest, f)["status"] == "violation").any())
             seen[f"interval -{f:.0%}"] = hit
@@ -477,6 +520,16 @@ def binomial_wording(k: int, n: int, p0: float, p: float, rejected: bool, what: 
     rate = k / n if n else math.nan
     word = "FAILS" if rejected else "holds" if rate <= p0 else "above allowed, not significant"
     return (f"{word}: {k}/{n} {what} (rate {rate:.3g}) vs allowed {p0:.3g}; one-sided binomial p = {p:.3g}")
+
+
+def _too_narrow(c: Any) -> tuple[int, int]:
+    """(images whose lower bound lies above the upper confidence bound of its quantile, or upper below
+    the lower one; images checked) among certified rows with the recomputed quantiles."""
+    q_lo, q_hi = c["quantile_lo_ucb"].astype(float).to_numpy(), c["quantile_hi_lcb"].astype(float).to_numpy()
+    ok = np.isfinite(q_lo) & np.isfinite(q_hi) & ~c["abstained"].astype(bool).to_numpy()
+    lower, upper = c["lower"].astype(float).to_numpy(), c["upper"].astype(float).to_numpy()
+    bad = ok & ((lower > q_lo) | (upper < q_hi))
+    return int(bad.sum()), int(ok.sum())
 
 
 def _p0(c: Any, cfg: VerifyConfig) -> float:
