@@ -97,6 +97,34 @@ def test_premise_probes_stay_below_the_certified_lipschitz_bound() -> None:
     assert recomputed == pytest.approx([0.25 / bound.value] * 2) and recomputed[0] == pytest.approx(certs[0].eps_x_lipschitz)
 
 
+@pytest.mark.parametrize(("m", "p_lo", "p_hi", "c"), [(4000, 0.1587, 0.8413, 0.9999), (50, 0.3, 0.7, 0.9),
+                                                     (16000, 0.05, 0.95, 0.999)])
+def test_quantile_check_indices_against_brute_force(m: int, p_lo: float, p_hi: float, c: float) -> None:
+    from robustbench_iqa.certify.bounds import quantile_check_indices
+
+    idx = quantile_check_indices(m, p_lo=p_lo, p_hi=p_hi, confidence=c)
+    assert idx is not None
+    j_lo, j_hi = idx
+    # P(X_(j) >= q_p) = P(Bin(m, p) <= j - 1); P(X_(j) <= q_p) = P(Bin(m, p) >= j).
+    ok_lo = [j for j in range(1, m + 1) if stats.binom.cdf(j - 1, m, p_lo) >= c]
+    ok_hi = [j for j in range(1, m + 1) if stats.binom.sf(j - 1, m, p_hi) >= c]
+    assert j_lo == min(ok_lo) and j_hi == max(ok_hi)
+
+
+def test_quantile_check_coverage_by_simulation() -> None:
+    """Fresh draws' inner bounds miss the true quantiles at most 1 - c of the time (c = 0.9)."""
+    from robustbench_iqa.certify.bounds import quantile_check_indices
+
+    m, c = 200, 0.9
+    j_lo, j_hi = quantile_check_indices(m, p_lo=stats.norm.cdf(-1), p_hi=stats.norm.cdf(1), confidence=c)  # type: ignore[misc]
+    g = torch.Generator().manual_seed(0)
+    draws = torch.randn(4000, m, generator=g, dtype=torch.float64).sort(dim=1).values
+    miss_lo = float((draws[:, j_lo - 1] < -1.0).double().mean())  # q_{Phi(-1)} of N(0, 1) is -1
+    miss_hi = float((draws[:, j_hi - 1] > 1.0).double().mean())
+    assert miss_lo <= 1 - c + 0.015 and miss_hi <= 1 - c + 0.015
+    assert miss_lo >= 0.03  # and the index is not needlessly conservative
+
+
 # ------------------------------------------------------------ the gate
 def _planted(change: Any, *, recompute: bool = True) -> Any:
     """FS-IQA whose certificates are rewritten by ``change`` (a dict of new fields per result)."""
@@ -115,8 +143,10 @@ def _planted(change: Any, *, recompute: bool = True) -> Any:
     return build
 
 
-def _run(tmp_path: Path, name: str, build: Any = None, model: str = "default-nr-lip", **audit: Any) -> Any:
-    cfg = small(models=[model], defenses=[name], limit=4, batch_size=4, studies=["certify", "audit"], audit=audit)
+def _run(tmp_path: Path, name: str, build: Any = None, model: str = "default-nr-lip", certify_n: int = 500,
+         **audit: Any) -> Any:
+    cfg = small(models=[model], defenses=[name], limit=4, batch_size=4, studies=["certify", "audit"], audit=audit,
+                n=certify_n)
     if build is None:
         return run_verify(cfg, tmp_path / "run", report=False, progress=False)
     with DEFENSES.override(name, build, space="feature", statistic="median"):
@@ -206,6 +236,15 @@ def _shrink(fraction: float) -> Any:
         return {"lower": r.score - (1 - fraction) * (r.score - r.lower),  # type: ignore[operator]
                 "upper": r.score + (1 - fraction) * (r.upper - r.score)}  # type: ignore[operator]
     return change
+
+
+def test_shrunk_interval_fails_on_default_nr(tmp_path: Path) -> None:
+    """An interval 30% too narrow: no attack inside eps_x moves the median that far on default-nr, but
+    the bounds are narrower than the quantiles the theorem names, and fresh draws at x show it."""
+    outcome = _run(tmp_path, "fs-shrunk", _planted(_shrink(0.3)), model="default-nr", certify_n=2000)
+    fails = {c.name: c for c in outcome.failures}
+    assert "bounds recomputed" in fails, outcome.checks
+    assert "4/4 bounds narrower" in fails["bounds recomputed"].detail
 
 
 @pytest.mark.parametrize(("planted", "change", "failing"), [
