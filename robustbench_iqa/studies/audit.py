@@ -402,6 +402,14 @@ class AuditStudy(Study):
             out.append(Check("detection power", *group, not blind, text))
         return out
 
+    def _radii_table(self, data: RunData) -> Any:
+        import pandas as pd
+
+        rows: list[dict[str, Any]] = []
+        for group, g in self._probes(data):
+            rows += _radii_table_rows(group, g)
+        return pd.DataFrame(rows)
+
     def _probes(self, data: RunData) -> list[tuple[Group, Any]]:
         return [(group, audit_probes.classify(g)) for group, g in data.groups(AuditProbeRow)]
 
@@ -506,9 +514,35 @@ class AuditStudy(Study):
         table = audit.audit_table(rows, confidence=options.confidence, premise_tolerance=tol)
         out = StudyOutput(tables={"rates": table}, details={"images": audit.classify(rows, premise_tolerance=tol)},
                           figures={"audit": figures.audit_figure(table)})
+        radii = self._radii_table(data)
+        if not radii.empty:
+            out.tables["radii"] = radii
+            out.notes.append("radii: every radius the certificates claim (sound ones audited with no tolerance) "
+                             "and the planted inflated ones (planted = True: evidence of the run's detection power)")
         out.notes.append(f"premise_failed counts feature changes above {1 + tol:g} x sigma_f inside the radius "
                          f"(the gate's rule, premise_tolerance = {tol:g})")
         return out
+
+
+def _radii_table_rows(group: Group, rows: Any) -> list[dict[str, Any]]:
+    out = []
+    for (probe, kind, planted), g in rows.groupby(["probe", "radius_kind", "planted"], sort=True):
+        fc = (g["feature_change"].astype(float) / g["feature_radius"].astype(float)).to_numpy()
+        rec = pd_numeric(g["recomputed_radius"])
+        over = int((np.isfinite(rec) & (g["radius"].astype(float).to_numpy() > rec * (1 + 1e-6))).sum())
+        out.append({"model": group[0], "defense": group[1], "sigma": group[2], "probe": probe,
+                    "radius_kind": kind, "planted": bool(planted), "images": len(g),
+                    "median_radius": float(g["radius"].astype(float).median()),
+                    "violations": int((g["status"] == "violation").sum()),
+                    "max_feature_ratio": float(np.nanmax(fc)) if np.isfinite(fc).any() else math.nan,
+                    "above_recomputed": over})
+    return out
+
+
+def pd_numeric(col: Any) -> np.ndarray:
+    import pandas as pd
+
+    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
 
 
 def binomial_wording(k: int, n: int, p0: float, p: float, rejected: bool, what: str) -> str:
