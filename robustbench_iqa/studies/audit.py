@@ -20,6 +20,15 @@ certified image with (S, S^l, S^u, eps_x):
    :meth:`~robustbench_iqa.certify.defense.CertifiedDefense.audit_premise` (a
    feature-space attack started along the top singular direction) records the largest
    feature change found next to the feature radius.
+4. **The bounds themselves.**  ``lower``/``upper`` of a percentile certificate stand for
+   population quantiles of the noisy scores at x (FS-IQA: Phi(-1), Phi(1); the defense's
+   ``bound_levels``).  ``bounds_n`` fresh draws at x give inner confidence bounds of those
+   quantiles (:func:`~robustbench_iqa.certify.bounds.quantile_check_indices`); an interval
+   narrower than them is narrower than the theorem gives, whatever an attack can reach.
+5. **Every other radius.**  Each sound radius the certificate claims (``eps_x_lipschitz``,
+   ``eps_x_local``) and planted inflated radii are probed with the attacks' results
+   rescaled, and sound radii are recomputed from the model
+   (:mod:`~robustbench_iqa.studies.audit_probes`).
 
 The gate (:meth:`AuditStudy.checks`), per (model, defense, sigma):
 
@@ -29,9 +38,21 @@ The gate (:meth:`AuditStudy.checks`), per (model, defense, sigma):
   H0: rate <= p0 is applied to the violation count;
 * **premise**: the premise counts as failed on an image when the feature change exceeds
   ``(1 + premise_tolerance) * sigma_f``; H0: rate <= ``max_premise_failure_rate``, same test;
-* both families of tests together are corrected for multiplicity across groups with
-  Holm's step-down procedure at family-wise level ``1 - level``;
-* **inconclusive**: the inconclusive rate after re-sampling is at most ``max_inconclusive_rate``.
+* **bounds recomputed**: an image counts when ``lower`` lies above the upper confidence
+  bound of its quantile or ``upper`` below the lower one; an honest certificate does so with
+  probability at most p0 as above (its error per side (1 - alpha) / 2 and the fresh bound's
+  1 - c per side), same test;
+* these three families together are corrected for multiplicity across groups with
+  Holm's step-down procedure at family-wise level ``1 - level``; the wording says "holds"
+  only when the observed rate is at or below the allowed one, "above allowed, not
+  significant" otherwise (the test says no more);
+* **inconclusive**: the inconclusive rate after re-sampling is at most ``max_inconclusive_rate``;
+* **sound radius (kind)**: no tolerance (:mod:`~robustbench_iqa.studies.audit_probes`);
+* **certified radius**: the radius the run certifies (``radius``) is claimed by the certificates;
+* **detection power**: which planted wrong certificates (radius x ``plant_radius``, interval
+  shrunk by ``plant_shrink``, sound radius x ``plant_sound``) the same evidence shows to be
+  wrong, at Holm's smallest threshold (level / number of tests) for the statistical families
+  and with no tolerance for sound radii; it fails only for names in ``require_detection``.
 """
 
 from __future__ import annotations
