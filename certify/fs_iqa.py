@@ -542,7 +542,7 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
 
         The largest feature change found by :func:`~robustbench_iqa.attacks.feature_space.feature_space_attack`
         within ``eps_x`` (started along +-the top right singular vector of J_B(x), the first-order
-        worst case, from the certificate's own IVE evidence, and from one random direction), and at
+        worst case, from the certificate's own IVE evidence, or else from one random direction), and at
         the ``attacked`` points of the score attack; next to the feature radius sigma_f.
         Abstained images get ``{}``.
 
@@ -570,7 +570,10 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         start = None
         if all(v is not None for v in vectors):
             start = top_input_direction(fmap, xs, torch.stack([v for v in vectors if v is not None]).to(x.device))
-        fa = feature_space_attack(fmap, xs, budget, steps=steps, restarts=1, direction=start, generator=generator)
+        # A random start only when there is no first-order direction: on the embedded models the
+        # +-top-direction starts always reached the larger change (measured on 16 images).
+        fa = feature_space_attack(fmap, xs, budget, steps=steps, restarts=0 if start is not None else 1,
+                                  direction=start, generator=generator)
         with torch.no_grad():
             f0 = torch.stack([certificates[i].evidence.features for i in idx]).to(x.device) \
                 if all(certificates[i].evidence is not None for i in idx) else fmap(xs)

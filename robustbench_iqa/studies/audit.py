@@ -142,6 +142,8 @@ class AuditConfig:
     premise_tolerance: float = 0.1
     """A premise fails on an image when its feature change exceeds (1 + tolerance) * feature radius."""
     max_premise_failure_rate: float = 0.1
+    premise_steps: int | None = None
+    """Steps of the premise's feature attack (default: ``steps``)."""
     bounds_n: int = 16000
     """Fresh draws at each clean image to test that [lower, upper] is not narrower than the
     population quantiles the theorem names (0: no such test)."""
@@ -173,6 +175,8 @@ class AuditConfig:
         for name in ("n", "steps", "eot"):
             if getattr(self, name) < 1:
                 raise InputError(f"{where}.{name} must be >= 1, got {getattr(self, name)}")
+        if self.premise_steps is not None and self.premise_steps < 1:
+            raise InputError(f"{where}.premise_steps must be >= 1, got {self.premise_steps}")
         if self.bounds_n < 0 or self.bounds_n > MAX_SAMPLES:
             raise InputError(f"{where}.bounds_n must lie in [0, {MAX_SAMPLES:,}], got {self.bounds_n}")
         if self.resample_n < 0:
@@ -276,7 +280,8 @@ class AuditStudy(Study):
             with ws.timed("audit.premise"):
                 more = ({"probe_radii": {p.name: p.radii for p in plan}, "probe_points": points}
                         if plan and _accepts(defense.audit_premise, "probe_radii") else {})
-                premise = defense.audit_premise(sub.x, sub.ref, mine, attacked=best_x, steps=sec.steps,
+                premise = defense.audit_premise(sub.x, sub.ref, mine, attacked=best_x,
+                                                steps=sec.premise_steps or sec.steps,
                                                 generator=ws.generator(unit, "audit-premise"), **more)
             l2 = (best_x - sub.x).reshape(len(todo), -1).norm(dim=1)
             for j, i in enumerate(todo):
