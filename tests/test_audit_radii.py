@@ -18,7 +18,7 @@ from robustbench_iqa.certify.result import CertifiedScore
 from robustbench_iqa.runner import run_verify
 from robustbench_iqa.store import ResultsStore
 from robustbench_iqa.studies import audit_probes
-from robustbench_iqa.studies.audit import binomial_wording
+from robustbench_iqa.studies.audit_judgement import binomial_wording
 from tests.test_verify import small
 
 

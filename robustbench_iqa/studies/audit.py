@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.studies import audit_judgement as judgement
 from robustbench_iqa.studies import audit_probes
 from robustbench_iqa.studies.audit_probes import SOUND_KINDS, AuditProbeRow
 from robustbench_iqa.studies.base import (
@@ -379,7 +380,7 @@ class AuditStudy(Study):
             certified = int((c["status"] != "abstained").sum())
             viol = int((c["status"] == "violation").sum())
             incon = int((c["status"] == "inconclusive").sum())
-            p0 = _p0(c, cfg)
+            p0 = judgement.allowed_rate(c, cfg)
             tests.append(("certificate audit", group, viol, certified, p0, "violations"))
             fc, fr = c["feature_change"].astype(float), c["feature_radius"].astype(float)
             has_premise = bool(np.isfinite(fc).any())
@@ -387,7 +388,7 @@ class AuditStudy(Study):
                 failed = int(((fc > (1.0 + sec.premise_tolerance) * fr) & ~c["abstained"].astype(bool)).sum())
                 tests.append(("premise", group, failed, certified, sec.max_premise_failure_rate,
                               f"feature change > {1 + sec.premise_tolerance:g} x radius"))
-            narrow, checked = _too_narrow(c)
+            narrow, checked = judgement.too_narrow(c)
             if checked:
                 tests.append(("bounds recomputed", group, narrow, checked, p0,
                               "bounds narrower than the theorem's quantiles at x"))
@@ -398,18 +399,18 @@ class AuditStudy(Study):
         pvalues = [audit.binomial_upper_pvalue(k, n, p0) for _, _, k, n, p0, _ in tests]
         level = 1.0 - sec.level
         rejected = audit.holm(pvalues, level=level)
-        eps_kind = {group: _eps_x_kind(group[1]) for group, _ in classified}
+        eps_kind = {group: judgement.eps_x_kind(group[1]) for group, _ in classified}
         for (name, group, k, n, p0, what), p, rej in zip(tests, pvalues, rejected):
             where = "all radii (the interval is theirs)" if name == "bounds recomputed" else \
                 f"{RADIUS_WORDS.get(eps_kind[group], eps_kind[group])} eps_x"
             detail = (f"{where}: "
-                      + binomial_wording(k, n, p0, p, rej, what) + f", Holm over {len(tests)} tests at {level:g}") \
+                      + judgement.binomial_wording(k, n, p0, p, rej, what) + f", Holm over {len(tests)} tests at {level:g}") \
                 if n else "no certified images to audit"
             out.append(Check(name, *group, not rej, detail))
         threshold = level / max(len(tests), 1)  # Holm's smallest threshold: a planted test passing it is seen
         for group, c in classified:
             rows = probes.get(group)
-            kind = _headline_kind(sec.radius, rows)
+            kind = judgement.headline_kind(sec.radius, rows)
             claimed = [k for k in SOUND_KINDS if rows is not None and k in set(rows["radius_kind"])]
             out += self._sound_checks(group, rows)
             missing = kind != "first_order" and (rows is None or kind not in claimed)
@@ -433,7 +434,7 @@ class AuditStudy(Study):
 
         rows: list[dict[str, Any]] = []
         for group, g in self._probes(data):
-            rows += _radii_table_rows(group, g)
+            rows += judgement.radii_table_rows(group, g)
         return pd.DataFrame(rows)
 
     def _probes(self, data: RunData) -> list[tuple[Group, Any]]:
@@ -475,7 +476,7 @@ class AuditStudy(Study):
 
         cert = c[c["status"] != "abstained"]
         n = len(cert)
-        p0 = _p0(c, cfg)
+        p0 = judgement.allowed_rate(c, cfg)
 
         def significant(k: int, p_allowed: float) -> bool:
             return n > 0 and audit.binomial_upper_pvalue(k, n, p_allowed) <= threshold
@@ -495,7 +496,7 @@ class AuditStudy(Study):
         for f in sec.plant_shrink:
             s = audit_probes.shrunk(cert, f) if n else cert
             hit = significant(int((s["status"] == "violation").sum()), p0)
-            narrow, checked = _too_narrow(s)
+            narrow, checked = judgement.too_narrow(s)
             hit = hit or (checked > 0 and audit.binomial_upper_pvalue(narrow, checked, p0) <= threshold)
             if honest is not None and not honest.empty:
                 hit = hit or bool((audit_probes.shrunk(honest, f)["status"] == "violation").any())
@@ -514,7 +515,7 @@ class AuditStudy(Study):
         probes = dict(self._probes(data))
         for group, c in self._classified(data):
             cert = c[c["status"] != "abstained"]
-            kind = _headline_kind(sec.radius, probes.get(group))
+            kind = judgement.headline_kind(sec.radius, probes.get(group))
             row: dict[str, Any] = {
                 "radius": kind,
                 "violations": f"{int((c['status'] == 'violation').sum())}/{len(cert)}",
@@ -548,83 +549,6 @@ class AuditStudy(Study):
         out.notes.append(f"premise_failed counts feature changes above {1 + tol:g} x sigma_f inside the radius "
                          f"(the gate's rule, premise_tolerance = {tol:g})")
         return out
-
-
-def _radii_table_rows(group: Group, rows: Any) -> list[dict[str, Any]]:
-    out = []
-    for (probe, kind, planted), g in rows.groupby(["probe", "radius_kind", "planted"], sort=True):
-        fc = (g["feature_change"].astype(float) / g["feature_radius"].astype(float)).to_numpy()
-        rec = pd_numeric(g["recomputed_radius"])
-        over = int((np.isfinite(rec) & (g["radius"].astype(float).to_numpy() > rec * (1 + 1e-6))).sum())
-        out.append({"model": group[0], "defense": group[1], "sigma": group[2], "probe": probe,
-                    "radius_kind": kind, "planted": bool(planted), "images": len(g),
-                    "median_radius": float(g["radius"].astype(float).median()),
-                    "violations": int((g["status"] == "violation").sum()),
-                    "max_feature_ratio": float(np.nanmax(fc)) if np.isfinite(fc).any() else math.nan,
-                    "above_recomputed": over})
-    return out
-
-
-def pd_numeric(col: Any) -> np.ndarray:
-    import pandas as pd
-
-    return pd.to_numeric(col, errors="coerce").to_numpy(dtype=float)
-
-
-def binomial_wording(k: int, n: int, p0: float, p: float, rejected: bool, what: str) -> str:
-    """The verdict of the one-sided binomial test of H0: rate <= p0, in words that match the test.
-
-    ``FAILS`` when rejected; ``holds`` only when the observed rate is at or below the allowed one;
-    otherwise "above allowed, not significant" (the test only says the rate is not significantly above).
-    """
-    rate = k / n if n else math.nan
-    word = "FAILS" if rejected else "holds" if rate <= p0 else "above allowed, not significant"
-    return (f"{word}: {k}/{n} {what} (rate {rate:.3g}) vs allowed {p0:.3g}; one-sided binomial p = {p:.3g}")
-
-
-def _too_narrow(c: Any) -> tuple[int, int]:
-    """(images whose lower bound lies above the upper confidence bound of its quantile, or upper below
-    the lower one; images checked) among certified rows with the recomputed quantiles."""
-    q_lo, q_hi = c["quantile_lo_ucb"].astype(float).to_numpy(), c["quantile_hi_lcb"].astype(float).to_numpy()
-    ok = np.isfinite(q_lo) & np.isfinite(q_hi) & ~c["abstained"].astype(bool).to_numpy()
-    lower, upper = c["lower"].astype(float).to_numpy(), c["upper"].astype(float).to_numpy()
-    bad = ok & ((lower > q_lo) | (upper < q_hi))
-    return int(bad.sum()), int(ok.sum())
-
-
-def _p0(c: Any, cfg: VerifyConfig) -> float:
-    """The violation rate allowed per image: (1 - alpha) + 2 (1 - c) (module docstring)."""
-    sec = cfg.section("audit")
-    alpha = float(c["alpha"].astype(float).dropna().iloc[0]) if c["alpha"].notna().any() else cfg.alpha
-    conf = float(c["confidence"].astype(float).dropna().iloc[0]) if c["confidence"].notna().any() \
-        else sec.confidence
-    return (1.0 - alpha) + 2.0 * (1.0 - conf)
-
-
-def _eps_x_kind(defense: str) -> str:
-    """What a defense's ``eps_x`` is: FS-IQA's (feature space) the first-order estimate, an input-space
-    defense's its certified input radius (registry metadata, not the name)."""
-    from robustbench_iqa.certify.defense import DEFENSES
-
-    space = DEFENSES.metadata(defense).get("space") if defense in DEFENSES else None
-    return "first_order" if space == "feature" else "input radius (certified)" if space == "input" else "eps_x"
-
-
-def _headline_kind(setting: str, rows: Any) -> str:
-    """The radius kind the run certifies: ``setting``, or for ``auto`` the largest sound radius every
-    audited image carries (local before Lipschitz), else first-order."""
-    if setting != "auto":
-        return setting
-    if rows is None or rows.empty:
-        return "first_order"
-    honest = rows[~rows["planted"].astype(bool)]
-    images = set(rows["image"])
-    best, best_radius = "first_order", -1.0
-    for kind in SOUND_KINDS:
-        g = honest[honest["radius_kind"] == kind]
-        if set(g["image"]) == images and not g.empty and float(g["radius"].median()) > best_radius:
-            best, best_radius = kind, float(g["radius"].median())
-    return best
 
 
 def _accepts(fn: Any, keyword: str) -> bool:
