@@ -34,6 +34,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+PLANTED_IMAGES = 50
+"""Held-out images per model of the planted-certificate table."""
 
 
 def _cpu() -> float:
@@ -111,7 +113,7 @@ def block_planted(tmp: Path, threads: int) -> str:
         return build
 
     def config(model: str, defense: str) -> Any:
-        return VerifyConfig.from_mapping({"models": [model], "defenses": [defense], "limit": 50,
+        return VerifyConfig.from_mapping({"models": [model], "defenses": [defense], "limit": PLANTED_IMAGES,
                                           "studies": ["certify", "audit"]})
 
     models = ("default-nr", "default-fr", "default-nr-lip", "default-fr-lip")
@@ -144,7 +146,7 @@ def block_planted(tmp: Path, threads: int) -> str:
     head = ["model", *[f"eps_x x{f:g}" for f in factors]]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", f"(50 held-out images per model, default audit settings; {_machine(threads)}.)"]
+    lines += ["", f"({PLANTED_IMAGES} held-out images per model, default audit settings; {_machine(threads)}.)"]
     return "\n".join(lines)
 
 

@@ -393,7 +393,9 @@ class AuditStudy(Study):
                 tests.append(("bounds recomputed", group, narrow, checked, p0,
                               "bounds narrower than the theorem's quantiles at x"))
             rate = incon / certified if certified else 0.0
+            kind = judgement.eps_x_kind(group[1])
             out.append(Check("inconclusive", *group, rate <= sec.max_inconclusive_rate,
+                             f"{RADIUS_WORDS.get(kind, kind)} eps_x: "
                              f"{incon}/{certified} = {rate:.1%} inconclusive after re-sampling "
                              f"(max {sec.max_inconclusive_rate:.0%})"))
         pvalues = [audit.binomial_upper_pvalue(k, n, p0) for _, _, k, n, p0, _ in tests]
