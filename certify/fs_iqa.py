@@ -582,7 +582,7 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
             out[i] = {"feature_change": max(float(fa.feature_change[j]), float(at_adv[j])),
                       "feature_radius": float(self.sigma)}
         for name, radii in (probe_radii or {}).items():
-            r = torch.tensor([float(radii[i]) if radii[i] is not None else math.nan for i in idx],
+            r = torch.tensor([math.nan if (v := radii[i]) is None else float(v) for i in idx],
                              device=x.device, dtype=x.dtype)
             known = torch.isfinite(r)
             if not bool(known.any()):

@@ -307,7 +307,7 @@ class AuditStudy(Study):
         with torch.no_grad():
             v = defense.noisy_scores(sub.x, sub.ref, n=sec.bounds_n,
                                      generator=ws.generator(unit, "audit-bounds")).double().sort(dim=1).values
-        out = []
+        out: list[dict[str, float]] = []
         for j, c in enumerate(certs):
             p_lo, p_hi = defense.bound_levels(c)
             idx = quantile_check_indices(sec.bounds_n, p_lo=p_lo, p_hi=p_hi, confidence=sec.confidence)
