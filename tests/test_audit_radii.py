@@ -247,6 +247,7 @@ def test_shrunk_interval_fails_on_default_nr(tmp_path: Path) -> None:
     assert "4/4 bounds narrower" in fails["bounds recomputed"].detail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("planted", "change", "failing"), [
     ("interval -30%", _shrink(0.3), "certificate audit"),
     ("first_order x2", lambda r: {"eps_x": r.eps_x * 2}, "premise"),
