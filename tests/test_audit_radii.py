@@ -261,3 +261,27 @@ def test_detection_power_predicts_the_planted_run(tmp_path: Path, planted: str, 
     assert f"{planted} yes" in power, power
     wrong = _run(tmp_path / "planted", "fs-planted", _planted(change), model="default-fr", **audit)
     assert not wrong.passed and failing in {c.name for c in wrong.failures}, wrong.checks
+
+
+def test_headline_kind_is_the_sound_radius_every_image_carries() -> None:
+    from robustbench_iqa.studies.audit_judgement import headline_kind
+
+    def rows(kinds: list[tuple[str, str, float]]) -> pd.DataFrame:
+        return pd.DataFrame([{"image": i, "radius_kind": k, "radius": r, "planted": False} for i, k, r in kinds]
+                            + [{"image": i, "radius_kind": "first_order", "radius": 1.0, "planted": True}
+                               for i in ("a", "b")])
+
+    assert headline_kind("auto", None) == "first_order"
+    assert headline_kind("auto", None, "input radius (certified)") == "input radius (certified)"
+    both = rows([("a", "lipschitz", 0.01), ("b", "lipschitz", 0.02), ("a", "local", 0.1), ("b", "local", 0.2)])
+    assert headline_kind("auto", both) == "local"  # the larger sound radius
+    partial = rows([("a", "lipschitz", 0.01), ("b", "lipschitz", 0.02), ("a", "local", 0.1)])
+    assert headline_kind("auto", partial) == "lipschitz"  # local is missing on image b
+    assert headline_kind("auto", rows([("a", "lipschitz", 0.01)])) == "first_order"
+    assert headline_kind("first_order", both) == "first_order"
+
+
+def test_a_required_detection_the_run_cannot_evaluate_is_not_seen(tmp_path: Path) -> None:
+    outcome = _run(tmp_path, "fs-iqa", model="default-nr-lip", require_detection=["local x2"])
+    power = next(c for c in outcome.checks if c.name == "detection power")
+    assert not power.passed and "not seen: local x2" in power.detail

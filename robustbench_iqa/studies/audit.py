@@ -412,19 +412,20 @@ class AuditStudy(Study):
         threshold = level / max(len(tests), 1)  # Holm's smallest threshold: a planted test passing it is seen
         for group, c in classified:
             rows = probes.get(group)
-            kind = judgement.headline_kind(sec.radius, rows)
+            base = eps_kind[group]
+            kind = judgement.headline_kind(sec.radius, rows, base)
             claimed = [k for k in SOUND_KINDS if rows is not None and k in set(rows["radius_kind"])]
             out += self._sound_checks(group, rows)
-            missing = kind != "first_order" and (rows is None or kind not in claimed)
+            missing = kind in SOUND_KINDS and kind not in claimed
             words = RADIUS_WORDS.get(kind, kind)
+            others = [RADIUS_WORDS.get(k, k) for k in [base, *claimed] if k != kind]
             out.append(Check("certified radius", *group, not missing,
                              f"this run certifies the {words}" + (
                                  f", which the certificates do not claim (they claim: {', '.join(claimed) or 'eps_x only'})"
-                                 if missing else "; also audited: " + ", ".join(
-                                     RADIUS_WORDS[k] for k in ["first_order", *claimed] if k != kind))))
+                                 if missing else ("; also audited: " + ", ".join(others) if others else ""))))
             seen = self._detection(c, rows, sec, cfg, threshold)
-            want = [n for n in sec.require_detection if n in seen]
-            blind = [n for n in want if not seen[n]]
+            want = list(sec.require_detection)
+            blind = [n for n in want if not seen.get(n, False)]  # one this run cannot evaluate is not seen
             text = "this run detects: " + ", ".join(f"{n} {'yes' if v else 'no'}" for n, v in seen.items())
             if want:
                 text += f"; required: {', '.join(want)}" + (f" (not seen: {', '.join(blind)})" if blind else "")
@@ -517,7 +518,7 @@ class AuditStudy(Study):
         probes = dict(self._probes(data))
         for group, c in self._classified(data):
             cert = c[c["status"] != "abstained"]
-            kind = judgement.headline_kind(sec.radius, probes.get(group))
+            kind = judgement.headline_kind(sec.radius, probes.get(group), judgement.eps_x_kind(group[1]))
             row: dict[str, Any] = {
                 "radius": kind,
                 "violations": f"{int((c['status'] == 'violation').sum())}/{len(cert)}",

@@ -81,16 +81,16 @@ def eps_x_kind(defense: str) -> str:
     return "first_order" if space == "feature" else "input radius (certified)" if space == "input" else "eps_x"
 
 
-def headline_kind(setting: str, rows: Any) -> str:
-    """The radius kind the run certifies: ``setting``, or for ``auto`` the largest sound radius every
-    audited image carries (local before Lipschitz), else first-order."""
+def headline_kind(setting: str, rows: Any, eps_x: str = "first_order") -> str:
+    """The radius kind the run certifies: ``setting``, or for ``auto`` the sound radius every audited
+    image carries (the larger median of Lipschitz and local), else ``eps_x``'s kind (:func:`eps_x_kind`)."""
     if setting != "auto":
         return setting
     if rows is None or rows.empty:
-        return "first_order"
+        return eps_x
     honest = rows[~rows["planted"].astype(bool)]
     images = set(rows["image"])
-    best, best_radius = "first_order", -1.0
+    best, best_radius = eps_x, -1.0
     for kind in SOUND_KINDS:
         g = honest[honest["radius_kind"] == kind]
         if set(g["image"]) == images and not g.empty and float(g["radius"].median()) > best_radius:
