@@ -8,7 +8,7 @@ and subcommand modules import torch and the rest inside ``run``, so ``--help``
 and argument errors answer at once.  Exit codes: 0 success, 1 a check failed
 (``verify``), 2 bad input (:class:`~robustbench_iqa.errors.InputError`, one
 line on stderr), 3 an internal error (a bug: the traceback is printed), 130
-interrupted.  A CI therefore never mistakes a crash for a failed check.
+interrupted (with the exact command that resumes the run, when it wrote one).  A CI therefore never mistakes a crash for a failed check.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from robustbench_iqa.errors import InputError, ReproducibilityWarning
+from robustbench_iqa.errors import DataWarning, InputError, ReproducibilityWarning
 
 _ORDER = ["certify", "predict", "train", "attack", "train-denoiser", "report", "verify", "bench", "weights", "list"]
 
@@ -80,7 +80,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """The suite's own warnings as one ``warning: ...`` line; others as Python shows them."""
-    if issubclass(category, ReproducibilityWarning):
+    if issubclass(category, (ReproducibilityWarning, DataWarning)):
         print(f"warning: {message}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        from robustbench_iqa.cli._interrupt import interrupted_message
+
+        print(interrupted_message(args, args_list), file=sys.stderr)  # with the command that resumes
         return 130
     except Exception:  # a bug, not bad input: show where, with its own exit code
         traceback.print_exc()

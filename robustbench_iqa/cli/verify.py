@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import Any
 
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._executor import add_executor_args, check_executor_args
@@ -33,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--models", nargs="+", default=None, help="override the models")
     p.add_argument("--defenses", nargs="+", default=None, help="override the defenses")
     p.add_argument("--limit", type=c.positive_int, default=None, help="override the number of images")
+    c.add_split_args(p, override=True)
     p.add_argument("--batch-size", type=c.positive_int, default=None, help="images per unit of work")
     p.add_argument("--device", type=c.device, default=None, help="torch device (default: the config's, cpu)")
     c.add_threads_arg(p)
@@ -41,12 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", action="store_true", help="print the checks and summary as JSON lines")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     c.apply_threads(args)
     limit = args.limit if args.limit is not None else (QUICK["limit"] if args.quick else None)
     cfg = load_config(args.config, models=args.models, defenses=args.defenses, limit=limit,
-                      device=args.device, batch_size=args.batch_size)
+                      device=args.device, batch_size=args.batch_size, split=args.split,
+                      split_seed=args.split_seed)
     executor = None
     check_executor_args(args)
     if args.executor == "ray":
@@ -77,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
             clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
             print(json.dumps({"summary": clean}, default=str, allow_nan=False))
     else:
-        cols = list(dict.fromkeys(k for r in outcome.summary for k in r))
-        print(c.format_table([{k: _fmt(r.get(k, "-")) for k in cols} for r in outcome.summary], cols))
+        from robustbench_iqa.headline import fit_table
+
+        print(fit_table(outcome.summary, width=100))  # headline columns first; no line wider than 100
         print()
         for chk in outcome.checks:
             if not chk.passed or not chk.name.startswith("finite"):

@@ -25,6 +25,7 @@ from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.executor import Executor, LocalExecutor, execute
 from robustbench_iqa.runner.gate import evaluate
 from robustbench_iqa.runner.plan import Plan
+from robustbench_iqa.runner.record import protocol_notes, scores_record
 from robustbench_iqa.runner.workspace import (
     Workspace,
     check_checkpoint_keys,
@@ -61,7 +62,7 @@ def verify_run_config(cfg: VerifyConfig, ws: Workspace) -> dict[str, Any]:
     """The run configuration stored with the results: settings, weights and artifact hashes, versions."""
     models = {m: ws.model(m) for m in cfg.models}
     return run_config(
-        kind="verify", **cfg.to_dict(), data=dataset_settings(cfg),
+        kind="verify", **cfg.to_dict(), data=dataset_settings(cfg), scores=scores_record(cfg, ws),
         weights_sha256={m: weights_identity(cfg, m) for m in cfg.models},
         protocols={m: dict(getattr(models[m], "protocol", {}) or {}) for m in cfg.models},
         checkpoints_sha256={f"{m}:{d}@{s:g}": defense_identity(ws.defense(m, d, s))
@@ -136,6 +137,7 @@ def run_verify(
         else:
             lock.release()
         raise
+    notes += protocol_notes(config)
     with lock:
         runner = executor if executor is not None else LocalExecutor(ws)
         with open_run(out, config, resume=resume, fresh=fresh) as store:
@@ -158,5 +160,5 @@ def run_verify(
 
             res = build_report(out, progress=progress)
             path = res.html
-            notes += res.notes
+            notes += [n for n in res.notes if n not in notes]
     return VerifyOutcome(out, gate.checks, gate.summary, path, time.perf_counter() - t0, notes, ran)
