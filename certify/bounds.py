@@ -167,3 +167,26 @@ def median_intervals(
     srt = samples.sort(dim=-1).values
     lo, hi = median_ci_indices(int(srt.shape[-1]), confidence)
     return median_of_sorted(srt), srt[:, lo - 1], srt[:, hi - 1]
+
+
+def quantile_check_indices(m: int, *, p_lo: float, p_hi: float, confidence: float) -> tuple[int, int] | None:
+    """1-based indices (j_lo, j_hi) of fresh draws that bound the certified quantiles from the inside.
+
+    With X'_(1) <= ... <= X'_(m) fresh draws at x, ``X'_(j_lo) >= q_{p_lo}`` and
+    ``X'_(j_hi) <= q_{p_hi}`` each hold with probability >= ``confidence``: j_lo is the smallest j
+    with P(Binomial(m, p_lo) <= j - 1) >= confidence, j_hi the largest j with
+    P(Binomial(m, p_hi) >= j) >= confidence (the same binomial argument as the module docstring,
+    on the other side).  An honest certificate's lower bound lies below q_{p_lo} (and its upper
+    above q_{p_hi}) with probability >= 1 - (1 - alpha) / 2 each, so ``lower > X'_(j_lo)``
+    or ``upper < X'_(j_hi)`` is evidence that the bounds are narrower than the theorem gives.
+    None when m is too small.
+    """
+    m = check_n(m)
+    c = float(confidence)
+    if not 0.0 < c < 1.0:
+        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
+    found = _indices(m, p_hi, p_lo, 1.0 - c)  # (k_lower for p_hi, k_upper for p_lo)
+    if found is None:
+        return None
+    j_hi, j_lo = found
+    return j_lo, j_hi

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -127,6 +127,8 @@ class CertifiedDefense(Defense, Protocol):
     def audit_premise(
         self, x: torch.Tensor, ref: torch.Tensor | None, certificates: list[CertifiedScore], *,
         attacked: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+        probe_radii: Mapping[str, Sequence[float | None]] | None = None,
+        probe_points: Mapping[str, torch.Tensor] | None = None,
     ) -> list[dict[str, float]]: ...
 
     def identity(self) -> dict[str, Any]: ...
@@ -144,9 +146,16 @@ class DefenseMixin:
     def audit_premise(
         self, x: torch.Tensor, ref: torch.Tensor | None, certificates: list[CertifiedScore], *,
         attacked: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+        probe_radii: Mapping[str, Sequence[float | None]] | None = None,
+        probe_points: Mapping[str, torch.Tensor] | None = None,
     ) -> list[dict[str, float]]:
         """No premise beyond the smoothing theorem: nothing to audit."""
         return [{} for _ in certificates]
+
+    def sound_radii(self, x: torch.Tensor, ref: torch.Tensor | None = None, *,
+                    kinds: Sequence[str] = ()) -> dict[str, list[float | None]]:
+        """No radius kinds beyond ``eps_x``: nothing to recompute."""
+        return {}
 
     def identity(self) -> dict[str, Any]:
         from robustbench_iqa.store import file_sha256

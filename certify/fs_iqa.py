@@ -433,12 +433,13 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
             raise InputError(f"tau must be >= 0, got {tau!r}")
         if est.method is SpectralMethod.POWER:
             raise InputError(POWER_REFUSAL)
-        norms, statement = est.value, STATEMENT
+        norms, statement, confidence = est.value, STATEMENT, alpha
         bounded = est.delta is not None and est.upper_bound is not None
         if est.delta is not None and est.upper_bound is not None:
             check_delta(est.delta, alpha=alpha)
             norms = est.upper_bound
-            statement = STATEMENT_UPPER_BOUND.format(confidence=alpha - est.delta, alpha=alpha, delta=est.delta)
+            confidence = alpha - est.delta
+            statement = STATEMENT_UPPER_BOUND.format(confidence=confidence, alpha=alpha, delta=est.delta)
         idx = require_indices(n, sigma=self.sigma, eps=self.sigma, alpha=alpha)
         with torch.no_grad():
             # The spectral estimate already ran the forward pass: reuse B(x).
@@ -459,20 +460,24 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
                 reason = AbstainReason.ZERO_JACOBIAN
             elif not bounded and not bool(est.converged[i]):  # the upper bound holds converged or not
                 reason = AbstainReason.SPECTRAL_NORM_NOT_CONVERGED
-            eps_first = None if reason else self.sigma / norm
+            value = float(est.value[i])  # the first-order value, also when eps_x uses the upper bound
+            eps_main = None if reason else self.sigma / norm
+            eps_first = None if reason or not value > 0.0 else self.sigma / value
             results.append(
                 CertifiedScore(
                     score=float(med[i]),
                     lower=None if reason else float(lo[i]),
                     upper=None if reason else float(hi[i]),
-                    eps_x=eps_first,
+                    eps_x=eps_main,
                     eps_x_first_order=eps_first,
+                    confidence=confidence,
+                    spectral_norm_upper=norm if bounded else None,
                     eps_x_lipschitz=None if reason or bound is None else _radius(self.sigma, bound.value),
                     eps_x_local=None if reason or local_radii is None else local_radii[i],
                     lipschitz_bound=None if bound is None else bound.value,
                     abstained=reason is not None,
                     reason=reason,
-                    spectral_norm=norm,
+                    spectral_norm=value,
                     spectral_iterations=int(est.iterations[i]),
                     spectral_rel_change=float(est.rel_change[i]),
                     n=n,
@@ -503,17 +508,50 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         med, lo, hi = median_intervals(v, confidence=confidence)
         return [Estimate(float(m), float(a), float(b), n, confidence) for m, a, b in zip(med, lo, hi)]
 
+    def bound_levels(self, certificate: CertifiedScore) -> tuple[float, float]:
+        """(p_lo, p_hi) = (Phi(-1), Phi(1)): the population quantiles of the noisy scores at x that
+        ``lower`` and ``upper`` stand for (Chiang et al. Thm. 1 with eps_f = sigma_f)."""
+        from robustbench_iqa.certify.bounds import percentile_levels
+
+        return percentile_levels(sigma=self.sigma, eps=self.sigma)
+
+    def sound_radii(self, x: torch.Tensor, ref: torch.Tensor | None = None, *,
+                    kinds: Sequence[str] = ("lipschitz",)) -> dict[str, list[float | None]]:
+        """The sound radii recomputed from the model (not from a certificate), per kind and image.
+
+        ``"lipschitz"``: sigma_f / L with L from :meth:`lipschitz_bound` (None when the model has
+        none); ``"local"``: :meth:`local_radii`.  The audit compares a certificate's claimed sound
+        radius with these: a sound radius is a deterministic theorem, so a claim above them is wrong.
+        """
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        out: dict[str, list[float | None]] = {}
+        if "lipschitz" in kinds:
+            bound = self.lipschitz_bound((int(x.shape[-2]), int(x.shape[-1])))
+            value = None if bound is None else _radius(self.sigma, bound.value)
+            out["lipschitz"] = [value] * x.shape[0]
+        if "local" in kinds:
+            out["local"] = self.local_radii(x, ref)
+        return out
+
     def audit_premise(
         self, x: torch.Tensor, ref: torch.Tensor | None, certificates: list[CertifiedScore], *,
         attacked: torch.Tensor, steps: int, generator: torch.Generator | None = None,
+        probe_radii: Mapping[str, Sequence[float | None]] | None = None,
+        probe_points: Mapping[str, torch.Tensor] | None = None,
     ) -> list[dict[str, float]]:
         """The IVE premise ``||B(x') - B(x)||_2 <= sigma_f`` inside each certified ball.
 
         The largest feature change found by :func:`~robustbench_iqa.attacks.feature_space.feature_space_attack`
         within ``eps_x`` (started along +-the top right singular vector of J_B(x), the first-order
-        worst case, from the certificate's own IVE evidence, and from one random direction), and at
+        worst case, from the certificate's own IVE evidence, or else from one random direction), and at
         the ``attacked`` points of the score attack; next to the feature radius sigma_f.
         Abstained images get ``{}``.
+
+        ``probe_radii``: other radii to measure the premise at without a new attack (a sound radius,
+        an inflated one), per name and certificate: the best feature perturbation u found inside
+        eps_x is rescaled to each radius r (x + u r / ||u||, clipped to [0, 1], so inside the
+        r-ball), and so are the ``probe_points`` of that name (B, ...) if given; the larger
+        change is reported as ``feature_change@<name>``.
         """
         from robustbench_iqa.attacks.feature_space import feature_space_attack
 
@@ -533,7 +571,10 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         start = None
         if all(v is not None for v in vectors):
             start = top_input_direction(fmap, xs, torch.stack([v for v in vectors if v is not None]).to(x.device))
-        fa = feature_space_attack(fmap, xs, budget, steps=steps, restarts=1, direction=start, generator=generator)
+        # A random start only when there is no first-order direction: on the embedded models the
+        # +-top-direction starts always reached the larger change (measured on 16 images).
+        fa = feature_space_attack(fmap, xs, budget, steps=steps, restarts=0 if start is not None else 1,
+                                  direction=start, generator=generator)
         with torch.no_grad():
             f0 = torch.stack([certificates[i].evidence.features for i in idx]).to(x.device) \
                 if all(certificates[i].evidence is not None for i in idx) else fmap(xs)
@@ -541,7 +582,29 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         for j, i in enumerate(idx):
             out[i] = {"feature_change": max(float(fa.feature_change[j]), float(at_adv[j])),
                       "feature_radius": float(self.sigma)}
+        for name, radii in (probe_radii or {}).items():
+            r = torch.tensor([math.nan if (v := radii[i]) is None else float(v) for i in idx],
+                             device=x.device, dtype=x.dtype)
+            known = torch.isfinite(r)
+            if not bool(known.any()):
+                continue
+            r = torch.where(known, r, torch.zeros_like(r))
+            candidates = [_rescaled(xs, fa.perturbation, r)]
+            if probe_points is not None and name in probe_points:
+                candidates.append(_rescaled(xs, probe_points[name][idx].to(x) - xs, r))
+            with torch.no_grad():
+                change = torch.stack([(fmap(c) - f0).reshape(len(idx), -1).norm(dim=1) for c in candidates]).amax(0)
+            for j, i in enumerate(idx):
+                if bool(known[j]):
+                    out[i][f"feature_change@{name}"] = float(change[j])
         return out
+
+
+def _rescaled(x: torch.Tensor, u: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """x + u * radius / ||u||_2 per image, clipped to [0, 1] (clipping only moves towards x)."""
+    norm = u.reshape(u.shape[0], -1).norm(dim=1).clamp_min(1e-30)
+    scale = (radius / norm).reshape(-1, *([1] * (u.dim() - 1)))
+    return (x + u * scale).clamp(0.0, 1.0)
 
 
 def _radius(sigma: float, lipschitz: float) -> float:

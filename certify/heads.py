@@ -68,7 +68,7 @@ class FTN(nn.Module):
 
     def lipschitz_bound(self, input_size: tuple[int, int] | None = None) -> LipschitzBound:
         """Certified Lip(FTN) (L2 -> L2): the standardization diag(1/std) is folded into the first
-        Linear layer exactly (||W diag(1/std)||_2 by Gram iteration), then GELU (1.1289...) /
+        Linear layer exactly (||W diag(1/std)||_2 from its singular values, an SVD), then GELU (1.1289...) /
         Linear blocks and the final sigmoid (1/4).  ``input_size`` is unused (dense layers)."""
         from robustbench_iqa.certify.lipschitz import LipschitzBound, cached_bound, sequential_bound
 

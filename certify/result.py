@@ -102,10 +102,19 @@ class CertifiedScore:
     """Per-image result of ``certify`` (and of ``predict`` with no bounds).
 
     Attributes:
-        score: the defended (smoothed) quality score S.
-        lower, upper: the certified bounds S^l <= S(x') <= S^u, or None if abstained.
-        eps_x: the certified input-space L2 radius (FS-IQA: sigma_f / ||J_B(x)||_2).
-        spectral_norm: ||J_B(x)||_2 (FS-IQA only).
+        score: the defended (smoothed) quality score S (a sample statistic).
+        lower, upper: bounds on the population statistic S(x') for x' in a ball around x,
+            holding with probability >= ``confidence`` over the noise draws and only under
+            the guarantee's premise (see :class:`Guarantee`); None if abstained.
+        eps_x: the input-space L2 radius of the main statement.  For MS/DMS/DMS-IQA it is
+            certified; for FS-IQA it is the first-order radius sigma_f / ||J_B(x)||_2 (or
+            sigma_f / U with ``delta``), an *estimate* whose premise is not proved
+            (:class:`RadiusKind`); FS-IQA's sound radii are ``eps_x_lipschitz`` and ``eps_x_local``.
+        spectral_norm: the Lanczos (or exact) value of ||J_B(x)||_2 (FS-IQA only); with
+            ``delta`` the upper bound used for ``eps_x`` is ``spectral_norm_upper``.
+        confidence: the probability with which the statement holds: ``alpha``, or
+            ``alpha - delta`` when ``eps_x`` rests on an upper bound of the norm that fails
+            with probability ``delta`` (union bound).
         abstained, reason: explicit abstention.
         n, alpha, sigma: the settings used.
         spectral_iterations, spectral_rel_change: how converged the IVE estimate is.
@@ -113,7 +122,8 @@ class CertifiedScore:
         evidence: what the defense computed on the way that later steps reuse (FS-IQA:
             :class:`IVEEvidence`); not part of the record (``to_dict`` leaves it out).
         eps_x_first_order, eps_x_lipschitz, eps_x_local: FS-IQA's input radii by kind
-            (:class:`RadiusKind`); ``eps_x`` stays the first-order one.  None when not
+            (:class:`RadiusKind`); ``eps_x_first_order`` is sigma_f / ``spectral_norm``, the
+            first-order value even when ``eps_x`` uses the upper bound.  None when not
             computed (or not available for the model).
         lipschitz_bound: the certified Lip(FTN o b) behind ``eps_x_lipschitz``.
     """
@@ -137,6 +147,8 @@ class CertifiedScore:
     eps_x_lipschitz: float | None = None
     eps_x_local: float | None = None
     lipschitz_bound: float | None = None
+    confidence: float | None = None
+    spectral_norm_upper: float | None = None
     evidence: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +157,11 @@ class CertifiedScore:
         if not self.abstained and self.lower is not None and self.upper is not None:
             if not (self.lower <= self.upper):
                 raise ValueError(f"lower {self.lower} > upper {self.upper}")
+
+    @property
+    def stated_confidence(self) -> float | None:
+        """``confidence`` when set, else ``alpha`` (results built before the field existed)."""
+        return self.confidence if self.confidence is not None else self.alpha
 
     @property
     def width(self) -> float | None:

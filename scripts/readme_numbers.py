@@ -11,8 +11,11 @@ across machines.  Blocks:
   repository's ``[tool.robustbench_iqa.verify]``), with its wall and CPU time;
   ``verify-full`` (docs/gate.md): every column of the same run;
 * ``quick``: wall and CPU time of ``verify --quick``;
-* ``planted``: the planted-violation table (certified radius claimed x1, x1.5, x2, x3, x10
-  on both embedded models, default audit settings): the gate must pass x1 and fail the rest;
+* ``planted``: "Can the gate see a wrong certificate?": per model (both embedded models and
+  their Lipschitz-trained versions), the honest run's verdict and its detection power (the
+  planted certificates the same run, on the same images, shows to be wrong: first-order radius
+  inflated x1.5 and x2, interval shrunk 30% and 50%, sound radius inflated x2), then whole runs
+  with the radius claimed x1.5, x2, x3, x10 (default audit settings);
 * ``profile`` (docs/performance.md): the per-step breakdown of the default gate (also
   written to benchmarks/results-gate.md).
 
@@ -34,6 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+PLANTED_IMAGES = 50
+"""Held-out images per model of the planted-certificate table."""
 PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
 """The files whose generated blocks this script rewrites."""
 
@@ -154,6 +159,25 @@ def block_planted(tmp: Path, threads: int) -> str:
 
         return build
 
+    def config(model: str, defense: str) -> Any:
+        return VerifyConfig.from_mapping({"models": [model], "defenses": [defense], "limit": PLANTED_IMAGES,
+                                          "studies": ["certify", "audit"]})
+
+    models = ("default-nr", "default-fr", "default-nr-lip", "default-fr-lip")
+    power: list[list[str]] = []
+    planted_cols: list[str] = []
+    for model in models:
+        outcome = run_verify(config(model, "fs-iqa"), tmp / f"honest-{model}", report=False, progress=False)
+        checks = {c.name: c.detail for c in outcome.checks if c.model == model}
+        seen = dict(part.rsplit(" ", 1) for part in
+                    checks.get("detection power", "").removeprefix("this run detects: ").split(", ") if part)
+        planted_cols += [k for k in seen if k not in planted_cols]
+        radius = outcome.summary[0].get("radius", "first_order") if outcome.summary else "–"
+        power.append([model, radius, "PASS" if outcome.passed else "FAIL", *[seen.get(k, "–") for k in planted_cols]])
+    head = ["model", "certified radius", "honest", *[f"detects {k}" for k in planted_cols]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r + ["–"] * (len(head) - len(r))) + " |" for r in power]
+
     factors = (1.0, 1.5, 2.0, 3.0, 10.0)
     rows = []
     for model in ("default-nr", "default-fr"):
@@ -161,16 +185,15 @@ def block_planted(tmp: Path, threads: int) -> str:
         for f in factors:
             name = f"fs-iqa-x{f:g}"
             with DEFENSES.override(name, inflated(f), space="feature", statistic="median"):
-                cfg = VerifyConfig.from_mapping({"models": [model], "defenses": [name], "limit": 50,
-                                                 "studies": ["certify", "audit"]})
-                outcome = run_verify(cfg, tmp / f"planted-{model}-{f:g}", report=False, progress=False)
+                outcome = run_verify(config(model, name), tmp / f"planted-{model}-{f:g}", report=False,
+                                     progress=False)
             failed = sorted({c.name for c in outcome.failures})
             cells.append("PASS" if outcome.passed else "FAIL (" + ", ".join(failed) + ")")
         rows.append(cells)
     head = ["model", *[f"eps_x x{f:g}" for f in factors]]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
-    lines += ["", f"(50 held-out images per model, default audit settings; {_machine(threads)}.)"]
+    lines += ["", f"({PLANTED_IMAGES} held-out images per model, default audit settings; {_machine(threads)}.)"]
     return "\n".join(lines)
 
 

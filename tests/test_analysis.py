@@ -160,7 +160,9 @@ def test_clopper_pearson_matches_beta_quantiles(k: int, n: int) -> None:
 def test_verdict_fails_only_when_significantly_above_nominal() -> None:
     # Smallest k out of 200 whose CP lower bound exceeds 1 - alpha = 0.01.
     k_fail = next(k for k in range(201) if stats.beta.ppf(0.025, k, 201 - k) > 0.01)
-    assert audit.verdict(k_fail - 1, 200, alpha=0.99).passed
+    below = audit.verdict(k_fail - 1, 200, alpha=0.99)
+    assert below.passed and "holds" not in below.message and "not significantly above" in below.message
+    assert "certificate holds" in audit.verdict(2, 200, alpha=0.99).message  # rate 0.01 = nominal
     v = audit.verdict(k_fail, 200, alpha=0.99)
     assert not v.passed and "FAILS" in v.message and v.nominal == pytest.approx(0.01)
     assert audit.verdict(0, 0, alpha=0.99).passed

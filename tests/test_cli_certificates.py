@@ -52,8 +52,10 @@ def test_delta_certifies_from_the_upper_bound(capsys: pytest.CaptureFixture[str]
     est = _rows(capsys, BASE)
     bound = _rows(capsys, [*BASE, "--delta", "0.001"])
     for e, b in zip(est, bound, strict=True):
-        assert b["spectral_norm"] >= e["spectral_norm"] * (1 - 1e-6)  # an upper bound is above the estimate
-        assert b["eps_x"] == pytest.approx(0.25 / b["spectral_norm"], rel=1e-9)
+        assert b["spectral_norm_upper"] >= e["spectral_norm"] * (1 - 1e-6)  # an upper bound is above the estimate
+        assert b["eps_x"] == pytest.approx(0.25 / b["spectral_norm_upper"], rel=1e-9)
+        assert b["confidence"] == pytest.approx(b["alpha"] - 0.001) and e["confidence"] == e["alpha"]
+        assert b["eps_x_first_order"] == pytest.approx(0.25 / b["spectral_norm"], rel=1e-9)
 
 
 @pytest.mark.parametrize(("argv", "message"), [

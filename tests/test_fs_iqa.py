@@ -92,10 +92,17 @@ def test_certify_from_the_upper_bound(mode: str) -> None:
     plain = fs.certify(x, ref, n=500, alpha=0.99, tau=0.0, generator=torch.Generator().manual_seed(0))
     bound = fs.certify(x, ref, n=500, alpha=0.99, tau=0.0, delta=1e-3, generator=torch.Generator().manual_seed(0))
     for i, (p, b) in enumerate(zip(plain, bound, strict=True)):
-        assert not b.abstained and b.spectral_norm is not None and b.eps_x is not None
-        assert b.spectral_norm >= float(exact[i])  # the bound holds (delta = 1e-3)
-        assert b.spectral_norm <= float(exact[i]) * 1.03  # and is tight (m = 64, k = 32: +1.3%)
-        assert b.eps_x == pytest.approx(0.25 / b.spectral_norm) and b.eps_x < p.eps_x  # type: ignore[operator]
+        up = b.spectral_norm_upper
+        assert not b.abstained and up is not None and b.eps_x is not None and b.spectral_norm is not None
+        assert up >= float(exact[i])  # the bound holds (delta = 1e-3)
+        assert up <= float(exact[i]) * 1.03  # and is tight (m = 64, k = 32: +1.3%)
+        assert b.eps_x == pytest.approx(0.25 / up) and b.eps_x < p.eps_x  # type: ignore[operator]
+        # The record states the confidence it has; the first-order fields keep first-order values.
+        assert b.confidence == pytest.approx(0.99 - 1e-3) and p.confidence == 0.99
+        assert b.to_dict()["confidence"] == pytest.approx(0.989)
+        assert b.spectral_norm <= up and b.spectral_norm == pytest.approx(float(exact[i]), rel=1e-2)
+        assert b.eps_x_first_order == pytest.approx(0.25 / b.spectral_norm) and b.eps_x_first_order >= b.eps_x
+        assert p.spectral_norm_upper is None and p.eps_x_first_order == p.eps_x
         assert "alpha - delta = 0.989" in b.statement and "first-order" in b.statement
         assert "Lanczos estimate" in p.statement and "not a bound" in p.statement
     with pytest.raises(InputError, match="delta"):

@@ -82,7 +82,8 @@ def test_verify_passes_on_the_embedded_default(tmp_path: Path, capsys: pytest.Ca
         assert store.config["data"]["size"] == [96, 128] and store.config["data"]["resize"] == "resize"
         gate = store.get_meta("gate")
         assert gate["passed"] is True and {c["name"] for c in gate["checks"]} >= {
-            "certificate audit", "premise", "abstentions", "stability", "inconclusive"}
+            "certificate audit", "premise", "abstentions", "stability", "inconclusive", "bounds recomputed",
+            "sound radius (lipschitz)", "certified radius", "detection power"}
         # Inputs are keyed by name and content: "<name>#<12 hex digits>".
         assert all("#" in i and len(i.split("#")[1]) == 12 for i in audit["image"])
     html = (out / "report" / "report.html").read_text()
@@ -134,7 +135,7 @@ def test_verify_fails_on_planted_narrow_bounds(tmp_path: Path) -> None:
         cfg = small(models=["default-nr"], defenses=["narrowed"], studies=["certify", "audit"])
         outcome = run_verify(cfg, tmp_path / "run", report=False, progress=False)
     assert not outcome.passed
-    assert {c.name for c in outcome.failures} == {"certificate audit"}, outcome.failures
+    assert {c.name for c in outcome.failures} == {"certificate audit", "bounds recomputed"}, outcome.failures
     with ResultsStore.open(tmp_path / "run") as store:
         audit = store.frame("audit")
     # Independent check: the attacked medians' intervals lie outside the narrowed bounds.

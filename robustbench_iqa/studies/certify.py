@@ -86,6 +86,11 @@ class GuaranteeRow(Row):
     eps_x_local: float | None = None
     """FS-IQA: a certified local radius (embedded models only, when asked for)."""
     lipschitz_bound: float | None = None
+    confidence: float | None = None
+    """The probability with which the certificate holds: alpha, or alpha - delta when eps_x rests
+    on an upper bound of ||J_B(x)||_2 that fails with probability delta."""
+    eps_x_first_order: float | None = None
+    """FS-IQA: sigma_f / ||J_B(x)||_2 with the first-order (Lanczos) value, also when eps_x uses the bound."""
     orientation: str | None = None
     """Of ``score``, ``lower`` and ``upper``: ``quality`` or ``distance`` (:mod:`robustbench_iqa.orientation`)."""
     score_range: tuple[float, float] | None = None
@@ -109,7 +114,9 @@ def guarantee_row(c: Any, *, alpha: float, n: int, seconds: float, batch: int, p
         reason=c.reason.value if c.reason else None, spectral_norm=c.spectral_norm, guarantee=c.guarantee.value,
         alpha=alpha, n=n, seconds=seconds, batch=batch, pixels=pixels,
         eps_x_lipschitz=getattr(c, "eps_x_lipschitz", None), eps_x_local=getattr(c, "eps_x_local", None),
-        lipschitz_bound=getattr(c, "lipschitz_bound", None), **(scale_of(scorer) if scorer is not None else {}))
+        lipschitz_bound=getattr(c, "lipschitz_bound", None),
+        confidence=c.confidence if getattr(c, "confidence", None) is not None else alpha,
+        eps_x_first_order=getattr(c, "eps_x_first_order", None), **(scale_of(scorer) if scorer is not None else {}))
 
 
 @dataclass(frozen=True)
