@@ -36,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     if args.bins < 1:
         raise InputError(f"--bins must be >= 1, got {args.bins}")
     options = ReportOptions(confidence=args.confidence, bins=args.bins, interval=args.interval, seed=args.seed)
+    from robustbench_iqa.outputs import record_written
+
     result = build_report(args.run_dir, args.out, options=options, progress=c.progress_enabled(args))
+    record_written(result.out_dir, result.files)
     for note in result.notes:
         print(f"note: {note}")
     print(f"studies: {', '.join(result.studies) or 'none'}")
