@@ -23,7 +23,7 @@ def record_written(folder: str | Path, files: Iterable[str | Path]) -> None:
     root = Path(folder)
     if root.is_symlink() or not root.is_dir():
         return
-    names = set(_read(root))
+    names = set(_read(root) or ())
     base = root.resolve()
     for f in files:
         p = Path(f)
