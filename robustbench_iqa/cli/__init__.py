@@ -113,10 +113,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            from robustbench_iqa.models.weights import no_unpickling
             from robustbench_iqa.plugins import load_plugins
 
-            load_plugins(getattr(args, "plugins", None) or ())
-            return int(args.func(args) or 0)
+            with no_unpickling():  # no file is unpickled by any code the command calls
+                load_plugins(getattr(args, "plugins", None) or ())
+                return int(args.func(args) or 0)
     except SystemExit as exc:  # foreign code (a plugin's model, say) ending the process: never a verdict
         print(f"error: the command was ended by sys.exit({exc.code!r}) in code it called (a plugin?); "
               f"it produced no result", file=sys.stderr)

@@ -15,10 +15,18 @@ Every published adapter takes ``weights`` with one of these meanings:
   head is not downloadable in PyTorch form: KonCept512, DreamSim).
 * a path: a local checkpoint (``.safetensors``, or a ``torch.save`` file read with
   ``weights_only=True``), checked key by key against the architecture.
+
+No file is ever unpickled, whoever reads it: :func:`no_unpickling` makes every
+``torch.load`` in the process -- pyiqa's ``load_pretrained_network``, torchvision's
+and ``torch.hub``'s cache readers, which pass ``weights_only=False`` -- read with
+``weights_only=True``, and refuses a file that holds anything but tensors and plain
+containers (a pickle of Python objects would run code from the file).  It is active
+while :func:`building` constructs a network and for the whole of every CLI command.
 """
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -282,6 +290,42 @@ def _hf_what(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 
 @contextmanager
+def no_unpickling() -> Iterator[None]:
+    """Within the block every ``torch.load`` reads with ``weights_only=True`` (whatever its caller
+    asked), and a file that needs more is refused with an :class:`InputError` naming it."""
+    original = torch.load
+    if getattr(original, "_weights_only_enforced", False):  # already active (nested)
+        yield
+        return
+
+    def load(f: Any, map_location: Any = None, pickle_module: Any = None, *, weights_only: Any = None,
+             mmap: Any = None, **pickle_load_args: Any) -> Any:
+        try:
+            return original(f, map_location=map_location, weights_only=True, mmap=mmap, **pickle_load_args)
+        except pickle.UnpicklingError as exc:
+            why = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
+            why = why.split(" was not an allowed global")[0].split("error: ")[-1]
+            raise InputError(
+                f"refused to read {_file_name(f)}: it holds Python objects beyond tensors, and reading it "
+                f"would run code from the file{f' ({why})' if why else ''}; the suite never unpickles. If it "
+                f"is a genuine checkpoint, save its state dict as safetensors where it was made and pass "
+                f"weights=PATH, or delete it from the cache"
+            ) from None
+
+    load._weights_only_enforced = True  # type: ignore[attr-defined]
+    patch = _Patch(torch, "load", load)
+    try:
+        yield
+    finally:
+        patch.undo()
+
+
+def _file_name(f: Any) -> str:
+    name = getattr(f, "name", f)
+    return str(name) if isinstance(name, (str, Path)) else f"a {type(f).__name__} stream"
+
+
+@contextmanager
 def building(model: str, *, backbone: bool = False, checkpoint: bool = False) -> Iterator[None]:
     """Construct a pyiqa/timm/torchvision architecture under download control.
 
@@ -298,6 +342,8 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
     import torch.hub
 
     allowed = backbone or checkpoint
+    safe = no_unpickling()
+    safe.__enter__()
     patches: list[_Patch] = []
     active = [0]  # guarded calls in progress: a download's own urlopen is not guarded twice
 
@@ -374,3 +420,4 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
     finally:
         for p in reversed(patches):
             p.undo()
+        safe.__exit__(None, None, None)
