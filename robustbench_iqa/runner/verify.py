@@ -155,6 +155,7 @@ def run_verify(
         else:
             lock.release()
         raise
+    notes += plan.notes
     with lock:
         runner = executor if executor is not None else LocalExecutor(ws)
         with open_run(out, config, resume=resume, fresh=fresh) as store:
