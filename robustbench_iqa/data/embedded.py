@@ -187,16 +187,21 @@ def ensure_built(folder: Path | None = None, *, progress: bool = True) -> Path:
     return final
 
 
+_BUILT = frozenset({"refs", "dist", "index.csv", "meta.json"})
+"""What a build writes in its folder (a folder holding only these is a stale or damaged build)."""
+
+
 def _check_root(p: Path) -> None:
-    """An explicit ``root`` is an existing folder: the built dataset, or an empty folder to build it in
-    (never created from nothing, never a folder of other files, which building would replace)."""
+    """An explicit ``root`` is an existing folder: the built dataset (complete, or stale or damaged:
+    rebuilt), or an empty folder to build it in; never created from nothing, never a folder of
+    other files, which building would replace."""
     where = f"leave root out to use the cache ({cache_dir()})"
     if not p.exists():
         raise InputError(f"dataset 'default': root {p} does not exist; create an empty folder there to build the "
                          f"embedded dataset in it, or {where}")
     if not p.is_dir():
         raise InputError(f"dataset 'default': root {p} is a file, not a folder; {where}")
-    if read_index(p) is None and any(p.iterdir()):
+    if read_index(p) is None and any(c.name not in _BUILT for c in p.iterdir()):
         raise InputError(f"dataset 'default': root {p} holds other files and no complete embedded dataset; give "
                          f"an empty folder (it is built there) or {where}")
 
