@@ -66,6 +66,7 @@ import numpy as np
 import pandas as pd
 
 from robustbench_iqa.errors import InputError, ReproducibilityWarning
+from robustbench_iqa.safe_cells import csv_frame
 
 RESULTS_FILE = "results.sqlite"
 SCHEMA_VERSION = 3
@@ -513,8 +514,8 @@ class ResultsStore:
             df = _flatten_for_export(self.frame(table))
             for fmt in fmts:
                 p = out / f"{table}.{fmt}"
-                if fmt == "csv":
-                    df.to_csv(p, index=False)
+                if fmt == "csv":  # text cells a spreadsheet would evaluate are neutralised
+                    csv_frame(df).to_csv(p, index=False)
                 else:
                     df.to_parquet(p, index=False)
                 paths.append(p)
