@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 
 DEFAULT_SIGMA = 0.25
+SPECTRAL_METHODS = ("lanczos", "power", "exact")
+"""The values of :class:`certify.spectral.SpectralMethod` (named here so that --help imports no torch)."""
+
 CERTIFY_SETTINGS = ("tau", "eps", "method", "rtol", "max_iter", "delta", "local_radius", "lipschitz")
 """Flags passed to ``defense.certify`` (refused by a defense whose settings do not declare them)."""
 FACTORY_OPTIONS = ("certificate", "p_valid", "eps_y", "n_smooth", "trim")
@@ -41,7 +44,8 @@ def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
                        help="FS-IQA: abstain when ||J_B(x)||_2 < tau (default: 0.001)")
         g.add_argument("--eps", type=c.positive_float, default=None,
                        help="input-space defenses: L2 radius to certify (default: sigma / 2)")
-        g.add_argument("--method", default=None, help="FS-IQA spectral-norm method (default: lanczos)")
+        g.add_argument("--method", default=None, choices=SPECTRAL_METHODS,
+                       help="FS-IQA spectral-norm method (default: lanczos)")
         g.add_argument("--rtol", type=c.positive_float, default=None, help="relative tolerance of the spectral norm")
         g.add_argument("--max-iter", type=c.positive_int, default=None, help="most Jacobian products per image")
         g.add_argument("--delta", type=c.probability, default=None,
@@ -105,6 +109,13 @@ def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense
     if args.checkpoint is not None:
         if not DEFENSES.metadata(args.defense).get("trained"):
             raise InputError(f"--checkpoint given, but defense {args.defense!r} uses no trained artifact")
+        from pathlib import Path
+
+        given = Path(args.checkpoint).expanduser()
+        if given.is_dir():
+            raise InputError(f"--checkpoint {given} is a directory; give the checkpoint file itself")
+        if given.exists() and not given.is_file():
+            raise InputError(f"--checkpoint {given} is not a regular file")
         options["checkpoint" if args.defense == "fs-iqa" else "denoiser"] = args.checkpoint
     options.update({k: getattr(args, k) for k in FACTORY_OPTIONS if getattr(args, k, None) is not None})
     return create_defense(args.defense, model, sigma=resolve_sigma(args), **options)

@@ -293,6 +293,12 @@ def _state_dict_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Te
         parts.append(f"{len(unexpected)} unexpected key(s): {first(unexpected)}")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): {first(shapes)}")
+    if not parts:
+        from robustbench_iqa.models.weights import dtype_problems
+
+        dtypes = dtype_problems(own, state, shown=shown)
+        if dtypes:
+            parts.append(dtypes)
     return "; ".join(parts)
 
 

@@ -176,6 +176,21 @@ def _batchnorm_buffers(module: nn.Module) -> set[str]:
     return out
 
 
+def dtype_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """Entries whose dtype cannot be copied into the module's without changing their meaning: an
+    integer, boolean or complex tensor where the module holds floating-point values (copying would
+    cast 3 to 3.0 and 0.7 to 0 the other way round, without a word).  Floating-point precisions
+    (float64 or float16 into float32) are converted, as ``load_state_dict`` does.  "" when none."""
+    bad = [f"{k} is {v.dtype} (expected {own[k].dtype})" for k, v in state.items()
+           if k in own and isinstance(v, torch.Tensor)
+           and own[k].is_floating_point() != (v.is_floating_point() and not v.is_complex())]
+    if not bad:
+        return ""
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    return (f"{len(bad)} tensor(s) of the wrong kind of dtype: {', '.join(bad[:shown])}{more}; save the "
+            f"floating-point weights as they were trained")
+
+
 def load_state_into(
     module: nn.Module,
     state: dict[str, torch.Tensor],
@@ -211,6 +226,9 @@ def load_state_into(
     ]
     if wrong:
         raise InputError(f"checkpoint {source} does not match {what}: shape mismatch in {wrong[:3]}")
+    dtypes = dtype_problems(own, state)
+    if dtypes:
+        raise InputError(f"checkpoint {source} does not match {what}: {dtypes}")
     param_names = {k for k, _ in module.named_parameters(remove_duplicate=False)}
     # BatchNorm statistics are needed; its step counter is not (converted checkpoints omit it).
     needed = param_names | {k for k in _batchnorm_buffers(module) if not k.endswith("num_batches_tracked")}

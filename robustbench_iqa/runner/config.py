@@ -261,7 +261,7 @@ def default_config() -> VerifyConfig:
 def _verify_table(p: Path, *, required: bool) -> dict[str, Any]:
     """The ``[tool.robustbench_iqa.verify]`` table of the TOML file ``p`` ({} if absent and not required)."""
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = p.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is not TOML: dropped
     except UnicodeDecodeError:
         raise InputError(f"config file {p} is not a UTF-8 text (TOML) file") from None
     except OSError as exc:
