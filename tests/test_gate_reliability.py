@@ -125,3 +125,20 @@ def test_remove_written_stays_inside_its_folder(tmp_path: Path) -> None:
     kept = remove_written(folder)
     assert outside.read_text() == "keep" and not (folder / "a.csv").exists()
     assert (folder / "link.csv").is_symlink() and kept == [folder / "link.csv"]
+
+
+def test_a_config_whose_studies_have_no_work_is_refused(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    text = ('[tool.robustbench_iqa.verify]\nmodels = ["default-nr"]\ndefenses = ["jpeg"]\nstudies = ["audit"]\n'
+            'limit = 1\nn = 200\n')
+    out = tmp_path / "run"
+    _one_error(capsys, main(_verify(_cfg(tmp_path, text), out)), "selects no work", "audit", "jpeg")
+    assert not out.exists()
+
+
+def test_a_judging_study_that_judges_nothing_fails_the_gate(tmp_path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from robustbench_iqa.studies.base import get_study
+
+    monkeypatch.setattr(type(get_study("certify")), "checks", lambda self, data, cfg: [])
+    rc = main(_verify(_cfg(tmp_path), tmp_path / "run", "--no-report"))
+    out = capsys.readouterr().out
+    assert rc == 1 and "study 'certify' is active but produced no check" in out and "verify FAILED" in out

@@ -87,6 +87,10 @@ def preflight(cfg: VerifyConfig, ws: Workspace) -> Plan:
     written: a bad name, a missing checkpoint or an empty dataset fails at once (exit 2)."""
     check_checkpoint_keys(cfg)
     plan = Plan.build(cfg, ws)
+    if not plan.units():
+        raise InputError(f"verify: the configuration selects no work, so no check could run (studies "
+                         f"{list(cfg.active_studies())} on defenses {list(cfg.defenses)}: e.g. the audit of an "
+                         f"empirical defense); add a certified defense or a study that applies")
     for m in cfg.models:
         for d, s in cfg.defense_cases():
             ws.defense(m, d, s)
