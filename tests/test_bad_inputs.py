@@ -325,7 +325,7 @@ def test_method_choices_are_the_spectral_methods() -> None:
 
 def test_run_dir_and_config_paths_of_the_wrong_kind(f: Files, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     expect_refusal(capsys, ["report", str(f["good.png"])], ["RUN_DIR", "good.png is a file"])
-    expect_refusal(capsys, ["report", str(tmp_path / "absent")], ["RUN_DIR", "absent not found"])
+    expect_refusal(capsys, ["report", str(tmp_path / "absent")], ["run dir", "absent does not exist"])
     expect_refusal(capsys, ["report", str(f["dir"])], ["no results store"])
     expect_refusal(capsys, ["verify", "--config", str(f["good.png"]), "--out", str(tmp_path / "r")],
                    ["good.png", "not a UTF-8"], run=tmp_path / "r")

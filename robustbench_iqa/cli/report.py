@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if run_dir.is_file():
         raise InputError(f"RUN_DIR {run_dir} is a file; give the run directory that holds results.sqlite")
     if not run_dir.exists():
-        raise InputError(f"RUN_DIR {run_dir} not found")
+        raise InputError(f"run dir {run_dir} does not exist")
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a file; give a folder for the report")
     if not (0.0 < args.confidence < 1.0):
