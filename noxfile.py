@@ -1,11 +1,9 @@
-"""Sessions: tests, lint, verify (the research-CI gate) and bench.
+"""Sessions: tests, lint, verify (the research-CI gate), bench, docs (generated numbers) and site.
 
 Settings are read from pyproject.toml (``[tool.robustbench_iqa.nox]``), not repeated here.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import nox
 
@@ -63,7 +61,7 @@ def verify(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
-    """Re-measure the numbers README.md quotes (gate result, times, planted table, profile)."""
+    """Re-measure the numbers README.md and docs/ quote (gate result, times, planted table, profile)."""
     _install(session)
     session.run("python", "scripts/readme_numbers.py", *session.posargs)
 
@@ -73,3 +71,12 @@ def bench(session: nox.Session) -> None:
     """Speed and memory of certification, as ratios to one undefended forward pass."""
     _install(session)
     session.run("robustbench-iqa", "bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def site(session: nox.Session) -> None:
+    """Build the documentation site into site/ with warnings as errors (broken links and anchors,
+    pages missing from the navigation, docstrings griffe cannot read); needs only PyPI."""
+    session.install(*PYPROJECT["project"]["optional-dependencies"]["docs"])
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    session.run("mkdocs", "build", "--strict", *session.posargs)

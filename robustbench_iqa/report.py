@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from robustbench_iqa.analysis.figures import save_figure
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.headline import order_columns
 from robustbench_iqa.safe_cells import csv_frame, markdown_cell
 from robustbench_iqa.store import ResultsStore
 from robustbench_iqa.studies.base import (
@@ -77,7 +78,9 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 def _html_table(df: pd.DataFrame) -> str:
     shown = df.map(_fmt) if not df.empty else df
-    return shown.to_html(index=False, border=0, classes="results", escape=True)
+    # A wide table scrolls inside its own box: the page keeps its width and the headline
+    # columns (left) stay in view at 1280 px.
+    return f'<div class="wide">{shown.to_html(index=False, border=0, classes="results", escape=True)}</div>'
 
 
 def _write_tables(out: Path, study: str, tables: dict[str, pd.DataFrame]) -> list[Path]:
@@ -144,7 +147,11 @@ def _gate_section(gate: dict[str, Any]) -> str:
     verdict = "PASSED" if gate.get("passed") else "FAILED"
     parts = [f'<section id="gate"><h2>Gate: {verdict}</h2>']
     if gate.get("summary"):
-        parts.append(_html_table(pd.DataFrame(gate["summary"])))
+        # The store keeps the summary's keys sorted: show the headline columns first (model,
+        # defense, sigma, radius kind, verdict), then the evidence in the studies' order.
+        summary = pd.DataFrame(gate["summary"])
+        cols = order_columns([*gate.get("columns", []), *summary.columns])
+        parts.append(_html_table(summary[cols]))
     checks = pd.DataFrame(gate.get("checks", []))
     if not checks.empty:
         checks = checks.assign(passed=checks["passed"].map({True: "ok", False: "FAIL"}))
@@ -180,6 +187,8 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#22
 table.results{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 table.results th,table.results td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}
 table.results th{background:#f3f3f3}
+table.results th,table.results td:not(:last-child){white-space:nowrap}
+.wide{overflow-x:auto;max-width:100%}
 figure{margin:1em 0} figure img{max-width:100%}
 .note{color:#555;font-style:italic} pre{background:#f6f6f6;padding:1em;overflow-x:auto}
 """

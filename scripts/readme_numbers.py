@@ -1,17 +1,20 @@
-"""Regenerate the measured blocks of README.md (``nox -s docs``).
+"""Regenerate the measured blocks of README.md and the documentation pages (``nox -s docs``).
 
-Every number the README quotes about the gate is produced here, on the machine it
-runs on, and written between ``<!-- BEGIN generated:NAME -->`` and
-``<!-- END generated:NAME -->`` markers with the date, the machine and the torch
-version.  Blocks:
+Every number the README and ``docs/*.md`` quote about the gate is produced here, on the
+machine it runs on, and written between ``<!-- BEGIN generated:NAME -->`` and
+``<!-- END generated:NAME -->`` markers, in every file that holds them, with the date,
+the machine, the torch version and a reference speed of the machine (single-thread
+sgemm GFLOPS and one ``default-nr`` forward pass), so that times can be compared
+across machines.  Blocks:
 
-* ``verify``: the gate's summary table on the default configuration (this repository's
-  ``[tool.robustbench_iqa.verify]``), with its wall and CPU time;
+* ``verify`` (README.md): the gate's headline table on the default configuration (this
+  repository's ``[tool.robustbench_iqa.verify]``), with its wall and CPU time;
+  ``verify-full`` (docs/gate.md): every column of the same run;
 * ``quick``: wall and CPU time of ``verify --quick``;
 * ``planted``: the planted-violation table (certified radius claimed x1, x1.5, x2, x3, x10
   on both embedded models, default audit settings): the gate must pass x1 and fail the rest;
-* ``profile``: the per-step breakdown of the default gate (also written to
-  benchmarks/results-gate.md).
+* ``profile`` (docs/performance.md): the per-step breakdown of the default gate (also
+  written to benchmarks/results-gate.md).
 
 Usage: ``python scripts/readme_numbers.py [--only NAME ...] [--threads 1]``.
 """
@@ -31,6 +34,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+PAGES = [README, *sorted((REPO / "docs").rglob("*.md"))]
+"""The files whose generated blocks this script rewrites."""
 
 
 def _cpu() -> float:
@@ -38,12 +43,46 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def reference_speed() -> str:
+    """The measuring machine's speed, to read its times by: single-thread sgemm GFLOPS (1024^3,
+    best of 5) and one ``default-nr`` forward pass of a 96x128 image (best of 5)."""
+    import torch
+
+    from robustbench_iqa import create_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        best = min(_seconds(lambda: a @ b) for _ in range(5))
+        model = create_model("default-nr")
+        x = torch.rand(1, 3, 96, 128)
+        with torch.no_grad():
+            model(x)
+            fwd = min(_seconds(lambda: model(x)) for _ in range(5))
+    finally:
+        torch.set_num_threads(threads)
+    return f"sgemm {2 * 1024 ** 3 / best / 1e9:.0f} GFLOPS on 1 thread, default-nr forward {fwd * 1e3:.1f} ms"
+
+
+def _seconds(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+_SPEED: list[str] = []
+
+
 def _machine(threads: int) -> str:
     import torch
 
+    if not _SPEED:
+        _SPEED.append(reference_speed())
     cores = os.cpu_count()
-    return (f"measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {cores} cores, "
-            f"torch {torch.__version__}, {threads} torch thread(s), CPU")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with {cores} cores (load {load:.1f}), "
+            f"torch {torch.__version__}, {threads} torch thread(s), CPU; {_SPEED[0]}")
 
 
 def _timed_verify(cfg: Any, out: Path) -> tuple[Any, float, float]:
@@ -60,22 +99,30 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def block_verify(tmp: Path, threads: int) -> str:
+def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return lines + ["| " + " | ".join(_fmt(r.get(c, "–")) for c in cols) + " |" for r in rows]
+
+
+def verify_tables(summary: list[dict[str, Any]], timing: str) -> dict[str, str]:
+    """The ``verify`` block (README: the headline columns) and ``verify-full`` (docs/gate.md: every
+    column), both in the order the report and the terminal show them."""
+    from robustbench_iqa.headline import EVIDENCE, KEYS, RADIUS_KIND, VERDICT, summary_columns
+
+    full = summary_columns(summary)
+    short = [c for c in full if c in (*KEYS, *RADIUS_KIND, *VERDICT, *EVIDENCE)]
+    return {"verify": "\n".join([*_table(summary, short), "", timing]),
+            "verify-full": "\n".join([*_table(summary, full), "", timing])}
+
+
+def block_verify(tmp: Path, threads: int) -> dict[str, str]:
     from robustbench_iqa.runner import load_config
 
     cfg = load_config(REPO / "pyproject.toml")
     outcome, wall, cpu = _timed_verify(cfg, tmp / "verify")
-    cols = ["model", "defense", "sigma", "images", "abstained", "mean_width", "median_eps_x",
-            "median_eps_x_per_value", "median_eps_x_lipschitz", "violations", "inconclusive", "premise_failed", "max_feature_ratio",
-            "stability_%", "quality_gain@0.25_undefended", "quality_gain@0.25_defended", "s/img_predict",
-            "s/img_certify", "gate"]
-    cols = [c for c in cols if any(c in r for r in outcome.summary)]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(_fmt(r.get(c, "–")) for c in cols) + " |" for r in outcome.summary]
-    verdict = "PASSED" if outcome.passed else "FAILED"
-    lines += ["", f"`robustbench-iqa verify`: {verdict} in {wall:.0f} s wall, {cpu:.0f} s CPU "
-                  f"({_machine(threads)})."]
-    return "\n".join(lines)
+    result = "PASSED" if outcome.passed else "FAILED"
+    timing = f"`robustbench-iqa verify`: {result} in {wall:.0f} s wall, {cpu:.0f} s CPU ({_machine(threads)})."
+    return verify_tables(outcome.summary, timing)
 
 
 def block_quick(tmp: Path, threads: int) -> str:
@@ -136,14 +183,38 @@ def block_profile(tmp: Path, threads: int) -> str:
     return out.read_text().strip()
 
 
-BLOCKS = {"verify": block_verify, "quick": block_quick, "planted": block_planted, "profile": block_profile}
+BLOCKS: dict[str, Any] = {"verify": block_verify, "quick": block_quick, "planted": block_planted, "profile": block_profile}
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- BEGIN generated:{re.escape(name)} -->\n).*?(\n<!-- END generated:{re.escape(name)} -->)",
+                      re.S)
 
 
 def replace_block(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- BEGIN generated:{name} -->\n).*?(\n<!-- END generated:{name} -->)", re.S)
+    pattern = _pattern(name)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no generated:{name} block")
+        raise SystemExit(f"no generated:{name} block")
     return pattern.sub(lambda m: m.group(1) + body + m.group(2), text)
+
+
+def write_blocks(bodies: dict[str, str], pages: list[Path] | None = None) -> list[Path]:
+    """Write each block into every page that holds its markers; a block found nowhere is an error."""
+    written, found = [], set()
+    for page in pages if pages is not None else PAGES:
+        text = page.read_text()
+        new = text
+        for name, body in bodies.items():
+            if _pattern(name).search(new):
+                new = replace_block(new, name, body)
+                found.add(name)
+        if new != text:
+            page.write_text(new)
+            written.append(page)
+    missing = sorted(set(bodies) - found)
+    if missing:
+        raise SystemExit(f"no page holds the generated block(s) {', '.join(missing)}")
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,14 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    text = README.read_text()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             print(f"measuring {name} ...", flush=True)
             body = BLOCKS[name](Path(tmp), args.threads)
-            text = replace_block(text, name, body)
-            README.write_text(text)
-            print(body, flush=True)
+            bodies = body if isinstance(body, dict) else {name: body}
+            for page in write_blocks(bodies):
+                print(f"wrote {page.relative_to(REPO)}", flush=True)
+            print("\n\n".join(bodies.values()), flush=True)
     return 0
 
 

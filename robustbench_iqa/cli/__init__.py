@@ -8,10 +8,11 @@ and subcommand modules import torch and the rest inside ``run``, so ``--help``
 and argument errors answer at once.  Exit codes: 0 success, 1 a check failed
 (``verify``), 2 bad input (:class:`~robustbench_iqa.errors.InputError`, one
 line on stderr), 3 an internal error (a bug: the traceback is printed), 130
-interrupted.  A CI therefore never mistakes a crash for a failed check.  Every
-subcommand takes ``--plugin MODULE`` (and reads ``$ROBUSTBENCH_IQA_PLUGINS``) to
-import a user's module first (:mod:`robustbench_iqa.plugins`); whatever a plugin
-does, ``sys.exit(0)`` included, it never turns into exit code 0.
+interrupted (with the exact command that resumes the run, when it wrote one).  A CI therefore
+never mistakes a crash for a failed check.  Every subcommand takes ``--plugin MODULE`` (and
+reads ``$ROBUSTBENCH_IQA_PLUGINS``) to import a user's module first
+(:mod:`robustbench_iqa.plugins`); whatever a plugin does, ``sys.exit(0)`` included, it never
+turns into exit code 0.
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        from robustbench_iqa.cli._interrupt import interrupted_message
+
+        print(interrupted_message(args, args_list), file=sys.stderr)  # with the command that resumes
         return 130
     except Exception:  # a bug, not bad input: show where, with its own exit code
         traceback.print_exc()

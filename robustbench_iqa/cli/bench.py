@@ -2,7 +2,7 @@
 
 Prints the table (case, ratio to forward, target, met?, ms, peak MB), then one
 line per missed target; ``--json-out`` writes every row for tracking and
-``--results-out`` the Markdown results file the README quotes.  ``--quick``
+``--results-out`` the Markdown results file the documentation quotes (docs/performance.md).  ``--quick``
 is a tiny preset for tests and smoke runs; explicit options override it.
 """
 

@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import sys
-from typing import Any
 
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._executor import add_executor_args, check_executor_args
@@ -46,12 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(func=run)
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.4g}"
-    return str(v)
-
-
 def run(args: argparse.Namespace) -> int:
     from robustbench_iqa.runner import load_config, run_verify
 
@@ -80,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
             clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
             print(json.dumps({"summary": clean}, default=str, allow_nan=False))
     else:
-        cols = list(dict.fromkeys(k for r in outcome.summary for k in r))
-        print(c.format_table([{k: _fmt(r.get(k, "-")) for k in cols} for r in outcome.summary], cols))
+        from robustbench_iqa.headline import fit_table
+
+        print(fit_table(outcome.summary, width=100))  # headline columns first; no line wider than 100
         print()
         for chk in outcome.checks:
             if not chk.passed or not chk.name.startswith("finite"):

@@ -6,7 +6,7 @@ order.  :class:`LocalExecutor` runs them one after another in this process, with
 the Ray executor (:mod:`robustbench_iqa.runner.ray_executor`, optional) runs them on
 actors.  :func:`execute` is the single writer: it skips the units already stored
 (whichever executor wrote them), writes each result with its unit record in one
-transaction, and shows a progress bar over images with throughput and ETA.  Units
+transaction, and shows a progress bar weighted by each unit's expected cost, with the time left.  Units
 derive their randomness from their keys, so the rows do not depend on the executor,
 the order or restarts.
 """
@@ -95,33 +95,51 @@ def execute(store: ResultsStore, cfg: VerifyConfig, units: Sequence[Unit], execu
             progress: bool = True) -> int:
     """Run the units not yet in ``store`` on ``executor``, writing each as it completes.
 
-    Returns the number of units run now.  The progress bar counts images (a unit of k
-    images advances it by k) and shows images/s and the time left.
+    Returns the number of units run now.  The progress bar is weighted by each unit's expected
+    cost (:mod:`robustbench_iqa.runner.progress`) and shows the images done and the time left.
     """
     from tqdm.auto import tqdm
+
+    from robustbench_iqa.runner.progress import CostEstimate, WeightedProgress
 
     bound = getattr(executor, "cfg", None)
     if bound is not None and bound.to_dict() != cfg.to_dict():
         raise InputError(f"the {executor.name} executor was built for another configuration than this run's")
     done = store.done_units()
     todo = [u for u in units if u.key not in done]
-    total = sum(max(1, len(u.images)) for u in todo)
+    state = WeightedProgress(todo, CostEstimate.for_run(store, cfg))
     if todo:
-        executor.start()  # a cluster's startup is not counted in the images/s
-    partial: dict[str, float] = {}
+        executor.start()  # a cluster's startup is not counted in the time left
+    t0 = time.perf_counter()
+    last = ""
 
-    with tqdm(total=total, unit="img", desc="verify", disable=not progress, smoothing=0.1,
-              bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]") as bar:
+    with tqdm(total=max(state.total, 1e-9), disable=not progress, bar_format="{desc}: {percentage:3.0f}%|{bar}|",
+              desc="verify") as bar:
+        shown = [0.0]
+
+        def show(force: bool = False) -> None:
+            now = time.perf_counter()
+            if bar.disable or (not force and now - shown[0] < bar.mininterval):
+                return
+            shown[0] = now
+            left = state.time_left(now - t0)
+            bar.bar_format = ("{desc}: {percentage:3.0f}%|{bar}| " + f"{state.images:.0f}/{state.images_total} img "
+                              f"[{tqdm.format_interval(now - t0)}<"
+                              f"{'?' if left is None else tqdm.format_interval(left)}, "
+                              f"{state.images / max(now - t0, 1e-9):.3g} img/s] {last}")
+            bar.total = max(state.total, 1e-9)
+            bar.n = min(state.done, bar.total)  # never past the total: no clamping, no negative time
+            bar.refresh()
+
         def tick(unit: Unit, fraction: float) -> None:  # progress inside a running unit
-            k = max(1, len(unit.images))
-            new = min(max(fraction, 0.0), 1.0) * k
-            bar.update(new - partial.get(unit.key, 0.0))
-            partial[unit.key] = new
+            state.tick(unit, fraction)
+            show()
 
         for res in executor.map(todo, tick=tick):
             info = {**res.unit.info(), "steps": res.steps or {}}
             store.put_unit(res.unit.key, study=res.unit.study, info=info, rows=res.rows,
                            seconds=res.seconds, worker=res.worker)
-            bar.set_postfix_str(f"{res.unit.study} {res.unit.model} ({res.unit.defense})", refresh=False)
-            bar.update(max(1, len(res.unit.images)) - partial.pop(res.unit.key, 0.0))
+            state.finish(res.unit, res.seconds)
+            last = f"{res.unit.study} {res.unit.model} ({res.unit.defense})".replace("{", "{{").replace("}", "}}")
+            show(force=True)
     return len(todo)

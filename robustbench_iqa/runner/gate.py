@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from robustbench_iqa.headline import summary_columns
 from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.store import ResultsStore
 from robustbench_iqa.studies.base import Check, Group, Row, RunData, get_study
@@ -39,6 +40,7 @@ class GateResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "checks": [c.to_dict() for c in self.checks],
+                "columns": summary_columns(self.summary),  # the summary's keys are stored sorted
                 "summary": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
                             for r in self.summary]}
 
