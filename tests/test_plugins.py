@@ -220,3 +220,14 @@ def test_load_plugins_order_and_env(plugin_dir, monkeypatch) -> None:  # type: i
     monkeypatch.setenv(ENV_VAR, "rbplug_two,rbplug_one")
     assert load_plugins(["rbplug_one"]) == ("rbplug_one", "rbplug_two")
     assert log.read_text().split() == ["rbplug_one", "rbplug_two"]  # each imported once
+
+
+def test_ray_workers_import_the_plugins_of_the_driver(user_model) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("ray")
+    from robustbench_iqa.runner.config import VerifyConfig
+    from robustbench_iqa.runner.ray_executor import RayExecutor
+
+    module, _ = user_model
+    load_plugins([module])
+    actor, init = RayExecutor(VerifyConfig())._actor(1)
+    assert module in init[2]
