@@ -129,6 +129,16 @@ def test_every_command_takes_plugin_flag() -> None:
         assert action.dest == "plugins", name
 
 
+def test_plugins_before_and_after_a_nested_subcommand() -> None:
+    from robustbench_iqa.cli import _plugins, build_parser
+
+    p = build_parser("weights")
+    args = p.parse_args(["weights", "--plugin", "a", "check", "--model", "m", "--weights", "w", "--plugin", "b"])
+    assert _plugins(args) == ["a", "b"]
+    args = p.parse_args(["weights", "--plugin", "a", "check", "--model", "m", "--weights", "w"])
+    assert _plugins(args) == ["a"]
+
+
 # ---------------------------------------------------------------- a plugin that misbehaves
 COMMANDS = {
     "certify": lambda img: ["certify", "--image", str(img), "--n", "64", "--no-progress"],

@@ -82,15 +82,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _add_plugin_arg(p: argparse.ArgumentParser) -> None:
+def _add_plugin_arg(p: argparse.ArgumentParser, *, dest: str = "plugins") -> None:
     """``--plugin MODULE`` (repeatable) on every subcommand: see :mod:`robustbench_iqa.plugins`."""
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE", dest="plugins",
+    p.add_argument("--plugin", action="append", default=argparse.SUPPRESS if dest != "plugins" else [],
+                   metavar="MODULE", dest=dest,
                    help="import MODULE first (repeatable; also $ROBUSTBENCH_IQA_PLUGINS=mod1,mod2): "
                         "a user's module that registers models, datasets, defenses or studies")
     for action in p._actions:  # nested subcommands (`weights check`) take it after their own name too
         if isinstance(action, argparse._SubParsersAction):
             for nested in action.choices.values():
-                _add_plugin_arg(nested)
+                _add_plugin_arg(nested, dest="nested_plugins")
+
+
+def _plugins(args: argparse.Namespace) -> list[str]:
+    """Every ``--plugin`` given, before and after a nested subcommand's name."""
+    return [*getattr(args, "plugins", []), *getattr(args, "nested_plugins", [])]
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -118,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from robustbench_iqa.plugins import load_plugins
 
             with no_unpickling():  # no file is unpickled by any code the command calls
-                load_plugins(getattr(args, "plugins", None) or ())
+                load_plugins(_plugins(args))
                 return int(args.func(args) or 0)
     except SystemExit as exc:  # foreign code (a plugin's model, say) ending the process: never a verdict
         print(f"error: the command was ended by sys.exit({exc.code!r}) in code it called (a plugin?); "
