@@ -151,6 +151,9 @@ FILE_CASES = [
      ["torch.safetensors is not a safetensors file", "PyTorch"]),
     ("checkpoint-dir", lambda f: ["--image", str(f["good.png"]), "--checkpoint", str(f["ckdir"])],
      ["--checkpoint", "ckdir is a directory"]),
+    ("checkpoint-torch-named-safetensors", lambda f: ["--image", str(f["good.png"]),
+                                                      "--checkpoint", str(f["torch.safetensors"])],
+     ["--checkpoint", "torch.safetensors is not a safetensors file", "PyTorch"]),
     ("method-bogus", lambda f: ["--image", str(f["good.png"]), "--method", "bogus"],
      ["argument --method", "invalid choice: 'bogus'", "lanczos"]),
 ]
@@ -384,3 +387,14 @@ def test_csv_families(f: Files, tmp_path: Path, capsys) -> None:  # type: ignore
         (tmp_path / "t.csv").write_text(text)
         expect_refusal(capsys, [*CERTIFY, "--dataset", "csv", "--root", str(tmp_path / "t.csv"), "--split", "all"],
                        names)
+
+
+def test_a_pytorch_file_named_safetensors_is_read_by_its_content(f: Files) -> None:
+    from robustbench_iqa.models.weights import file_kind, read_state_dict
+
+    assert file_kind(f["torch.safetensors"]).startswith("a zip archive")
+    assert file_kind(f["keys.safetensors"]) == "safetensors"
+    got = read_state_dict(f["torch.safetensors"])
+    with open(f["w.pt"], "rb") as fh:
+        want = torch.load(fh, weights_only=True)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

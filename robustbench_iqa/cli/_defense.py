@@ -116,6 +116,12 @@ def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense
             raise InputError(f"--checkpoint {given} is a directory; give the checkpoint file itself")
         if given.exists() and not given.is_file():
             raise InputError(f"--checkpoint {given} is not a regular file")
+        if given.is_file() and given.suffix == ".safetensors":
+            from robustbench_iqa.models.weights import file_kind
+
+            kind = file_kind(given)
+            if kind != "safetensors":
+                raise InputError(f"--checkpoint {given} is not a safetensors file ({kind})")
         options["checkpoint" if args.defense == "fs-iqa" else "denoiser"] = args.checkpoint
     options.update({k: getattr(args, k) for k in FACTORY_OPTIONS if getattr(args, k, None) is not None})
     return create_defense(args.defense, model, sigma=resolve_sigma(args), **options)

@@ -120,11 +120,30 @@ def is_hdf5(path: Path) -> bool:
 _CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
 
 
+def file_kind(path: Path) -> str:
+    """``"safetensors"``, or what the file looks like instead (for error messages), from its first bytes."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if len(head) == 0:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, e.g. a PyTorch .pt/.pth checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle, e.g. a legacy PyTorch checkpoint"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file"
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    size = path.stat().st_size
+    if 2 <= n <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    return "not a recognised weights format"
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint as a flat ``{name: tensor}`` dict on the CPU.
 
-    ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)``.  A checkpoint wrapped as
+    Safetensors files (recognised by their content) are read with safetensors; anything else
+    with ``torch.load(weights_only=True)``.  A checkpoint wrapped as
     ``{"params": state_dict}`` (pyiqa), ``{"state_dict": ...}`` or
     ``{"model": ...}`` is unwrapped, and a ``module.`` prefix (DataParallel) is
     dropped.
@@ -136,13 +155,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"weights file not found: {p}")
     if is_hdf5(p):
         raise InputError(f"checkpoint {p} is an HDF5 (Keras .h5) file, which this model does not read")
+    kind = file_kind(p)
+    if kind in ("an empty file", "not a recognised weights format") and p.suffix == ".safetensors":
+        raise InputError(f"checkpoint {p} is not a safetensors file ({kind})")
     try:
-        if p.suffix == ".safetensors":
+        if kind == "safetensors":  # by content, not by name: a PyTorch file named .safetensors is read as one
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(p), device="cpu")
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+        else:  # (from an open file: torch.load reads a path named .safetensors as safetensors)
+            with p.open("rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, wrong format
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"cannot read checkpoint {p}: {msg}") from None
