@@ -45,8 +45,11 @@ BAD = {
 
 @pytest.fixture
 def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import robustbench_iqa.plugins as plugins
+
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(plugins, "_LOADED", [])  # this test's modules only (they vanish with tmp_path)
     before = set(sys.modules)
     yield tmp_path
     for name in set(sys.modules) - before:
@@ -241,3 +244,18 @@ def test_ray_workers_import_the_plugins_of_the_driver(user_model) -> None:  # ty
     load_plugins([module])
     actor, init = RayExecutor(VerifyConfig())._actor(1)
     assert module in init[2]
+
+
+def test_ray_image_workers_import_the_plugins_of_the_driver(user_model) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("ray")
+    import argparse
+
+    from robustbench_iqa.runner.ray_items import ItemWorker, RayItems
+
+    module, model = user_model
+    load_plugins([module])
+    args = argparse.Namespace(device="cpu", model=model, func=None)
+    _, init = RayItems(lambda ns: ns, lambda st, it: it, args)._actor(1)
+    assert module in init[2]["_plugins"]
+    worker = ItemWorker(*init)  # in-process: the state is built from the plain arguments
+    assert worker.state.model == model and not hasattr(worker.state, "_plugins")
