@@ -9,7 +9,10 @@ differentiable in x (:class:`robustbench_iqa.certify.defense.Defense`):
 * ``"soft-median"``: a kernel-weighted mean of the order statistics,
   sum_k w_k v_(k) with w_k proportional to exp(-((k - (n+1)/2) / (h n))^2 / 2).
   It tends to the median (what median smoothing outputs) as h -> 0 and to the
-  mean as h -> infinity, and is differentiable through the sort.
+  mean as h -> infinity, and is differentiable through the sort;
+* a callable ``(v: (B, n)) -> (B,)``, differentiable in ``v``: a defense whose statistic is
+  neither a mean nor a median declares its own (``eot_aggregate``, e.g. a soft quantile), so
+  an adaptive attack aims at the statistic the defense outputs.
 
 Noise: ``"fresh"`` draws new noise at every step (the generator advances);
 ``"fixed"`` restores the generator's state at every call, so every step sees the
@@ -22,6 +25,7 @@ The recorded scores are the defense's own prediction ``defense.predict`` with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum, StrEnum
 
 import torch
@@ -33,8 +37,21 @@ from robustbench_iqa.validation import check_n
 
 
 class Aggregate(StrEnum):
+    """The built-in aggregates (a defense may declare a callable instead)."""
+
     MEAN = "mean"
     SOFT_MEDIAN = "soft-median"
+
+
+AggregateFn = Callable[[torch.Tensor], torch.Tensor]
+"""A defense's own differentiable aggregate of its noisy scores, (B, n) -> (B,)."""
+
+
+def as_aggregate(value: Aggregate | str | AggregateFn) -> Aggregate | AggregateFn:
+    """A built-in aggregate by name, or the defense's own callable as it is."""
+    if callable(value) and not isinstance(value, (str, Enum)):
+        return value
+    return _enum(Aggregate, value, "EOT aggregate")  # type: ignore[return-value]
 
 
 class NoiseMode(StrEnum):
@@ -64,12 +81,12 @@ class EOTScore:
     """``(x, ref) -> (B,)``: the aggregate of ``n`` noisy defense scores (see module doc)."""
 
     def __init__(
-        self, defense: Defense, *, n: int, aggregate: Aggregate | str = Aggregate.MEAN,
+        self, defense: Defense, *, n: int, aggregate: Aggregate | str | AggregateFn = Aggregate.MEAN,
         noise: NoiseMode | str = NoiseMode.FRESH, generator: torch.Generator | None = None,
         bandwidth: float = 0.1,
     ) -> None:
         self.defense, self.n = defense, check_n(n)
-        self.aggregate = _enum(Aggregate, aggregate, "EOT aggregate")
+        self.aggregate = as_aggregate(aggregate)
         self.noise = _enum(NoiseMode, noise, "EOT noise mode")
         if self.noise is NoiseMode.FIXED and generator is None:
             raise InputError("fixed EOT noise needs a torch.Generator (its state is replayed at every step)")
@@ -88,7 +105,13 @@ class EOTScore:
         v = self.defense.noisy_scores(x, ref, n=self.n, generator=self.generator)
         if self.aggregate is Aggregate.MEAN:
             return v.mean(dim=1), v
-        return soft_median(v, bandwidth=self.bandwidth), v
+        if self.aggregate is Aggregate.SOFT_MEDIAN:
+            return soft_median(v, bandwidth=self.bandwidth), v
+        out = self.aggregate(v)  # type: ignore[operator]
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (v.shape[0],):
+            raise InputError(f"the defense's EOT aggregate must map scores (B, n) to (B,), got "
+                             f"{getattr(out, 'shape', type(out).__name__)} from {tuple(v.shape)}")
+        return out, v
 
 
 class DefendedScore:
@@ -103,7 +126,7 @@ class DefendedScore:
 
 
 def eot_objective(
-    defense: Defense, *, n: int = 8, aggregate: Aggregate | str = Aggregate.MEAN,
+    defense: Defense, *, n: int = 8, aggregate: Aggregate | str | AggregateFn = Aggregate.MEAN,
     noise: NoiseMode | str = NoiseMode.FRESH, generator: torch.Generator | None = None,
     target: Target | str = Target.INCREASE, target_score: float | None = None,
     eval_n: int = 500, eval_seed: int = 0, bandwidth: float = 0.1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from robustbench_iqa.options import Option, signature_options
 from robustbench_iqa.registry import Registry
 
 ATTACKS: Registry[Any] = Registry("attack", package="robustbench_iqa.attacks")
@@ -34,6 +35,12 @@ def list_attacks(*, gradient: bool | None = None) -> list[str]:
 def attack_info(name: str) -> dict[str, Any]:
     """Registered metadata of ``name`` (threat models, whether it needs gradients, reference)."""
     return {"name": name, "description": ATTACKS.describe(name), **ATTACKS.metadata(name.lower())}
+
+
+def attack_options(name: str) -> dict[str, Option]:
+    """The options attack ``name`` declares: the keyword-only arguments of its class (or factory),
+    with their annotations and defaults (:mod:`robustbench_iqa.options`); nothing is built."""
+    return signature_options(ATTACKS.factory(name.lower()))
 
 
 def create_attack(name: str, **settings: Any) -> Any:

@@ -14,7 +14,8 @@ or class (STYLE 16):
   input from fresh draws with a confidence interval of its own kind (order
   statistics for a median, DKW for a trimmed mean, Hoeffding for a bounded mean);
 * ``eot_aggregate``: how an adaptive (EOT) attack aggregates the noisy scores to
-  attack that statistic;
+  attack that statistic: ``"mean"``, ``"soft-median"``, or the defense's own differentiable
+  callable ``(B, n) -> (B,)`` (a method) for a statistic of its own;
 * ``certify_settings``: the typed, keyword-only settings of its ``certify``
   (FS-IQA: ``tau`` and the spectral method; input-space defenses: the radius
   ``eps``), so a runner or CLI passes exactly the settings the defense takes;
@@ -43,7 +44,10 @@ from robustbench_iqa.registry import Registry
 
 
 class Statistic(StrEnum):
-    """The defended score: which statistic of the noisy scores a defense outputs."""
+    """The defended score: which statistic of the noisy scores a suite's defense outputs.
+
+    The built-in names; a defense of another statistic (a quantile, say) declares its own
+    name as a string, with its ``estimate`` interval and its ``eot_aggregate``."""
 
     MEDIAN = "median"
     MEAN = "mean"
@@ -87,7 +91,10 @@ class Defense(Protocol):
     mode: Mode
     lower_better: bool
     score_range: tuple[float, float]
-    eot_aggregate: str
+
+    @property
+    def eot_aggregate(self) -> str | Callable[[torch.Tensor], torch.Tensor]:
+        """``"mean"``, ``"soft-median"``, or the defense's own differentiable ``(B, n) -> (B,)``."""
 
     def noisy_scores(
         self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int,
@@ -104,7 +111,7 @@ class Defense(Protocol):
 class CertifiedDefense(Defense, Protocol):
     """A defense with a certificate; ``certify`` returns one :class:`CertifiedScore` per image."""
 
-    statistic: Statistic
+    statistic: Statistic | str
     certify_settings: ClassVar[type]
 
     def certify(
@@ -167,20 +174,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def register_defense(name: str, *, space: str, statistic: str, trained: bool = False, certified: bool = True,
-                     noise: bool = True, randomized: bool = True, description: str = "") -> Callable[[F], F]:
+                     noise: bool = True, randomized: bool = True, artifact: str | None = None,
+                     artifact_bare_keys: bool = False, preflight: Callable[..., None] | None = None,
+                     description: str = "") -> Callable[[F], F]:
     """Decorator registering a defense factory under ``name``.
 
     ``space``: where the noise (or the transform) acts (``"feature"`` or ``"input"``);
-    ``statistic``: the defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``);
-    ``trained``: whether it needs a trained artifact (FS-IQA heads, a denoiser, a purifier);
+    ``statistic``: the defended score (``"median"``, ``"mean"``, ``"trimmed-mean"``, or a name of
+    the defense's own); ``artifact``: the factory keyword that takes its trained artifact (FS-IQA
+    heads: ``"checkpoint"``; a denoiser: ``"denoiser"``), which makes it ``trained``;
+    ``artifact_bare_keys``: the verify config's bare ``"model"`` / ``"model@sigma"`` keys of
+    ``checkpoints`` name this defense's artifact (one defense at most: FS-IQA);
     ``certified``: whether it has a certificate (empirical defenses predict only);
     ``noise``: whether it draws Gaussian noise of standard deviation ``sigma`` (False: it
     takes only ``sigma=0``); ``randomized``: whether its scores are random at all (False:
-    ``noisy_scores`` repeats one deterministic score n times).
+    ``noisy_scores`` repeats one deterministic score n times);
+    ``preflight``: ``preflight(n=, sigma=, alpha=, settings=)`` raises :class:`InputError` when a
+    certification with these settings cannot succeed (too few draws), before any model is built.
     """
+    if artifact_bare_keys and any(e.metadata.get("artifact_bare_keys") and n != name
+                                  for n, e in DEFENSES._entries.items()):
+        raise ValueError(f"defense {name!r}: another defense already owns the bare checkpoint keys")
     return DEFENSES.register(name, description=description, space=space, statistic=statistic,
-                             trained=bool(trained), certified=bool(certified), noise=bool(noise),
-                             randomized=bool(randomized))
+                             trained=bool(trained or artifact is not None), certified=bool(certified),
+                             noise=bool(noise), randomized=bool(randomized), artifact=artifact,
+                             artifact_bare_keys=bool(artifact_bare_keys), preflight=preflight)
 
 
 def list_defenses(**where: Any) -> list[str]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from robustbench_iqa.certify.defense import register_defense
 from robustbench_iqa.certify.denoiser import load_denoiser
-from robustbench_iqa.certify.input_smoothing import MedianSmoothedIQA
+from robustbench_iqa.certify.input_smoothing import MedianSmoothedIQA, median_preflight
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel
 from robustbench_iqa.validation import check_sigma
@@ -81,7 +81,7 @@ def _create(loss: str, model: IQAModel, sigma: float, denoiser: str | Path | nn.
     return defense
 
 
-@register_defense("dms", space="input", statistic="median", trained=True,
+@register_defense("dms", space="input", statistic="median", artifact="denoiser", preflight=median_preflight,
                   description="DMS: median smoothing with a Gaussian denoiser (Chiang et al. 2020)")
 def create_dms(model: IQAModel, *, sigma: float, denoiser: str | Path | nn.Module | None = None,
                batch_size: int = 64, clip: bool = True) -> DenoisedSmoothedIQA:
@@ -89,7 +89,7 @@ def create_dms(model: IQAModel, *, sigma: float, denoiser: str | Path | nn.Modul
     return _create("dms", model, sigma, denoiser, batch_size, clip)
 
 
-@register_defense("dms-iqa", space="input", statistic="median", trained=True,
+@register_defense("dms-iqa", space="input", statistic="median", artifact="denoiser", preflight=median_preflight,
                   description="DMS-IQA: median smoothing with a denoiser trained by an IQA loss (Shumitskaya et al. 2025)")
 def create_dms_iqa(model: IQAModel, *, sigma: float, denoiser: str | Path | nn.Module | None = None,
                    batch_size: int = 64, clip: bool = True) -> DenoisedSmoothedIQA:

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from importlib import resources
@@ -359,7 +359,8 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         ``lipschitz``: also report ``eps_x_lipschitz`` when the model has a certified
         Lipschitz bound (cached per model and image size; cheap after the first call).
         ``local_radius``: also compute ``eps_x_local`` (one exact Jacobian per image;
-        embedded models only, see :mod:`robustbench_iqa.certify.local_lipschitz`).
+        embedded models and backbones computed by a ``TappedFeatures``, see
+        :mod:`robustbench_iqa.certify.local_lipschitz`).
         """
         x, ref = check_pair(x, ref, full_reference=self.full_reference)
         n, alpha = check_n(n), check_alpha(alpha)
@@ -602,7 +603,13 @@ def shipped_checkpoint(model: str, sigma: float) -> Path | None:
     return path if path.is_file() else None
 
 
-@register_defense("fs-iqa", space="feature", statistic="median", trained=True,
+def fs_iqa_preflight(*, n: int, sigma: float, alpha: float, settings: Mapping[str, Any]) -> None:
+    """Refuse ``n`` too small for the percentile bounds at the feature radius eps_f = sigma_f."""
+    require_indices(n, sigma=sigma, eps=sigma, alpha=alpha)
+
+
+@register_defense("fs-iqa", space="feature", statistic="median", artifact="checkpoint", artifact_bare_keys=True,
+                  preflight=fs_iqa_preflight,
                   description="FS-IQA: median smoothing in feature space with the IVE radius (Shumitskaya et al.)")
 def create_fs_iqa(
     model: IQAModel, *, sigma: float, checkpoint: str | Path | None = None, chunk_size: int = 1000,

@@ -73,6 +73,16 @@ def gram_iteration_bound(mats: torch.Tensor, *, iterations: int = DEFAULT_ITERAT
     if mats.dim() < 2:
         raise InputError(f"expected a batch of matrices (..., p, q), got shape {tuple(mats.shape)}")
     a = mats.to(torch.complex128 if mats.is_complex() else torch.float64)
+    peak = a.abs().amax(dim=(-2, -1)) if a.numel() else torch.zeros(a.shape[:-2], dtype=torch.float64)
+    if not bool(torch.isfinite(peak).all()):
+        raise BoundUnavailableError("cannot bound a matrix whose entries are not finite")
+    peak = torch.where(peak > 0, peak, torch.ones_like(peak))
+    if bool((peak != 1).any()):  # bound A / max|A| (no under- or overflow in the squarings), scale back
+        a = a / peak[..., None, None]
+    return peak * _gram_iteration_bound(a, iterations)
+
+
+def _gram_iteration_bound(a: torch.Tensor, iterations: int) -> torch.Tensor:
     if a.shape[-2] < a.shape[-1]:
         a = a.mH  # same spectral norm, smaller Gram matrix
     log_scale = torch.zeros(a.shape[:-2], dtype=torch.float64, device=a.device)
@@ -104,6 +114,17 @@ def max_gram_iteration_bound(mats: torch.Tensor, *, iterations: int = DEFAULT_IT
         raise InputError(f"iterations must be a positive integer, got {iterations!r}")
     a = mats.to(torch.complex128 if mats.is_complex() else torch.float64)
     a = a.reshape(-1, *a.shape[-2:])
+    peak = float(a.abs().max()) if a.numel() else 0.0
+    if not math.isfinite(peak):
+        raise BoundUnavailableError("cannot bound a matrix whose entries are not finite")
+    if peak == 0.0:
+        return 0.0
+    if peak != 1.0:  # bound A / max|A| (no under- or overflow in the squarings), scale back
+        a = a / peak
+    return peak * _max_gram_iteration_bound(a, iterations)
+
+
+def _max_gram_iteration_bound(a: torch.Tensor, iterations: int) -> float:
     if a.shape[-2] < a.shape[-1]:
         a = a.mH
     a = a.contiguous()
@@ -153,7 +174,12 @@ def matrix_spectral_bound(weight: torch.Tensor) -> float:
     w = weight.detach().to(torch.float64)
     if w.numel() == 0:
         return 0.0
-    return float(torch.linalg.svdvals(w).max()) * SAFETY
+    peak = float(w.abs().max())
+    if not math.isfinite(peak):
+        raise BoundUnavailableError("cannot bound a matrix whose entries are not finite")
+    if peak == 0.0:
+        return 0.0
+    return checked_norm(peak * float(torch.linalg.svdvals(w / peak).max()) * SAFETY, w, "a matrix")
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -174,16 +200,29 @@ def conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
 
 
 def check_conv_supported(conv: nn.Module) -> nn.Conv2d:
-    """The layer as an ``nn.Conv2d`` this module can bound, or :class:`InputError` naming why not."""
-    if not isinstance(conv, nn.Conv2d):
-        raise BoundUnavailableError(f"cannot bound the spectral norm of layer type {type(conv).__name__} (expected Conv2d)")
-    if conv.groups != 1:
-        raise BoundUnavailableError(f"cannot bound Conv2d with groups={conv.groups} (only groups=1 is supported)")
+    """The layer as an ``nn.Conv2d`` this module can bound, or :class:`BoundUnavailableError` naming why not.
+
+    The class must be exactly ``nn.Conv2d`` (a subclass may transform its weight or output in
+    ``forward``), with no hooks and no replaced ``forward`` (:mod:`robustbench_iqa.certify.trust`).
+    """
+    from robustbench_iqa.certify.trust import require_exact
+
+    require_exact(conv, nn.Conv2d)
+    assert isinstance(conv, nn.Conv2d)
     if _pair(conv.dilation) != (1, 1):
         raise BoundUnavailableError(f"cannot bound Conv2d with dilation={conv.dilation} (only dilation 1 is supported)")
     if conv.padding_mode != "zeros":
         raise BoundUnavailableError(f"cannot bound Conv2d with padding_mode={conv.padding_mode!r} (only 'zeros' is supported)")
     return conv
+
+
+def checked_norm(value: float, weight: torch.Tensor, what: str) -> float:
+    """``value`` as a certified norm of ``weight``: refused when non-finite, or zero for a non-zero weight."""
+    if not math.isfinite(value) or value < 0:
+        raise BoundUnavailableError(f"the certified norm of {what} is {value}: refusing a non-finite bound")
+    if value == 0.0 and bool((weight != 0).any()):
+        raise BoundUnavailableError(f"the certified norm of {what} underflowed to 0 for a non-zero weight")
+    return value
 
 
 def conv_output_size(conv: nn.Conv2d, input_size: tuple[int, int]) -> tuple[int, int]:
@@ -236,8 +275,21 @@ def conv2d_spectral_bound(
     """
     if weight.dim() != 4:
         raise InputError(f"expected a Conv2d weight (C_out, C_in, k_h, k_w), got shape {tuple(weight.shape)}")
-    sh, sw = _pair(stride)
-    kp = polyphase_kernel(weight.detach().to(torch.float64), (sh, sw))
+    w64 = weight.detach().to(torch.float64)
+    peak = float(w64.abs().max()) if w64.numel() else 0.0
+    if not math.isfinite(peak):
+        raise BoundUnavailableError("cannot bound a convolution whose weight is not finite")
+    if peak == 0.0:
+        return 0.0
+    if peak != 1.0:  # bound W / max|W| (no under- or overflow in the Gram squarings), then scale back
+        w64 = w64 / peak
+    return peak * _conv2d_spectral_bound(w64, _pair(stride), padding, input_size, iterations)
+
+
+def _conv2d_spectral_bound(w64: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int],
+                           input_size: tuple[int, int] | None, iterations: int) -> float:
+    sh, sw = stride
+    kp = polyphase_kernel(w64, (sh, sw))
     qh, qw = kp.shape[2:]
     if input_size is not None:
         grid = []
@@ -273,7 +325,11 @@ def max_frequency_bound(
     if k.shape[1] < k.shape[0]:
         k = k.transpose(0, 1)
     o, _, qh, qw = k.shape
-    auto = torch.nn.functional.conv2d(k, k, padding=(qh - 1, qw - 1)).to(torch.complex128)  # R(d), d + (q - 1)
+    auto = autocorrelation(k).to(torch.complex128)  # R(d), d + (q - 1)
+    offs_h, offs_w = torch.meshgrid(torch.arange(2 * qh - 1, dtype=torch.float64) - (qh - 1),
+                                    torch.arange(2 * qw - 1, dtype=torch.float64) - (qw - 1), indexing="ij")
+    offs_h, offs_w = offs_h.reshape(-1), offs_w.reshape(-1)
+    auto_flat = auto.permute(2, 3, 0, 1).reshape(-1, o * o)  # (offsets, O*O)
     u, v = torch.meshgrid(torch.arange(mh, dtype=torch.float64), torch.arange(mw // 2 + 1, dtype=torch.float64),
                           indexing="ij")
     wh, ww = (2 * math.pi / mh) * u.reshape(-1), (2 * math.pi / mw) * v.reshape(-1)
@@ -281,13 +337,29 @@ def max_frequency_bound(
     best = 0.0
     for start in range(0, wh.numel(), step):
         fh, fw = wh[start : start + step], ww[start : start + step]
-        gram = torch.zeros((fh.numel(), o, o), dtype=torch.complex128)
-        for a in range(2 * qh - 1):
-            for b in range(2 * qw - 1):
-                phase = torch.exp(-1j * (fh * (a - qh + 1) + fw * (b - qw + 1)))
-                gram += phase[:, None, None] * auto[None, :, :, a, b]
+        phase = torch.exp(-1j * (fh[:, None] * offs_h[None, :] + fw[:, None] * offs_w[None, :]))
+        gram = (phase @ auto_flat).reshape(-1, o, o)  # G(w) = sum_d R(d) exp(-i w.d), one product
         best = max(best, max_gram_iteration_bound(gram, iterations=iterations))
     return math.sqrt(best)
+
+
+def autocorrelation(k: torch.Tensor) -> torch.Tensor:
+    """R(d) = sum_b K_(b+d) K_b^T for d + (q - 1) in [0, 2q - 1)^2, shape (O, O, 2q_h - 1, 2q_w - 1).
+
+    Equal to ``conv2d(k, k, padding=q - 1)``, computed as one matrix product per offset d over
+    the valid taps only (BLAS; the float64 convolution is several times slower).
+    """
+    o, c, qh, qw = k.shape
+    kt = k.permute(2, 3, 0, 1)  # (q_h, q_w, O, C)
+    out = k.new_zeros((o, o, 2 * qh - 1, 2 * qw - 1))
+    for a in range(-(qh - 1), qh):
+        for b in range(-(qw - 1), qw):
+            h0, h1 = max(0, -a), min(qh, qh - a)
+            w0, w1 = max(0, -b), min(qw, qw - b)
+            left = kt[h0 + a : h1 + a, w0 + b : w1 + b].permute(2, 0, 1, 3).reshape(o, -1)
+            right = kt[h0:h1, w0:w1].permute(2, 0, 1, 3).reshape(o, -1)
+            out[:, :, a + qh - 1, b + qw - 1] = left @ right.T
+    return out
 
 
 def conv_layer_bound(
@@ -301,10 +373,22 @@ def conv_layer_bound(
     """
     conv = check_conv_supported(conv)
     w = conv.weight.detach().to(torch.float64)
+    if not bool(torch.isfinite(w).all()):
+        raise BoundUnavailableError(f"cannot bound {type(conv).__name__}: its weight is not finite")
     if scale is not None:
         w = w * scale.detach().to(torch.float64).reshape(-1, 1, 1, 1)
-    return conv2d_spectral_bound(w, stride=conv.stride, padding=conv_padding(conv),  # type: ignore[arg-type]
-                                 input_size=input_size, iterations=iterations)
+    g = conv.groups
+    if g == 1:
+        groups = [w]
+    else:  # block diagonal over the groups: the norm is the largest group's norm
+        per = w.shape[0] // g
+        stacked = w.reshape(g, per, *w.shape[1:])
+        groups = list(torch.unique(stacked.reshape(g, -1), dim=0).reshape(-1, per, *w.shape[1:]))  # identical groups once
+    best = 0.0
+    for wg in groups:
+        best = max(best, conv2d_spectral_bound(wg, stride=conv.stride, padding=conv_padding(conv),  # type: ignore[arg-type]
+                                               input_size=input_size, iterations=iterations))
+    return checked_norm(best, w, f"Conv2d {conv.in_channels}->{conv.out_channels}")
 
 
 def conv_operator_matrix(conv: nn.Conv2d, input_size: tuple[int, int]) -> torch.Tensor:

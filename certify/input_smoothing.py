@@ -28,7 +28,9 @@ which are bounded by order statistics of v with joint confidence alpha
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,6 +40,7 @@ from robustbench_iqa.certify.bounds import (
     median_intervals,
     median_of_sorted,
     order_statistic_indices,
+    require_indices,
     sorted_percentile_bounds,
 )
 from robustbench_iqa.certify.defense import DefenseMixin, Estimate, Statistic, register_defense
@@ -251,7 +254,13 @@ class MedianSmoothedIQA(InputSmoothedIQA):
         ]
 
 
-@register_defense("ms", space="input", statistic="median",
+def median_preflight(*, n: int, sigma: float, alpha: float, settings: Mapping[str, Any]) -> None:
+    """Refuse ``n`` too small for the percentile bounds at radius ``eps`` (default sigma / 2)."""
+    eps = settings.get("eps")
+    require_indices(n, sigma=sigma, eps=sigma / 2 if eps is None else float(eps), alpha=alpha)
+
+
+@register_defense("ms", space="input", statistic="median", preflight=median_preflight,
                   description="MS: median smoothing under input noise (Chiang et al. 2020)")
 def create_ms(model: IQAModel, *, sigma: float, batch_size: int = 64, clip: bool = True) -> MedianSmoothedIQA:
     """MS around ``model`` (no training needed)."""

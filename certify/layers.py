@@ -88,7 +88,9 @@ class ChannelNorm(nn.Module):
         self.eps = float(eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + self.eps)
+        # vector_norm, not sqrt(sum u^2): equal values, and at u = 0 its gradient is 0, so the
+        # Jacobian there is the true Dn(0) = I / eps instead of NaN (sqrt's derivative at 0 is inf)
+        return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + self.eps)
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}"

@@ -46,6 +46,15 @@ Per-layer constants:
   eps = 1e-6 that is 1000: a global bound through it is sound but vacuous in
   practice (:data:`CHANNEL_NORM_NOTE`).
 
+What is bounded is what was read: layers are matched by exact class, never by
+``isinstance``, and refused by name when subclassed, hooked or with a replaced
+``forward`` (:mod:`robustbench_iqa.certify.trust`); a non-finite norm, or a zero norm of a
+non-zero weight (underflow), is refused; weights are divided by their largest entry
+before Gram iteration / SVD and the norm multiplied back, so float64 kernels at scales
+1e-200 or 1e+200 keep exact bounds.  Max pooling, pads, blur pooling, LPIPS' channel
+normalisation (eps outside the root) and spatial means:
+:mod:`robustbench_iqa.certify.layer_bounds`.
+
 Bounds depend on the input size only through the convolutions' zero-padding
 embedding and the pooling's 1/sqrt(N); they are cached per (weights, input size)
 (:func:`cached_bound`), so each model pays for them once.
@@ -64,9 +73,17 @@ from torch import nn
 
 from robustbench_iqa.certify.gram_iteration import (
     SAFETY,
+    checked_norm,
     conv_layer_bound,
     conv_output_size,
     matrix_spectral_bound,
+)
+from robustbench_iqa.certify.layer_bounds import FIXED_LAYERS, fixed_layer_bound
+from robustbench_iqa.certify.trust import (
+    require_container,
+    require_exact,
+    require_no_hooks,
+    require_self_certified,
 )
 from robustbench_iqa.errors import BoundUnavailableError, InputError
 
@@ -95,7 +112,8 @@ class LipschitzBound:
 
     def __post_init__(self) -> None:
         if not (self.value >= 0 and math.isfinite(self.value)):
-            raise ValueError(f"a Lipschitz bound must be finite and >= 0, got {self.value}")
+            # BoundUnavailableError is a ValueError: an overflowing product is refused, never reported as inf
+            raise BoundUnavailableError(f"a Lipschitz bound must be finite and >= 0, got {self.value}")
 
     def then(self, other: LipschitzBound) -> LipschitzBound:
         """The bound of ``other o self`` (apply self first): the product."""
@@ -118,31 +136,50 @@ def concatenation_bound(branches: Sequence[LipschitzBound], name: str = "concat"
 
 
 # ------------------------------------------------------------------- layer constants
+ACTIVATION_CONSTANTS: dict[type, float] = {
+    nn.SiLU: SILU_LIPSCHITZ,
+    nn.GELU: GELU_LIPSCHITZ,
+    nn.Sigmoid: SIGMOID_LIPSCHITZ,
+    nn.Tanh: 1.0, nn.ReLU: 1.0, nn.ReLU6: 1.0, nn.Hardtanh: 1.0, nn.Softplus: 1.0,
+    nn.Identity: 1.0, nn.Flatten: 1.0, nn.Dropout: 1.0, nn.LeakyReLU: 1.0,
+}
+"""sup |phi'| of each elementwise layer, by *exact* class (LeakyReLU: max(1, |slope|))."""
+
+
 def activation_lipschitz(layer: nn.Module) -> float:
-    """sup |phi'| of an elementwise activation module, or :class:`InputError` naming its type."""
-    if isinstance(layer, nn.SiLU):
-        return SILU_LIPSCHITZ
-    if isinstance(layer, nn.GELU):
-        if layer.approximate != "none":
-            raise BoundUnavailableError(f"cannot bound GELU(approximate={layer.approximate!r}); only the exact GELU is supported")
-        return GELU_LIPSCHITZ
-    if isinstance(layer, nn.Sigmoid):
-        return SIGMOID_LIPSCHITZ
-    if isinstance(layer, (nn.Tanh, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Softplus, nn.Identity, nn.Flatten)):
-        return 1.0
-    if isinstance(layer, nn.Dropout):
-        if layer.training and layer.p > 0:
-            raise BoundUnavailableError("cannot bound Dropout in training mode; put the model in eval mode")
-        return 1.0
+    """sup |phi'| of an elementwise activation module, or :class:`BoundUnavailableError` naming its type.
+
+    The class must be exactly one of :data:`ACTIVATION_CONSTANTS` with no hook and no replaced
+    ``forward`` (:func:`~robustbench_iqa.certify.trust.require_exact`).
+    """
+    require_exact(layer, tuple(ACTIVATION_CONSTANTS))
+    if isinstance(layer, nn.GELU) and layer.approximate != "none":
+        raise BoundUnavailableError(f"cannot bound GELU(approximate={layer.approximate!r}); only the exact GELU is supported")
+    if isinstance(layer, nn.Hardtanh) and not layer.min_val <= layer.max_val:
+        raise BoundUnavailableError(f"cannot bound Hardtanh({layer.min_val}, {layer.max_val})")
+    if isinstance(layer, nn.Softplus) and layer.beta <= 0:
+        raise BoundUnavailableError(f"cannot bound Softplus(beta={layer.beta})")
+    if isinstance(layer, nn.Dropout) and layer.training and layer.p > 0:
+        raise BoundUnavailableError("cannot bound Dropout in training mode; put the model in eval mode")
     if isinstance(layer, nn.LeakyReLU):
-        return max(1.0, abs(float(layer.negative_slope)))
-    raise BoundUnavailableError(f"cannot bound the Lipschitz constant of layer type {type(layer).__name__}")
+        slope = float(layer.negative_slope)
+        if not math.isfinite(slope):
+            raise BoundUnavailableError(f"cannot bound LeakyReLU(negative_slope={slope})")
+        return max(1.0, abs(slope))
+    return ACTIVATION_CONSTANTS[type(layer)]
+
+
+BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def batchnorm_scale(bn: nn.Module) -> torch.Tensor:
-    """s = gamma / sqrt(running_var + eps) of an eval-mode BatchNorm (float64), the slope per channel."""
+    """s = gamma / sqrt(running_var + eps) of an eval-mode BatchNorm (float64), the slope per channel.
+
+    Only the exact classes :data:`BATCHNORM_TYPES`, without hooks; non-finite slopes are refused.
+    """
     if not isinstance(bn, nn.modules.batchnorm._BatchNorm):
         raise InputError(f"expected a BatchNorm layer, got {type(bn).__name__}")
+    require_exact(bn, BATCHNORM_TYPES)
     if bn.training or bn.running_var is None:
         raise BoundUnavailableError(
             f"cannot bound {type(bn).__name__} that normalises with batch statistics (training mode or "
@@ -152,6 +189,8 @@ def batchnorm_scale(bn: nn.Module) -> torch.Tensor:
     scale = 1.0 / torch.sqrt(var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight.detach().to(torch.float64)
+    if not bool(torch.isfinite(scale).all()):
+        raise BoundUnavailableError(f"cannot bound {type(bn).__name__}: its slope gamma / sqrt(var + eps) is not finite")
     return scale
 
 
@@ -191,56 +230,59 @@ def sequential_bound(
 ) -> tuple[LipschitzBound, tuple[int, int] | None]:
     """Bound of a plain chain of layers and the spatial size after it.
 
-    Handles ``Conv2d`` (zero padding, stride; a directly following eval-mode
+    Handles ``Conv2d`` (zero padding, stride, groups; a directly following eval-mode
     ``BatchNorm2d`` folded in), ``Linear`` (a following ``BatchNorm1d`` folded in),
     ``BatchNorm``, nested ``Sequential``, the activations of
-    :func:`activation_lipschitz`, and layers that certify themselves with methods
-    ``lipschitz_bound(input_size) -> LipschitzBound`` and ``output_size(input_size)``.  Any other layer raises :class:`InputError`
-    naming its type.  ``input_size`` (H, W) is required before a convolution.
+    :func:`activation_lipschitz`, the fixed layers of
+    :mod:`robustbench_iqa.certify.layer_bounds` (``MaxPool2d``, the pads,
+    ``BlurPool2d``, ``ChannelNorm``, ``SpatialMean``), and layers that certify themselves
+    with methods ``lipschitz_bound(input_size) -> LipschitzBound`` and
+    ``output_size(input_size)``.  Every layer is matched by its *exact* class and refused
+    (:class:`BoundUnavailableError`, naming it) when it is a subclass, has a hook or a
+    replaced ``forward`` (:mod:`robustbench_iqa.certify.trust`).  ``input_size`` (H, W)
+    is required before a spatial layer.
     """
-    flat: list[nn.Module] = []
-
-    def flatten(ms: Sequence[nn.Module]) -> None:
-        for m in ms:
-            if isinstance(m, nn.Sequential):
-                flatten(list(m))
-            else:
-                flat.append(m)
-
-    flatten(layers)
+    flat = flatten_layers(layers)
     total = identity_bound()
     size = input_size
     i = 0
     while i < len(flat):
         layer = flat[i]
         nxt = flat[i + 1] if i + 1 < len(flat) else None
-        fold = isinstance(nxt, nn.modules.batchnorm._BatchNorm)
+        fold = type(layer) in (nn.Conv2d, nn.Linear) and isinstance(nxt, nn.modules.batchnorm._BatchNorm)
         scale = batchnorm_scale(nxt) if fold else None  # type: ignore[arg-type]
         own = getattr(layer, "lipschitz_bound", None)
         if callable(own) and callable(getattr(layer, "output_size", None)):
             # A layer that certifies itself (e.g. the 1-Lipschitz layers of the embedded Lipschitz models).
+            require_self_certified(layer)
             if size is None:
                 raise InputError(f"the input size (H, W) is needed to bound {type(layer).__name__}")
             total = total.then(cast(Callable[[tuple[int, int]], LipschitzBound], own)(size))
             size = cast(Callable[[tuple[int, int]], tuple[int, int]], layer.output_size)(size)
             i += 1
-        elif isinstance(layer, nn.Conv2d):
+        elif type(layer) is nn.Conv2d:
             if size is None:
                 raise InputError("the input size (H, W) is needed to bound a Conv2d")
             c = conv_layer_bound(layer, size, scale=scale)
             size = conv_output_size(layer, size)
             total = total.scaled(c, f"Conv2d{'+BatchNorm' if fold else ''} {layer.in_channels}->{layer.out_channels}")
             i += 2 if fold else 1
-        elif isinstance(layer, nn.Linear):
+        elif type(layer) is nn.Linear:
+            require_exact(layer, nn.Linear)
             w = layer.weight.detach().to(torch.float64)
             if scale is not None:
                 w = w * scale[:, None]
-            c = matrix_spectral_bound(w)
+            c = checked_norm(matrix_spectral_bound(w), w, f"Linear {layer.in_features}->{layer.out_features}")
             total = total.scaled(c, f"Linear{'+BatchNorm' if fold else ''} {layer.in_features}->{layer.out_features}")
             i += 2 if fold else 1
         elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
             c = float(batchnorm_scale(layer).abs().max()) * SAFETY
             total = total.scaled(c, type(layer).__name__)
+            i += 1
+        elif type(layer) in FIXED_LAYERS:
+            require_exact(layer, FIXED_LAYERS)
+            c, size, name = fixed_layer_bound(layer, size)
+            total = total.scaled(c, name)
             i += 1
         else:
             total = total.scaled(activation_lipschitz(layer), type(layer).__name__)
@@ -248,10 +290,25 @@ def sequential_bound(
     return total, size
 
 
+def flatten_layers(layers: Sequence[nn.Module]) -> list[nn.Module]:
+    """The leaves of nested ``nn.Sequential`` containers, in order (each container checked: exact class, no hooks)."""
+    flat: list[nn.Module] = []
+    for m in layers:
+        if isinstance(m, nn.Sequential):
+            require_container(m)
+            flat.extend(flatten_layers(list(m)))
+        else:
+            flat.append(m)
+    return flat
+
+
 # -------------------------------------------------------------------------- caching
 def weights_fingerprint(module: nn.Module) -> str:
-    """SHA-256 of a module's class and state (names, dtypes, shapes, values): the cache key."""
+    """SHA-256 of a module's structure (every submodule's name, exact class and ``extra_repr``: stride,
+    padding, kernel ...) and state (names, dtypes, shapes, values): the cache key."""
     h = hashlib.sha256(type(module).__qualname__.encode())
+    for name, m in module.named_modules():  # structure: classes and settings not in the state (stride, padding...)
+        h.update(f"{name}|{type(m).__module__}.{type(m).__qualname__}|{m.extra_repr()}".encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(t.dtype).encode())
@@ -285,16 +342,32 @@ def module_lipschitz_bound(module: nn.Module, input_size: tuple[int, int] | None
     """A certified Lipschitz bound of ``module`` on inputs of spatial size ``input_size``.
 
     Uses the module's own ``lipschitz_bound(input_size)`` when it has one (models that
-    know their structure: the embedded models, FTN), else a plain ``Sequential``
-    (:func:`sequential_bound`).  Raises :class:`BoundUnavailableError` for anything
-    else, naming the type.
+    know their structure: the embedded models, FTN); when that is unavailable and the
+    module (or the model it wraps) has a ``feature_map`` attribute that is exactly a
+    :class:`~robustbench_iqa.certify.tapped.TappedFeatures` (the model declares that its
+    features are computed by it), that feature map's bound; else a plain ``Sequential``
+    (:func:`sequential_bound`).  Refuses any module with a hook inside.  Raises
+    :class:`BoundUnavailableError` for anything else, naming the type.
     """
+    for m in module.modules():  # a hook anywhere inside may change what the bound reads
+        require_no_hooks(m)
     own = getattr(module, "lipschitz_bound", None)
+    feature_map = getattr(getattr(module, "model", module), "feature_map", None)
     if callable(own):
-        bound = cast(Callable[[tuple[int, int] | None], object], own)(input_size)
+        try:
+            bound = cast(Callable[[tuple[int, int] | None], object], own)(input_size)
+        except BoundUnavailableError:
+            # a model without its own bound whose features are a certified feature map
+            # (:class:`robustbench_iqa.certify.tapped.TappedFeatures`)
+            from robustbench_iqa.certify.tapped import TappedFeatures
+
+            if type(feature_map) is not TappedFeatures:
+                raise
+            bound = feature_map.lipschitz_bound(input_size)
         if not isinstance(bound, LipschitzBound):
             raise BoundUnavailableError(f"{type(module).__name__}.lipschitz_bound returned {type(bound).__name__}")
         return bound
     if isinstance(module, nn.Sequential):
+        require_container(module)
         return cached_bound(module, str(input_size), lambda: sequential_bound(list(module), input_size)[0])
     raise BoundUnavailableError(f"no certified Lipschitz bound for a module of type {type(module).__name__}")

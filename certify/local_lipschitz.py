@@ -46,8 +46,19 @@ in quadrature.  Per step:
 Everything is deterministic (no random start): inside ``eps_x_local`` the FS-IQA
 premise ||B(x') - B(x)||_2 <= sigma_f is a theorem.  Implemented for the embedded
 ``default-nr`` / ``default-fr`` architectures (:class:`~robustbench_iqa.models.embedded.ConvTrunk`
-with SiLU, their poolings, and an FTN of Linear / GELU / sigmoid layers); other models
-get None.  Cost: one full Jacobian of b per image (D backward passes, D = 128 here).
+with SiLU, their poolings, and an FTN of Linear / GELU / sigmoid layers; cost: one full
+Jacobian of b per image, D backward passes, D = 128 here).
+
+*Any trunk of plain layers* (:class:`~robustbench_iqa.certify.tapped.TappedFeatures`: convolutions,
+ReLU, max and blur pooling, pads, LPIPS' channel normalisation, spatial means or RMS
+distances, NR or FR): the backbone itself, or an IQA model's ``feature_map`` attribute that
+computes its ``features`` (checked on the images before anything is certified).  There the
+radius comes from a deviation bound instead of a first-order term (ReLU networks are not
+differentiable at their kinks): for ||u|| <= r, ||B(x+u) - B(x)|| <= D_FTN(D_b(r)) with D_b of
+:func:`robustbench_iqa.certify.tapped.feature_deviation` and D_FTN the product of the FTN's
+local slopes (:func:`ftn_deviation`); ``eps_x_local`` is the largest r with
+min(D_FTN(D_b(r)), r L) <= sigma_f (:func:`deviation_radius`).  Cost: one float64 forward of
+the trunk per image (and of the reference) plus closed-form bounds.  Other models get None.
 """
 
 from __future__ import annotations
@@ -69,7 +80,9 @@ from robustbench_iqa.certify.gram_iteration import (
 )
 from robustbench_iqa.certify.heads import FTN
 from robustbench_iqa.certify.lipschitz import batchnorm_scale, cached
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.certify.tapped import TapCentre, TappedFeatures, feature_deviation, tap_centre
+from robustbench_iqa.certify.trust import require_no_hooks
+from robustbench_iqa.errors import BoundUnavailableError, InputError
 from robustbench_iqa.models.base import Backbone
 from robustbench_iqa.models.embedded import (
     _EPS,
@@ -243,12 +256,7 @@ def centre(model: EmbeddedNR | EmbeddedFR, ftn: FTN, x: torch.Tensor, ref: torch
             w = channel_normalize(u[None])[0] - channel_normalize(ur)[0]
             spreads.append(torch.sqrt(w.pow(2).mean(dim=(1, 2)) + _EPS))
     f = model.features(x[None], None if ref is None else ref[None])[0]
-    g = (f - ftn.get_buffer("mean")) / ftn.get_buffer("std")
-    ftn_pre = []
-    for layer in ftn.net:
-        g = layer(g)
-        if isinstance(layer, nn.Linear):
-            ftn_pre.append(g)
+    ftn_pre = ftn_preacts(ftn, f)
     return Centre(pre, outs, spreads, ftn_pre, isinstance(model, EmbeddedFR), (int(x.shape[-2]), int(x.shape[-1])))
 
 
@@ -267,8 +275,12 @@ def feature_path(model: EmbeddedNR | EmbeddedFR, ftn: FTN, c: Centre, r: float) 
     else:
         b_path = concatenate([pooled_step(channel_norm_step(p, u), sp, u.shape[1] * u.shape[2])
                               for p, u, sp in zip(paths, c.outputs, c.spreads, strict=True)])
-    path = b_path
-    affs, pre = iter(_ftn_affines(ftn)), iter(c.ftn_preacts)
+    return ftn_path(ftn, b_path, c.ftn_preacts)
+
+
+def ftn_path(ftn: FTN, path: PathBound, preacts: list[torch.Tensor]) -> PathBound:
+    """Extend ``path`` (ending at the features b) through the FTN, given its Linear outputs at the centre."""
+    affs, pre = iter(_ftn_affines(ftn)), iter(preacts)
     pending: tuple[torch.Tensor, torch.Tensor] | None = None
     for layer in ftn.net:
         if isinstance(layer, nn.Linear):
@@ -281,6 +293,24 @@ def feature_path(model: EmbeddedNR | EmbeddedFR, ftn: FTN, c: Centre, r: float) 
             path = elementwise_step(path, layer, *pending)
             pending = None
     return path
+
+
+@torch.no_grad()
+def ftn_preacts(ftn: FTN, f: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of the FTN's Linear layers at features ``f`` (D,)."""
+    g = (f - ftn.get_buffer("mean")) / ftn.get_buffer("std")
+    out = []
+    for layer in ftn.net:
+        g = layer(g)
+        if isinstance(layer, nn.Linear):
+            out.append(g)
+    return out
+
+
+def ftn_deviation(ftn: FTN, preacts: list[torch.Tensor], d: float) -> float:
+    """D_FTN(d) >= sup ||FTN(f') - FTN(f)|| over ||f' - f|| <= d: the product of local slopes, each
+    activation's slope the largest |phi'| over its pre-activation intervals (module docstring)."""
+    return ftn_path(ftn, PathBound(lip=1.0, var=0.0, dev=d), preacts).dev
 
 
 def exact_jacobian_norm(backbone: Callable[[torch.Tensor], torch.Tensor], ftn: FTN, x: torch.Tensor) -> float:
@@ -335,11 +365,104 @@ def radius_from_bounds(sigma: float, jac_norm: float, global_lip: float | None,
     return lo
 
 
+def deviation_radius(sigma: float, deviation: Callable[[float], float], global_lip: float | None,
+                     *, iterations: int = 40) -> float:
+    """Largest r (to a factor 2^(2^-iterations) or so) with min(D(r), r L) <= sigma, D nondecreasing.
+
+    The result always satisfies the condition (it is the lower end of the bisection), so it is
+    a certified radius; it is never below sigma / L.
+    """
+
+    def ok(r: float) -> bool:
+        bound = deviation(r)
+        if global_lip is not None:
+            bound = min(bound, r * global_lip)
+        return bound <= sigma
+
+    lo = sigma / global_lip if global_lip is not None and global_lip > 0 else 0.0
+    if lo > 0 and not ok(lo):  # rounding only: r L <= sigma holds by construction
+        lo = lo * (1 - 1e-9)
+    hi = max(lo, 1e-12) * 2.0
+    while ok(hi):
+        lo, hi = hi, hi * 2.0
+        if hi > 1e12:
+            return lo
+    if lo <= 0:
+        lo = hi
+        while not ok(lo):
+            lo /= 2.0
+            if lo < 1e-300:
+                return 0.0
+        hi = lo * 2.0
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def tapped_features_of(backbone: nn.Module | None) -> TappedFeatures | None:
+    """The :class:`TappedFeatures` computing ``backbone``: itself, or a wrapped model's ``feature_map``."""
+    if type(backbone) is TappedFeatures:
+        return backbone
+    model = backbone.model if isinstance(backbone, Backbone) else backbone
+    tf = getattr(model, "feature_map", None)
+    return tf if type(tf) is TappedFeatures else None
+
+
+def tapped_local_radii(fs: nn.Module, tf: TappedFeatures, ftn: FTN, x: torch.Tensor,
+                       ref: torch.Tensor | None) -> list[float | None]:
+    """eps_x_local for a backbone computed by ``tf`` (:mod:`robustbench_iqa.certify.tapped`).
+
+    Checks first that the backbone's output equals ``tf``'s on these images (a model may not
+    claim a feature map it does not compute), then bounds D_B(r) = D_FTN(D_b(r)).
+    """
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    bound = fs.lipschitz_bound(size)  # type: ignore[operator]
+    global_lip = None if bound is None else bound.value
+    if fs.backbone is not tf:
+        with torch.no_grad():
+            claimed, actual = tf(x, ref), fs.backbone(x, ref)  # type: ignore[operator]
+        if claimed.shape != actual.shape or not torch.allclose(claimed, actual, rtol=1e-4, atol=1e-6):
+            raise BoundUnavailableError("the backbone's output differs from the feature_map it exposes: no local bound")
+    prefix = tf.prefix_bounds(size)
+    t64 = copy.deepcopy(tf).double().eval()
+    f64 = copy.deepcopy(ftn).double().eval()
+    sigma = float(fs.sigma)  # type: ignore[arg-type]
+    out: list[float | None] = []
+    for i in range(x.shape[0]):
+        xi = x[i].detach().double()
+        ri = None if ref is None else ref[i].detach().double()
+        c = tap_centre(t64, xi, ri)
+        with torch.no_grad():
+            pre = ftn_preacts(f64, t64(xi[None], None if ri is None else ri[None])[0])
+
+        def dev(r: float, c: TapCentre = c, pre: list[torch.Tensor] = pre) -> float:
+            return ftn_deviation(f64, pre, feature_deviation(t64, c, prefix, r))
+
+        out.append(deviation_radius(sigma, dev, global_lip))
+    return out
+
+
 def local_radii(fs: nn.Module, x: torch.Tensor, ref: torch.Tensor | None = None) -> list[float | None]:
-    """eps_x_local per image of an FS-IQA defense ``fs`` (None where the model is not supported)."""
+    """eps_x_local per image of an FS-IQA defense ``fs`` (None where the model is not supported).
+
+    Supported: the embedded models (first-order + curvature bound, above) and any backbone
+    computed by a :class:`~robustbench_iqa.certify.tapped.TappedFeatures` (the backbone itself,
+    or an IQA model's ``feature_map`` attribute), with an :class:`FTN`.
+    """
     backbone, ftn = getattr(fs, "backbone", None), getattr(fs, "ftn", None)
+    if not isinstance(ftn, FTN):
+        return [None] * x.shape[0]
+    for m in (*([] if backbone is None else backbone.modules()), *ftn.modules()):
+        require_no_hooks(m)
+    tf = tapped_features_of(backbone)
+    if tf is not None:
+        return tapped_local_radii(fs, tf, ftn, x, ref)
     model = backbone.model if isinstance(backbone, Backbone) else None
-    if not isinstance(model, (EmbeddedNR, EmbeddedFR)) or not isinstance(ftn, FTN):
+    if not isinstance(model, (EmbeddedNR, EmbeddedFR)):
         return [None] * x.shape[0]
     size = (int(x.shape[-2]), int(x.shape[-1]))
     bound = fs.lipschitz_bound(size)  # type: ignore[operator]

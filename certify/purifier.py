@@ -66,7 +66,7 @@ class PurifierIQA(PurifiedIQA):
         return {"purifier": cfg() if callable(cfg) else type(self.purifier).__name__}
 
 
-@register_defense("purifier", space="input", statistic="mean", trained=True, certified=False, noise=False,
+@register_defense("purifier", space="input", statistic="mean", artifact="denoiser", certified=False, noise=False,
                   randomized=False,
                   description="empirical: DnCNN purifier trained on I-FGSM examples of the embedded models")
 def create_purifier(model: IQAModel, *, sigma: float = 0.0, denoiser: str | Path | nn.Module | None = None,

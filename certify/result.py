@@ -66,6 +66,13 @@ class Guarantee(StrEnum):
     fresh noisy draws) lies in [lower, upper] = h(x) -+ eps_y with probability >= P over
     those draws.  A probability, not a bound: see ``statement``."""
 
+    @property
+    def auditable(self) -> bool:
+        """Whether the statement bounds the defended statistic itself over the ball, so that an
+        attack inside ``eps_x`` and the defense's own ``estimate`` at the attacked point can refute
+        it (percentile and mean bounds); a probabilistic statement cannot be refuted that way."""
+        return self in (Guarantee.PERCENTILE_BOUNDS, Guarantee.MEAN_BOUNDS)
+
 
 class RadiusKind(StrEnum):
     """The FS-IQA input radii and exactly what each one proves.

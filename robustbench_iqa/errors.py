@@ -23,5 +23,11 @@ class ReproducibilityWarning(UserWarning):
     with another thread count).  The CLI prints it as one ``warning: ...`` line."""
 
 
+class DataWarning(UserWarning):
+    """A dataset's files disagree in a way that does not change the numbers read (e.g. a KonIQ-10k sets
+    file whose MOS differs from the scores file the targets come from).  The CLI prints it as one
+    ``warning: ...`` line."""
+
+
 class BoundUnavailableError(InputError):
     """No certified bound (e.g. a Lipschitz constant) can be computed for this model or layer."""

@@ -99,6 +99,8 @@ class Entry(Generic[T]):
     target: Callable[..., T] | str
     description: str = ""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    plugin: bool = False
+    """From an installed plugin's entry point: its metadata is on the decorator it imports."""
 
     def factory(self) -> Callable[..., T]:
         """The factory, importing ``module:attr`` targets on first use."""
@@ -128,11 +130,14 @@ class Registry(Generic[T]):
         kind: what is registered, in messages (``"model"``, ``"defense"``, ...).
         package: a package whose modules register entries when imported; imported
             on first use.
-        prefixed: whether ``"prefix:rest"`` names resolve through :meth:`register_prefix`.
+        plural: the kind in plural (default ``kind + "s"``; ``"studies"``), naming the entry-point
+            group ``robustbench_iqa.<plural>`` of installed plugins.
     """
 
-    def __init__(self, kind: str, *, package: str | None = None) -> None:
+    def __init__(self, kind: str, *, package: str | None = None, plural: str | None = None) -> None:
         self.kind = kind
+        self.plural = plural or f"{kind}s"
+        """In the entry-point group of installed plugins, ``robustbench_iqa.<plural>``."""
         self.package = package
         self._entries: dict[str, Entry[T]] = {}
         self._prefixes: dict[str, Entry[T]] = {}
@@ -156,7 +161,7 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name or ":" in name:
             raise ValueError(f"{self.kind} names are non-empty and contain no ':', got {name!r}")
         old = self._entries.get(name)
-        if old is not None and not replace and old.target is not target:
+        if old is not None and not replace and old.target is not target and not _resolves(old, target):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = Entry(name, target, description, dict(metadata))
 
@@ -195,9 +200,9 @@ class Registry(Generic[T]):
                     importlib.import_module(f"{self.package}.{info.name}")
         if not self._plugins_loaded:
             self._plugins_loaded = True
-            for ep in importlib_metadata.entry_points(group=f"robustbench_iqa.{self.kind}s"):
+            for ep in importlib_metadata.entry_points(group=f"robustbench_iqa.{self.plural}"):
                 if ep.name not in self._entries:
-                    self._entries[ep.name] = Entry(ep.name, ep.value, f"plugin {ep.value}", {})
+                    self._entries[ep.name] = Entry(ep.name, ep.value, f"plugin {ep.value}", {}, plugin=True)
 
     def names(self, **where: Any) -> list[str]:
         """Registered names, sorted; ``where`` keeps entries whose metadata equal the given values."""
@@ -232,8 +237,14 @@ class Registry(Generic[T]):
                          f"known {self.kind}s: {', '.join(sorted(known))}")
 
     def metadata(self, name: str) -> Mapping[str, Any]:
-        """The metadata given at registration (``{}`` for prefix names: known only once built)."""
+        """The metadata given at registration (``{}`` for prefix names: known only once built).
+
+        A plugin's entry point names only its factory; its metadata is on the plugin's decorator,
+        so an entry point without metadata is imported (once) to read it."""
         e = self.entry(name)
+        if e.plugin and isinstance(e.target, str):
+            e.factory()
+            e = self.entry(name)
         return {} if e.name.endswith(":<name>") else dict(e.metadata)
 
     def describe(self, name: str) -> str:
@@ -252,6 +263,16 @@ class Registry(Generic[T]):
             return fn(name.partition(":")[2], *args, **kwargs)
         check_keywords(fn, kwargs, what=f"{self.kind} {name!r}")
         return fn(*args, **kwargs)
+
+
+def _resolves(lazy: Entry[Any], target: Any) -> bool:
+    """Whether ``target`` is the object a lazy ``"module:attr"`` entry (an installed plugin's entry
+    point) names: importing the plugin runs its decorator, which registers the same factory with its
+    metadata in place of the lazy entry."""
+    if not isinstance(lazy.target, str) or isinstance(target, str):
+        return False
+    module, _, attr = lazy.target.partition(":")
+    return getattr(target, "__module__", None) == module and getattr(target, "__qualname__", None) == attr
 
 
 def _matches(value: Any, wanted: Any) -> bool:

@@ -136,10 +136,19 @@ def build_report(
         for name in sorted(present - shown):
             result.notes.append(f"table {name}: no study reports it; its rows are in data/{name}.csv")
         gate = store.get_meta("gate")
-        page = _page(run, store.config, [_gate_section(gate)] if gate else [], sections, result.notes)
+        head = [_protocol_section(store.config)] + ([_gate_section(gate)] if gate else [])
+        page = _page(run, store.config, head, sections, result.notes)
     result.html.write_text(page, encoding="utf-8")
     result.files.append(result.html)
     return result
+
+
+def _protocol_section(config: dict[str, Any]) -> str:
+    """The run's protocol (:func:`robustbench_iqa.runner.record.protocol_notes`): split, weights, orientation."""
+    from robustbench_iqa.runner.record import protocol_notes
+
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in protocol_notes(config))
+    return f'<section id="protocol"><h2>Protocol</h2><ul>{items}</ul></section>' if items else ""
 
 
 def _gate_section(gate: dict[str, Any]) -> str:

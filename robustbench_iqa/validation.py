@@ -20,9 +20,18 @@ MAX_SAMPLES = 10_000_000
 IMAGE_DTYPE = torch.float32
 """The dtype images are computed in: float64, float16 and bfloat16 images are converted to it."""
 
+RANGE_TOLERANCE = 1e-6
+"""Float tolerance of the [0, 1] range check of images: values in [-1e-6, 1 + 1e-6] (a resize or a
+colour conversion rounding a pixel to 1.0000001) are accepted and clamped into [0, 1]; anything
+further out is refused.  The one check, with this tolerance, of every entry point: the command
+line, every defense's and attack's inputs, :meth:`IQAModel.check_inputs` and ``model(path)``."""
+
 
 def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     """Validate a batch of RGB images in [0, 1] with shape (B, 3, H, W).
+
+    Values within :data:`RANGE_TOLERANCE` outside [0, 1] are clamped into it; values further
+    out are refused, the message giving the range with 9 significant digits.
 
     A single image of shape (3, H, W) is promoted to a batch of one.  Floating
     dtypes other than float32 (float64, float16, bfloat16) are converted to
@@ -49,8 +58,12 @@ def check_images(x: torch.Tensor, *, name: str = "x") -> torch.Tensor:
     if not bool(torch.isfinite(xd).all()):
         raise InputError(f"{name} contains NaN or Inf values")
     lo, hi = float(xd.min()), float(xd.max())
+    if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        far = max(-lo, hi - 1.0)
+        raise InputError(f"{name} must have values in [0, 1] (tolerance {RANGE_TOLERANCE:g}), got range "
+                         f"[{lo:.9g}, {hi:.9g}], {far:.3g} outside; rescale (8-bit images: divide by 255) or clamp")
     if lo < 0.0 or hi > 1.0:
-        raise InputError(f"{name} must have values in [0, 1], got range [{lo:.4g}, {hi:.4g}]")
+        x = x.clamp(0.0, 1.0)
     return x
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from robustbench_iqa import create_dataset, create_model
-from robustbench_iqa.attacks import Objective, create_attack, list_attacks
+from robustbench_iqa.attacks import Objective, attack_info, create_attack, list_attacks
 from robustbench_iqa.attacks.perceptual import texture_mask
 from robustbench_iqa.attacks.similarity import ssim
 from robustbench_iqa.attacks.sparse import changed_pixels
@@ -68,8 +68,14 @@ CASES = [
 ]
 
 
+# A registered attack without a row of its own is run with its defaults on every norm it declares.
+CASES += [Case(name, norms=tuple(attack_info(name)["threat"])) for name in list_attacks()
+          if name not in {c.name for c in CASES}]
+
+
 def test_every_registered_attack_is_in_the_table() -> None:
     assert sorted({c.name for c in CASES}) == sorted(list_attacks())
+    assert {"fgsm", "pgd", "square", "sparse", "uap"} <= {c.name for c in CASES}
 
 
 @pytest.fixture(scope="module")

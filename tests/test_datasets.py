@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from robustbench_iqa.data.registry import create_dataset, list_datasets
-from robustbench_iqa.errors import InputError
+from robustbench_iqa.errors import DataWarning, InputError
 
 H, W = 12, 16  # tiny stand-ins for the 384 x 512 originals
 
@@ -93,40 +94,65 @@ def _fake_koniq_sets(root: Path, sets: tuple[str, ...] = ("training", "training"
 
 def test_koniq_official_split_and_0_100_scores(tmp_path: Path) -> None:
     mos = _fake_koniq_sets(tmp_path)
-    full = create_dataset("koniq10k", root=tmp_path)  # only the sets file: it is used
+    with pytest.raises(InputError, match="the 1-5 MOS.*score_column='MOS_zscore'"):
+        create_dataset("koniq10k", root=tmp_path, score_column="MOS")  # only the sets file: no 1-5 MOS
+    full = create_dataset("koniq10k", root=tmp_path)  # the default: the target the file has, named as such
+    assert full.describe()["score_column"] == "MOS_zscore"
     assert [s.score for s in full] == pytest.approx(mos) and full.score_range == (0.0, 100.0)
-    test = create_dataset("koniq10k", root=tmp_path, split="test")
+    test = create_dataset("koniq10k", root=tmp_path, split="test", score_column="MOS_zscore")
     assert [s.name for s in test] == ["2003.jpg", "2004.jpg"]
-    train = create_dataset("koniq10k", root=tmp_path, split="train")  # alias of "training"
+    train = create_dataset("koniq10k", root=tmp_path, split="train", score_column="MOS_zscore")
     assert [s.name for s in train] == ["2000.jpg", "2001.jpg"]
-    assert [s.name for s in create_dataset("koniq10k", root=tmp_path, split="validation")] == ["2002.jpg"]
+    val = create_dataset("koniq10k", root=tmp_path, split="validation", score_column="MOS_zscore")
+    assert [s.name for s in val] == ["2002.jpg"]
     d = test.describe()
-    assert d["official_split"] == "test" and d["score_column"] == "MOS" and d["score_range"] == [0.0, 100.0]
-    assert d["csv"].endswith("koniq10k_distributions_sets.csv")
+    assert d["split"]["set"] == "test" and d["score_column"] == "MOS_zscore" and d["score_range"] == [0.0, 100.0]
+    assert d["csv"].endswith("koniq10k_distributions_sets.csv") and d["score_file_column"] == "MOS"
 
 
-def test_koniq_metadata_choice_and_errors(tmp_path: Path) -> None:
+def test_koniq_score_columns_checked_against_the_files(tmp_path: Path) -> None:
     _fake_koniq(tmp_path, n=4)
-    with pytest.raises(InputError, match="koniq10k_distributions_sets.csv not found"):
+    with pytest.raises(InputError, match="koniq10k_distributions_sets.csv, not found"):
         create_dataset("koniq10k", root=tmp_path, split="test")
-    _fake_koniq_sets(tmp_path, sets=("training", "test"), folder="1024x768")
-    scores = create_dataset("koniq10k", root=tmp_path)  # both files: the scores file, 1-5 MOS
+    scores = create_dataset("koniq10k", root=tmp_path)  # the scores file: 1-5 MOS
     assert scores.score_range == (1.0, 5.0) and len(scores) == 4
     z = create_dataset("koniq10k", root=tmp_path, score_column="MOS_zscore")
     assert z.score_range == (0.0, 100.0) and z.describe()["score_column"] == "MOS_zscore"
-    sets = create_dataset("koniq10k", root=tmp_path, metadata="sets")
-    assert len(sets) == 2 and sets.score_range == (0.0, 100.0)
+    assert [s.score for s in z] == pytest.approx([(s.score - 1) * 25 for s in scores])
     with pytest.raises(InputError, match="did you mean 'test'"):
         create_dataset("koniq10k", root=tmp_path, split="tset")
-    with pytest.raises(InputError, match=r"score_column must be one of \['MOS'\] in koniq10k_distributions_sets"):
-        create_dataset("koniq10k", root=tmp_path, split="test", score_column="MOS_zscore")
-    with pytest.raises(InputError, match="official split is in koniq10k_distributions_sets.csv"):
-        create_dataset("koniq10k", root=tmp_path, metadata="scores", split="test")
+    with pytest.raises(InputError, match="did you mean 'MOS_zscore'"):
+        create_dataset("koniq10k", root=tmp_path, score_column="MOS_zscor")
     with pytest.raises(InputError, match="takes no argument 'score_colum'.*did you mean 'score_column'"):
         create_dataset("koniq10k", root=tmp_path, score_colum="MOS")
-    (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n1000.png,50,training\n")
-    with pytest.raises(InputError, match="no image of set 'test'.*training"):
-        create_dataset("koniq10k", root=tmp_path, split="test")
+    csv = tmp_path / "koniq10k_scores_and_distributions.csv"
+    names = [f"{1000 + i}.png" for i in range(4)]
+    # a sets file lacking images of the scores file: a warning, and those images are in no part
+    (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n1000.png,0,training\n")
+    with pytest.warns(DataWarning, match="3 image.s. of koniq10k_scores_and_distributions.csv have no set"):
+        partial = create_dataset("koniq10k", root=tmp_path)
+    assert len(partial) == 4 and [s.name for s in partial.select("train")] == ["1000.png"]
+    # a sets file whose MOS is not the scores file's MOS_zscore (here off by 2): a warning; the
+    # targets still come from the scores file
+    rows = [f"{n},{i * 100 / 3 + 2},{'test' if i else 'training'}" for i, n in enumerate(names)]
+    (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n" + "\n".join(rows) + "\n")
+    with pytest.warns(DataWarning, match="should equal column 'MOS_zscore'.*differs by up to 2"):
+        off = create_dataset("koniq10k", root=tmp_path, score_column="MOS_zscore")
+    assert [s.score for s in off] == pytest.approx([i * 100 / 3 for i in range(4)])
+    rows = [f"{n},{i * 100 / 3},{'test' if i else 'training'}" for i, n in enumerate(names)]
+    (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n" + "\n".join(rows) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # consistent files: no warning
+        assert [s.name for s in create_dataset("koniq10k", root=tmp_path, split="test")] == names[1:]
+    # a 0-100 column where the 1-5 MOS belongs is refused with the column and the file
+    csv.write_text(csv.read_text().replace(",1.0,0.5,", ",80,0.5,"))
+    with pytest.raises(InputError, match=r"column 'MOS' of .*should hold MOS in \[1, 5\].*80"):
+        create_dataset("koniq10k", root=tmp_path)
+    rows[1] = rows[1].replace("test", "testing")
+    (tmp_path / "koniq10k_distributions_sets.csv").write_text("image_name,MOS,set\n" + "\n".join(rows) + "\n")
+    csv.write_text(csv.read_text().replace(",80,0.5,", ",1.0,0.5,"))
+    with pytest.raises(InputError, match=r"has values \['testing'\]"):
+        create_dataset("koniq10k", root=tmp_path)
 
 
 def test_size_none_is_native_and_default_is_explicit(tmp_path: Path) -> None:
@@ -162,7 +188,7 @@ def test_koniq_errors(tmp_path: Path) -> None:
         create_dataset("koniq10k", root=tmp_path / "nope")
     with pytest.raises(InputError, match="needs --root"):
         create_dataset("koniq10k")
-    with pytest.raises(InputError, match="koniq10k_scores_and_distributions.csv not found"):
+    with pytest.raises(InputError, match="neither koniq10k_scores_and_distributions.csv nor"):
         create_dataset("koniq10k", root=tmp_path)
     _fake_koniq(tmp_path, n=8)
     # Missing image files are listed at construction.

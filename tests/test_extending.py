@@ -152,6 +152,45 @@ def test_a_new_defense_and_study_run_through_verify_without_touching_other_files
     assert "brightness" not in STUDIES and "toy-mean" not in DEFENSES
 
 
+# ------------------------------------------------ a study staged after certify
+@dataclass(frozen=True)
+class SeenRow(Row):
+    table = "seen"
+    lower: float = math.nan
+
+
+class SeenStudy(Study):
+    """Staged after certify: records the lower bound of each certificate it is handed."""
+
+    name = "seen"
+    tables = (SeenRow,)
+    stage = "certify"
+    default = False
+
+    def on_certified(self, batch: Any, ws: Any) -> list[Record]:
+        return [record(SeenRow(float(c.lower) if c.lower is not None else math.nan), batch.unit, image)
+                for c, image in zip(batch.certificates, batch.batch.ids)]
+
+
+def test_the_runner_hands_the_certified_batch_to_the_staged_studies(tmp_path: Path) -> None:
+    """The certify study returns its rows and its batch; the runner, not the study, runs the staged ones."""
+    from robustbench_iqa.runner.executor import run_unit
+    from robustbench_iqa.runner.plan import Plan
+    from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
+
+    with STUDIES.override("seen", SeenStudy, stage="certify", default=False, tables=("seen",)):
+        cfg = VerifyConfig.from_mapping({"models": ["default-nr"], "defenses": ["ms"], "limit": 2, "n": 200,
+                                         "alpha": 0.99, "studies": ["certify", "seen"]})
+        ws = Workspace(cfg)
+        unit = next(u for u in Plan.build(cfg, ws).units() if u.study == "certify")
+        own, batch = STUDIES.create("certify").run_stage(unit, ws)
+        assert isinstance(batch, CertifiedBatch) and {r.key.table for r in own} == {"correlation", "guarantee"}
+        rows = run_unit(unit, ws).rows
+        seen = {k.image: p["lower"] for k, p in rows if k.table == "seen"}
+        lowers = {k.image: p["lower"] for k, p in rows if k.table == "guarantee"}
+        assert seen == lowers and len(seen) == 2
+
+
 # ---------------------------------------------------------- installation seams
 def test_a_research_repos_own_folders_shadow_nothing(tmp_path: Path) -> None:
     """A working directory with its own analysis/, certify/ and attacks/ packages (on sys.path first)."""

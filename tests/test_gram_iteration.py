@@ -129,7 +129,7 @@ def test_universal_bound_holds_on_large_inputs() -> None:
 @pytest.mark.parametrize(
     "conv,match",
     [
-        (nn.Conv2d(4, 4, 3, groups=2), "groups"),
+        (nn.Conv1d(4, 4, 3), "Conv1d"),
         (nn.Conv2d(2, 2, 3, dilation=2), "dilation"),
         (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), "padding_mode"),
         (nn.ConvTranspose2d(2, 2, 3), "ConvTranspose2d"),

@@ -3,7 +3,9 @@ MADC's level set, the perceptual bound, SSIM/PSNR (scikit-image) and the budget 
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +25,15 @@ from robustbench_iqa.attacks import (
     spatial_activity_map,
     ssim,
 )
-from robustbench_iqa.attacks.presets import CAPPED, PRESETS, preset_eps
-from robustbench_iqa.attacks.registry import list_attacks
+from robustbench_iqa.attacks.calibration import FLOORS
+from robustbench_iqa.attacks.presets import (
+    CALIBRATION_FILE,
+    PresetTable,
+    capped,
+    preset_eps,
+    shipped_presets,
+)
+from robustbench_iqa.attacks.registry import attack_info, list_attacks
 from robustbench_iqa.attacks.similarity import mse
 from robustbench_iqa.attacks.threat import norms, per_image_eps, project, random_in_ball
 from robustbench_iqa.errors import InputError
@@ -145,17 +154,80 @@ def test_calibration_of_fgsm_on_a_linear_score_matches_the_closed_form() -> None
         QualityFloor()
 
 
-def test_presets_cover_the_attacks() -> None:
-    assert {k[0] for k in PRESETS} == set(list_attacks()) - {"sparse"}
-    assert CAPPED <= set(PRESETS)
-    assert preset_eps("pgd", "l2", size=(192, 256)) == pytest.approx(2 * PRESETS[("pgd", "l2", "psnr40")])
-    assert preset_eps("pgd", "linf", size=(192, 256)) == PRESETS[("pgd", "linf", "psnr40")]
+def test_presets_are_the_calibration_the_script_wrote() -> None:
+    """The presets are read from the shipped calibration file: the smallest eps over its rows."""
+    data = json.loads(CALIBRATION_FILE.read_text())
+    want: dict[tuple[str, str, str], float] = {}
+    for r in data["rows"]:
+        k = (r["attack"], r["norm"], r["floor"])
+        want[k] = min(want.get(k, math.inf), r["eps"])
+    table = shipped_presets()
+    assert dict(table.eps) == want and table.size == (96, 128)
+    # The values the table held when it was copied by hand (4 significant digits).
+    assert f"{preset_eps('pgd', 'linf'):.4g}" == "0.0104" and f"{preset_eps('texture', 'l2'):.4g}" == "5.195"
+    assert capped() == {("perceptual-bounded", "l2", "ssim0.9"), ("perceptual-bounded", "linf", "ssim0.9"),
+                        ("square", "l2", "ssim0.9"), ("square", "linf", "ssim0.9"), ("texture", "l2", "ssim0.9")}
+    assert preset_eps("pgd", "l2", size=(192, 256)) == pytest.approx(2 * table.eps[("pgd", "l2", "psnr40")])
+    assert preset_eps("pgd", "linf", size=(192, 256)) == table.eps[("pgd", "linf", "psnr40")]
     # A Linf preset for PSNR 40 dB is at most 0.01 for attacks that fill the ball (|d| = eps everywhere).
     assert preset_eps("ifgsm", "linf") == pytest.approx(0.01, rel=0.15)
-    with pytest.raises(InputError):
+
+
+@pytest.mark.parametrize("name", [n for n in list_attacks() if n in shipped_presets().attacks()])
+def test_every_calibrated_attack_has_a_preset_per_norm_and_floor(name: str) -> None:
+    for norm in attack_info(name)["threat"]:
+        for floor in FLOORS:
+            assert preset_eps(name, norm, floor) > 0
+
+
+def test_a_missing_preset_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no budget preset for attack 'sparse'.*--attacks sparse"):
         preset_eps("sparse", "linf")
+    with pytest.raises(InputError, match="floors: psnr40, ssim0.9"):
+        preset_eps("pgd", "linf", "psnr30")
+    bad = tmp_path / "budgets.json"
+    bad.write_text('{"rows": []}')
+    with pytest.raises(InputError, match="not a budget calibration"):
+        PresetTable.read(bad)
+    one = {"settings": {"size": [10, 10], "hi": {"linf": 0.5}},
+           "rows": [{"attack": "new", "norm": "linf", "floor": "psnr40", "model": m, "eps": e}
+                    for m, e in (("a", 0.5), ("b", 0.3))]}
+    t = PresetTable.from_calibration(one)
+    assert t.get("new", "linf") == 0.3 and t.capped == frozenset()
 
 
 def test_mse_shapes() -> None:
     with pytest.raises(InputError):
         mse(torch.zeros(1, 3, 4, 4), torch.zeros(1, 3, 4, 5))
+
+
+def _calibration_script():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "calibrate_attack_budgets.py"
+    spec = importlib.util.spec_from_file_location("calibrate_attack_budgets", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_script_derives_each_attack_s_effort_from_its_options() -> None:
+    """The settings the script gives each attack are those recorded in the shipped calibration."""
+    import argparse
+
+    script = _calibration_script()
+    args = argparse.Namespace(queries=100, steps=10, uap_steps=20)
+    recorded = {r["attack"]: r["settings"] for r in json.loads(CALIBRATION_FILE.read_text())["rows"]}
+    assert {a: script.settings_for(a, args) for a in recorded} == recorded
+
+
+def test_merging_a_new_attack_keeps_the_other_rows_and_refuses_another_protocol() -> None:
+    script = _calibration_script()
+    old = {"settings": {"size": [96, 128], "hi": {"linf": 0.25}, "models": ["a"]},
+           "rows": [{"attack": "pgd", "eps": 0.1}, {"attack": "new", "eps": 0.5}]}
+    new = {"settings": {"size": [96, 128], "hi": {"linf": 0.25}, "models": ["b"]}, "rows": [{"attack": "new", "eps": 0.2}]}
+    merged = script.merged(old, new)
+    assert merged["rows"] == [{"attack": "pgd", "eps": 0.1}, {"attack": "new", "eps": 0.2}]
+    with pytest.raises(SystemExit, match="settings differ"):
+        script.merged(old, {**new, "settings": {**new["settings"], "size": [48, 64]}})

@@ -85,7 +85,7 @@ def get_model(name: str) -> IQAModel:
                         p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
             _CACHE[name] = model
         else:
-            _CACHE[name] = create_model(name, **FAST_OPTIONS.get(name, {}))  # type: ignore[arg-type]
+            _CACHE[name] = create_model(name, weights="random", **FAST_OPTIONS.get(name, {}))  # type: ignore[arg-type]
     return _CACHE[name]
 
 
@@ -184,7 +184,7 @@ def test_dreamsim_distance_is_cosine_of_embeddings() -> None:
 
 @pytest.mark.slow
 def test_dreamsim_full_ensemble_contract() -> None:
-    model = create_model("dreamsim")
+    model = create_model("dreamsim", weights="random")
     assert [v.member.name for v in model.members] == ["dino_vitb16", "clip_vitb16", "open_clip_vitb16"]
     assert [v.patch_embed.proj.kernel_size for v in model.members] == [(16, 16)] * 3
     assert [tuple(v.pos_embed.shape) for v in model.members] == [(1, 197, 768)] * 3
@@ -236,7 +236,7 @@ def test_checkpoint_round_trip_torch_and_safetensors(tmp_path: Path) -> None:
 
     src = get_model("lpips")
     x, ref = _inputs("lpips")
-    fresh = create_model("lpips")  # another random draw
+    fresh = create_model("lpips", weights="random")  # another random draw
     with torch.no_grad():
         assert not torch.allclose(fresh(x, ref), src(x, ref))
     torch.save(src.state_dict(), tmp_path / "lpips.pt")
@@ -298,7 +298,7 @@ def test_head_only_checkpoint_needs_the_imagenet_trunk(tmp_path: Path, monkeypat
     with pytest.raises(InputError, match=r"not the torchvision trunk alexnet-owt-7be5be79\.pth.*lacks"):
         create_model("lpips", weights=tmp_path / "LPIPS_v0.1_alex.pth", trunk=tmp_path / "not_alexnet.pth")
     with pytest.raises(InputError, match="trunk=PATH completes a head-only checkpoint"):
-        create_model("lpips", trunk=tmp_path / "not_alexnet.pth")
+        create_model("lpips", weights="random", trunk=tmp_path / "not_alexnet.pth")
 
 
 def test_pretrained_without_network_names_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -392,26 +392,26 @@ def test_protocol_is_recorded_and_rebuilds_the_same_model(name: str) -> None:
     model = get_model(name)
     protocol = model.protocol
     assert protocol and all(isinstance(v, (str, int, float)) for v in protocol.values())
-    assert create_model(name, **protocol).protocol == protocol  # type: ignore[arg-type]
+    assert create_model(name, weights="random", **protocol).protocol == protocol  # type: ignore[arg-type]
 
 
 def test_default_protocols() -> None:
-    assert create_model("hyperiqa").protocol == {"crops": "uniform", "num_crops": 25, "input_size": "native"}
-    assert create_model("koncept").protocol == {"input_size": "384x512"}
+    assert create_model("hyperiqa", weights="random").protocol == {"crops": "uniform", "num_crops": 25, "input_size": "native"}
+    assert create_model("koncept", weights="random").protocol == {"input_size": "384x512"}
     assert DreamSim(ensemble=TINY_ENSEMBLE).protocol["input_size"] == "224x224"
     with pytest.raises(InputError, match="crops must be one of"):
-        create_model("hyperiqa", crops="center")
+        create_model("hyperiqa", weights="random", crops="center")
     with pytest.raises(InputError, match="exactly 1 with crops='resize'"):
-        create_model("hyperiqa", crops="resize", num_crops=4)
+        create_model("hyperiqa", weights="random", crops="resize", num_crops=4)
     with pytest.raises(InputError, match="input_size must be HxW"):
-        create_model("koncept", input_size="big")
+        create_model("koncept", weights="random", input_size="big")
     with pytest.raises(InputError, match="takes no argument 'num_crop'.*did you mean 'num_crops'"):
-        create_model("hyperiqa", num_crop=4)
+        create_model("hyperiqa", weights="random", num_crop=4)
 
 
 def test_koncept_resizes_to_its_protocol_size() -> None:
     native = get_model("koncept")
-    sized = create_model("koncept", input_size=(96, 128))
+    sized = create_model("koncept", weights="random", input_size=(96, 128))
     sized.load_state_dict(native.state_dict())
     x = random_images(1, 120, 100, seed=3)
     small = torch.nn.functional.interpolate(x, size=(96, 128), mode="bilinear", antialias=True)

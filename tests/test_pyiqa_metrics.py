@@ -59,7 +59,7 @@ def _params() -> list[object]:
 
 
 def _check_cut(metric: str, entry: Cut) -> None:
-    model = create_model(f"pyiqa:{metric}")
+    model = create_model(f"pyiqa:{metric}", weights="random")
     size = SIZE.get(metric, 64)
     if hasattr(model.net, "test_sample"):  # MANIQA / TReS crops: 2 are enough to check the cut
         model.net.test_sample = 2
@@ -92,7 +92,7 @@ def test_metric_builds_offline_or_refuses_clearly(metric: str) -> None:
             create_model(f"pyiqa:{metric}")
         return
     try:
-        model = create_model(f"pyiqa:{metric}")
+        model = create_model(f"pyiqa:{metric}", weights="random")
     except InputError as exc:  # needs a file, a module or a HuggingFace model that is not here
         message = str(exc)
         assert "\n" not in message
@@ -115,7 +115,7 @@ def test_metric_builds_offline_or_refuses_clearly(metric: str) -> None:
 
 
 def test_named_layer_and_errors() -> None:
-    model = create_model("pyiqa:cnniqa@conv1")
+    model = create_model("pyiqa:cnniqa@conv1", weights="random")
     x = random_images(2, 20, 20, seed=6)
     with torch.no_grad():
         assert model.features(x).shape == (2, 50 * 14 * 14)
@@ -123,18 +123,18 @@ def test_named_layer_and_errors() -> None:
         with pytest.raises(InputError, match="no standalone head"):
             model.head(model.features(x))
     with pytest.raises(InputError, match="no submodule 'nope'"):
-        create_model("pyiqa:cnniqa@nope")
+        create_model("pyiqa:cnniqa@nope", weights="random")
     with pytest.raises(InputError, match="unknown pyiqa metric 'nosuchmetric'"):
         create_model("pyiqa:nosuchmetric")
     with pytest.raises(InputError, match="hand-crafted formula with no layers to name"):
         create_model("pyiqa:psnr@conv1")
     with pytest.raises(InputError, match="feature take must be 'input' or 'output'"):
-        create_model("pyiqa:cnniqa@fc1:middle")
+        create_model("pyiqa:cnniqa@fc1:middle", weights="random")
 
 
 def test_cnniqa_cut_is_the_input_of_its_mlp_head() -> None:
     """CNNIQA: conv -> max/min pooling (b(x), D = 100) -> fc1 -> fc2 -> fc3; checked by hand."""
-    model = create_model("pyiqa:cnniqa")
+    model = create_model("pyiqa:cnniqa", weights="random")
     x = random_images(2, 40, 40, seed=5)
     with torch.no_grad():
         h = model.net.conv1(x)
@@ -145,8 +145,8 @@ def test_cnniqa_cut_is_the_input_of_its_mlp_head() -> None:
 def test_lpips_cut_matches_the_dedicated_adapter() -> None:
     """pyiqa:lpips' features (the lin layers' inputs) averaged over space are the `lpips`
     adapter's features: the same cut, the exact split of the dedicated model."""
-    generic = create_model("pyiqa:lpips")
-    exact = create_model("lpips")
+    generic = create_model("pyiqa:lpips", weights="random")
+    exact = create_model("lpips", weights="random")
     exact.net.load_state_dict(generic.net.state_dict())
     x, r = random_images(1, 64, 64, seed=7), random_images(1, 64, 64, seed=8)
     with torch.no_grad():

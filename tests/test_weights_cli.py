@@ -27,7 +27,7 @@ def lpips_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A head-only LPIPS file (the lin layers, as pyiqa and the lpips package ship) and a
     torchvision-format AlexNet trunk, both random."""
     d = tmp_path_factory.mktemp("lpips")
-    net = create_model("lpips").net
+    net = create_model("lpips", weights="random").net
     torch.save({k: v for k, v in net.state_dict().items() if k.startswith("lin") and not k.startswith("lins")},
                d / "alex.pth")
     torch.manual_seed(0)

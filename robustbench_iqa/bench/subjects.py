@@ -24,6 +24,7 @@ from robustbench_iqa.certify.heads import FTN, Scorer
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import Backbone, IQAModel
 from robustbench_iqa.models.registry import create_model, list_models
+from robustbench_iqa.models.weights import WeightsRequiredError
 
 
 class ModelUnavailable(InputError):
@@ -73,6 +74,8 @@ def load_model(name: str, *, device: str, seed: int) -> tuple[IQAModel, str]:
         torch.manual_seed(seed)
         try:
             return create_model(name, device=device), ""
+        except WeightsRequiredError:  # a published architecture: timing needs no trained weights
+            return create_model(name, device=device, weights="random"), "random weights (timing only)"
         except InputError as exc:
             model = _stand_in(name)
             if model is None:

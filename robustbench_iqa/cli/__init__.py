@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from robustbench_iqa.errors import InputError, ReproducibilityWarning
+from robustbench_iqa.errors import DataWarning, InputError, ReproducibilityWarning
 
 _ORDER = ["certify", "predict", "train", "attack", "train-denoiser", "report", "verify", "bench", "weights", "list"]
 
@@ -102,7 +102,7 @@ def _plugins(args: argparse.Namespace) -> list[str]:
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: TextIO | None = None, line: str | None = None) -> None:
     """The suite's own warnings as one ``warning: ...`` line; others as Python shows them."""
-    if issubclass(category, ReproducibilityWarning):
+    if issubclass(category, (ReproducibilityWarning, DataWarning)):
         print(f"warning: {message}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))

@@ -111,6 +111,30 @@ def size(text: str) -> str:
     return text
 
 
+def split_name(text: str) -> str:
+    """``--split``: a :class:`~robustbench_iqa.data.base.Split` name (or ``training``), kept as its value."""
+    from robustbench_iqa.data.base import parse_split
+
+    try:
+        return parse_split(text).value
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+SPLIT_HELP = ("part of the dataset: test (default), train, validation or all; the official set where the dataset "
+              "has an official split (KonIQ-10k: training/validation/test from koniq10k_distributions_sets.csv), "
+              "else a seeded 80/20 split by reference (see --split-seed)")
+
+
+def add_split_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, override: bool = False) -> None:
+    """``--split`` and ``--split-seed``; ``override``: default None (the verify config's values)."""
+    where = " (default: the config's)" if override else ""
+    p.add_argument("--split", type=split_name, default=None if override else "test", help=SPLIT_HELP + where)
+    p.add_argument("--split-seed", type=seed, default=None if override else 0,
+                   help="seed of the seeded split of a dataset without an official one "
+                        + ("(default: the config's, 0)" if override else "(default: 0, as verify)"))
+
+
 def max_pixels(text: str) -> int:
     return _int_in(64, MAX_SEED, "a pixel count")(text)
 
@@ -140,16 +164,34 @@ def check_output_dir(path: str | Path, *, flag: str = "--out") -> Path:
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default-nr", help="registered model name (see `robustbench-iqa list`)")
-    p.add_argument("--weights", default=None, help="local checkpoint for the model (default: shipped/random)")
+    p.add_argument("--weights", default=None,
+                   help="pretrained (the published weights), a local checkpoint file, or random (random "
+                        "initialisation, tests only); required for published architectures (dbcnn, lpips, ...); "
+                        "default: the model's own local weights (embedded models)")
     p.add_argument("--device", type=device, default="cpu", help="torch device, e.g. cpu or cuda:0 (default: cpu)")
+
+
+DATASET_OPTION_HELP = ("a keyword option of the dataset (repeatable), e.g. score_column=MOS_zscore for KonIQ-10k's "
+                       "0-100 target (default MOS, 1-5)")
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, str]:
+    """``--dataset-option KEY=VALUE`` (repeatable) as keyword options of the dataset (strings)."""
+    out: dict[str, str] = {}
+    for item in getattr(args, "dataset_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--dataset-option must look like KEY=VALUE, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 def add_input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inputs")
     g.add_argument("--dataset", default=None, help="registered dataset name (e.g. default, koniq10k, kadid10k, csv)")
     g.add_argument("--root", default=None, help="local folder (or CSV file) of the dataset")
-    g.add_argument("--split", choices=["all", "train", "test"], default="test",
-                   help="which part of the seeded 80/20 split to use (default: test)")
+    g.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help=DATASET_OPTION_HELP)
+    add_split_args(g)
     g.add_argument("--limit", type=positive_int, default=None, help="use at most this many images")
     g.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     g.add_argument("--ref", action="append", default=[], help="reference image for FR models (one, or one per --image)")
@@ -164,13 +206,15 @@ def add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_training_data_args(p: argparse.ArgumentParser) -> None:
-    """Dataset flags of the training commands (the seeded 80/20 split is made inside)."""
+    """Dataset flags of the training commands (the train/test split is made inside: the official one
+    where the dataset has one, else the seeded 80/20 split by ``--split-seed``)."""
     p.add_argument("--dataset", default="default", help="registered dataset (default: default)")
     p.add_argument("--root", default=None, help="local folder of the dataset")
+    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE", help=DATASET_OPTION_HELP)
     p.add_argument("--size", type=size, default=None, help="working size HxW (default: the dataset's)")
     p.add_argument("--resize", default=None, help="resize policy")
     p.add_argument("--limit", type=positive_int, default=None,
-                   help="use at most this many images (before the split)")
+                   help="use at most this many images (train: of each part; train-denoiser: before the split)")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:
@@ -185,9 +229,35 @@ def check_limit(limit: int | None) -> None:
 
 
 def build_model(args: argparse.Namespace) -> IQAModel:
+    """The model of ``--model``/``--weights``; a loud warning when its weights are random."""
     from robustbench_iqa.models.registry import create_model
 
-    return create_model(args.model, weights=args.weights, device=args.device)
+    model = create_model(args.model, weights=args.weights, device=args.device)
+    origin = getattr(model, "weights_origin", None)
+    if getattr(origin, "is_random", False):
+        print(f"warning: model {args.model!r} has RANDOM weights ({origin}): its scores say nothing about image "
+              "quality; every row says weights=random", file=sys.stderr)
+    return model
+
+
+def score_labels(model: Any, scorer: Any = None) -> dict[str, Any]:
+    """What every shown score row carries: the orientation and range of the score (of ``scorer``, the
+    defense, when given, else of the model; :mod:`robustbench_iqa.orientation`) and the model's weights."""
+    from robustbench_iqa.orientation import score_fields
+
+    s = scorer if scorer is not None else model
+    return {**score_fields(lower_better=bool(s.lower_better), score_range=s.score_range),
+            "weights": str(getattr(model, "weights_origin", "unknown"))}
+
+
+RANDOM_ORIGINS = ("random", "pretrained-base")
+
+
+def label_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Table columns after a command's own: ``scale`` (orientation and range), and ``weights`` when
+    some row's model has random weights."""
+    random = any(r.get("weights") in RANDOM_ORIGINS for r in rows)
+    return ["scale"] + (["weights"] if random else [])
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
@@ -218,13 +288,11 @@ class Item:
 def load_dataset(args: argparse.Namespace) -> IQADataset:
     from robustbench_iqa.data.registry import create_dataset
 
-    ds = create_dataset(args.dataset, root=args.root, size=parse_dataset_size(args.size), resize=args.resize)
+    ds = create_dataset(args.dataset, root=args.root, size=parse_dataset_size(args.size), resize=args.resize,
+                        **dataset_options(args))
     ds = dataclasses.replace(ds, max_pixels=getattr(args, "max_pixels", None),
                              resize_ref=bool(getattr(args, "resize_ref", False)))
-    if args.split != "all":
-        train, test = ds.split(seed=0)
-        ds = train if args.split == "train" else test
-    return ds.head(args.limit)
+    return ds.select(args.split, seed=getattr(args, "split_seed", 0)).head(args.limit)
 
 
 def check_input_args(args: argparse.Namespace) -> None:
@@ -241,10 +309,20 @@ def check_input_args(args: argparse.Namespace) -> None:
 
 def work_kind(args: argparse.Namespace) -> str:
     """Which row of :data:`robustbench_iqa.data.memory.WORK_BYTES_PER_PIXEL` the command's work is."""
-    if getattr(args, "defense", "none") in ("ms", "dms", "dms-iqa", "rs-reg", "cert-reg"):
+    if _input_noise(getattr(args, "defense", "none")):
         return "noise"  # 64 noisy copies per forward pass, whatever the batch of images
     command = getattr(args, "command", "")
     return command if command in ("certify", "attack") else "forward"
+
+
+def _input_noise(defense: str) -> bool:
+    """Whether ``defense`` draws Gaussian noise in input space (its registered ``space`` and ``noise``)."""
+    from robustbench_iqa.certify.defense import DEFENSES
+
+    if defense == "none" or defense not in DEFENSES:
+        return False
+    meta = DEFENSES.metadata(defense)
+    return meta.get("space") == "input" and bool(meta.get("noise", True))
 
 
 def work_batch(args: argparse.Namespace, total: int | None) -> int:
@@ -369,6 +447,10 @@ def emit(rows: list[dict[str, Any]], *, as_json: bool, columns: list[str]) -> No
         for r in rows:
             print(json.dumps(r, default=_json_default))
         return
+    if "scale" in columns:
+        from robustbench_iqa.orientation import scale_text
+
+        rows = [r if "scale" in r else {**r, "scale": scale_text(r)} for r in rows]
     print(format_table(rows, columns))
 
 

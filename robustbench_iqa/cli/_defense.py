@@ -10,6 +10,7 @@ from robustbench_iqa.errors import InputError
 
 if TYPE_CHECKING:
     from robustbench_iqa.certify.defense import CertifiedDefense
+    from robustbench_iqa.certify.options import DefenseOptions
     from robustbench_iqa.models.base import IQAModel
 
 
@@ -38,6 +39,12 @@ def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
                    help="trained artifact of the defense: FS-IQA heads, or the denoiser of dms/dms-iqa "
                         "(default: the shipped one)")
     g.add_argument("--batch-size", type=c.positive_int, default=4, help="images per batch (default: 4)")
+    g.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                   help="an option the defense declares (repeatable; `robustbench-iqa list defenses "
+                        "--options`): a keyword of its factory (cert-reg trim=0.2, rs-reg certificate=radius)"
+                        + (" or a setting of its certify (fs-iqa tau=0.01, ms eps=0.1)" if certify else "")
+                        + "; VALUE is read as TOML (0.1, true, [0, 1]) or else as a word")
+    p.set_defaults(certifies=certify)
     if certify:
         g.add_argument("--alpha", type=c.probability, default=0.999, help="confidence level (default: 0.999)")
         g.add_argument("--tau", type=c.nonneg_float, default=None,
@@ -96,18 +103,44 @@ def require_certified(args: argparse.Namespace) -> None:
                          f"`robustbench-iqa attack --defense {args.defense}`")
 
 
+def defense_options(args: argparse.Namespace) -> DefenseOptions:
+    """The ``--option KEY=VALUE`` values of ``--defense``, checked against the options it declares
+    (did-you-mean on an unknown key), split into factory keywords and ``certify`` settings."""
+    from robustbench_iqa.certify.options import DefenseOptions, split_options
+    from robustbench_iqa.options import parse_assignments
+
+    given = parse_assignments(getattr(args, "option", None), flag="--option")
+    if not given or args.defense == "none":
+        if given:
+            raise InputError("--option sets options of a defense; --defense none has none")
+        return DefenseOptions()
+    for k in (*CERTIFY_SETTINGS, *FACTORY_OPTIONS):
+        if getattr(args, k, None) is not None and k in given:
+            raise InputError(f"{_flag(k)} and --option {k}=... are both given")
+    try:
+        opts = split_options(args.defense, given, where=args.defense)
+    except InputError as exc:
+        raise InputError(f"--option: {exc}") from None
+    if opts.certify and not getattr(args, "certifies", False):
+        raise InputError(f"--option {', '.join(opts.certify)}: a certify setting of defense {args.defense!r}, "
+                         "which this command does not call (`robustbench-iqa certify` takes it)")
+    return opts
+
+
 def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense:
     """The defense of ``--defense`` at its sigma (:func:`resolve_sigma`), with its trained artifact
-    (``--checkpoint``), if it takes one."""
+    (``--checkpoint``, given to the keyword the defense names for it) and its ``--option`` values."""
     from robustbench_iqa.certify.defense import DEFENSES, create_defense
+    from robustbench_iqa.certify.options import artifact_option
     from robustbench_iqa.registry import did_you_mean
 
     if args.defense not in DEFENSES:
         raise InputError(f"unknown defense {args.defense!r}{did_you_mean(args.defense, DEFENSES.names())}; "
                          f"known: {', '.join(DEFENSES.names())}")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(defense_options(args).build)
     if args.checkpoint is not None:
-        if not DEFENSES.metadata(args.defense).get("trained"):
+        key = artifact_option(args.defense)
+        if key is None:
             raise InputError(f"--checkpoint given, but defense {args.defense!r} uses no trained artifact")
         from pathlib import Path
 
@@ -122,9 +155,22 @@ def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense
             kind = file_kind(given)
             if kind != "safetensors":
                 raise InputError(f"--checkpoint {given} is not a safetensors file ({kind})")
-        options["checkpoint" if args.defense == "fs-iqa" else "denoiser"] = args.checkpoint
+        if key in options:
+            raise InputError(f"--checkpoint and --option {key}=... are both given")
+        options[key] = args.checkpoint
     options.update({k: getattr(args, k) for k in FACTORY_OPTIONS if getattr(args, k, None) is not None})
     return create_defense(args.defense, model, sigma=resolve_sigma(args), **options)
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """The defense's own check that a certification can succeed (e.g. enough draws for its percentile
+    bounds), run before any model is built; defenses that declare none pass."""
+    from robustbench_iqa.certify.defense import DEFENSES
+
+    check = DEFENSES.metadata(args.defense).get("preflight") if args.defense in DEFENSES else None
+    if check is not None:
+        given = {k: getattr(args, k) for k in CERTIFY_SETTINGS if getattr(args, k, None) is not None}
+        check(n=args.n, sigma=args.sigma, alpha=args.alpha, settings={**given, **defense_options(args).certify})
 
 
 def _flag(setting: str) -> str:
@@ -140,9 +186,10 @@ def certify_settings(args: argparse.Namespace, defense: CertifiedDefense) -> dic
 
     given = {k: getattr(args, k) for k in CERTIFY_SETTINGS if getattr(args, k, None) is not None}
     taken = {f.name for f in dataclasses.fields(defense.certify_settings)}
+    options = defense_options(args).certify
     for k in given:
         if k not in taken:
             flag = _flag(k)
             raise InputError(f"{flag} does not apply to defense {args.defense!r} (it takes: "
                              f"{', '.join(_flag(t) for t in sorted(taken) if t in CERTIFY_SETTINGS) or 'none'})")
-    return settings_from(defense, given)
+    return {**settings_from(defense, given), **options}

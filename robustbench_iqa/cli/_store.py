@@ -68,11 +68,16 @@ def open_store(args: argparse.Namespace, kind: str, settings: Mapping[str, Any])
             raise InputError("--resume needs --out RUN_DIR")
         return StoreRun(None, None)
     weights = args.weights
-    if weights is not None and weights not in ("pretrained", "pretrained-base"):
+    if weights is not None and weights not in ("pretrained", "pretrained-base", "random"):
         weights = file_sha256(weights)
     checkpoint = getattr(args, "checkpoint", None)
+    if args.dataset:  # how the part was chosen (official set, or seeded split), recorded with the run
+        from robustbench_iqa.cli._common import load_dataset
+
+        settings = {**settings, "split_record": dict(load_dataset(args).selection)}
     config = run_config(kind=kind, model=args.model, weights=weights, dataset=args.dataset, root=args.root,
-                        split=args.split, limit=args.limit, images=list(args.image), refs=list(args.ref),
+                        dataset_options=getattr(args, "dataset_option", []),
+                        split=args.split, split_seed=getattr(args, "split_seed", 0), limit=args.limit, images=list(args.image), refs=list(args.ref),
                         size=args.size, resize=args.resize, max_pixels=getattr(args, "max_pixels", None),
                         resize_ref=bool(getattr(args, "resize_ref", False)), seed=args.seed, device=args.device,
                         checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None, **settings)

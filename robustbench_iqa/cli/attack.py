@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--queries", type=c.positive_int, default=None, help="black-box attacks: queries per image")
     s.add_argument("--pixels", type=c.positive_int, default=None, help="sparse attack: pixels that may change")
     s.add_argument("--perturbation", default=None, help="uap: a trained perturbation file (UniversalPerturbation.save)")
+    s.add_argument("--attack-option", action="append", default=None, metavar="KEY=VALUE",
+                   help="any keyword the attack declares (repeatable; `robustbench-iqa list attacks --options`), "
+                        "e.g. madc hold=mse; VALUE is read as TOML (0.1, true) or else as a word")
     d = p.add_argument_group("defense (optional)")
     d.add_argument("--defense", default="none",
                    help="none (default), fs-iqa, ms, dms, dms-iqa, rs-reg, cert-reg; empirical (predict only): jpeg, "
@@ -76,6 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--eot-noise", default="fresh", choices=("fresh", "fixed"))
     d.add_argument("--n", type=c.sample_count, default=500, help="noise draws of the recorded defended scores (default: 500)")
     d.add_argument("--checkpoint", default=None, help="trained FS-IQA heads, or denoiser for dms/dms-iqa")
+    d.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                   help="an option the defense declares (repeatable), e.g. cert-reg trim=0.2")
     d.add_argument("--batch-size", type=c.positive_int, default=4, help="images per batch (default: 4)")
     c.add_output_args(p)
     c.add_threads_arg(p)
@@ -96,6 +101,9 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.target == "toward" and args.target_score is None:
         raise InputError("--target toward needs --target-score")
     args.sigma = resolve_sigma(args)
+    from robustbench_iqa.cli._defense import defense_options
+
+    attack_option_values(args), defense_options(args)  # checked before any model is built
     if args.defense != "none":
         check_n(args.eot, name="--eot")
         check_n(args.n, name="--n")
@@ -127,10 +135,15 @@ def build_objective(
 
 
 def _store_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from robustbench_iqa.cli._defense import defense_options
+
     keys = ("attack", "norm", "eps", "steps", "step_size", "target", "target_score", "defense", *ATTACK_SETTINGS)
     out = {k: getattr(args, k) for k in keys}
     if args.defense != "none":
         out.update({k: getattr(args, k) for k in ("sigma", "eot", "eot_aggregate", "eot_noise", "n", "checkpoint")})
+    # recorded only when given, so that runs stored before these options existed still resume
+    extra, built = attack_option_values(args), defense_options(args).build
+    out.update({**({"attack_options": extra} if extra else {}), **({"options": built} if built else {})})
     return out
 
 
@@ -147,11 +160,29 @@ def run(args: argparse.Namespace) -> int:
     return _report(args, rows)
 
 
+def attack_option_values(args: argparse.Namespace) -> dict[str, Any]:
+    """``--attack-option KEY=VALUE`` values, checked against the options ``--attack`` declares."""
+    from robustbench_iqa.attacks.registry import ATTACKS, attack_options
+    from robustbench_iqa.options import check_values, parse_assignments
+
+    given = parse_assignments(args.attack_option, flag="--attack-option")
+    if not given:
+        return {}
+    ATTACKS.entry(args.attack.lower())  # an unknown attack: its own did-you-mean
+    for k in ("eps", "steps", "step_size", "norm", *ATTACK_SETTINGS):
+        if k in given:
+            raise InputError(f"--attack-option {k}=...: use --{k.replace('_', '-')}")
+    try:
+        return check_values(attack_options(args.attack), given, where=args.attack.lower())
+    except InputError as exc:
+        raise InputError(f"--attack-option: {exc}") from None
+
+
 def _create_attack(args: argparse.Namespace) -> Any:
     from robustbench_iqa.attacks.registry import create_attack
 
     return create_attack(args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size, norm=args.norm,
-                         **{k: getattr(args, k) for k in ATTACK_SETTINGS})
+                         **{k: getattr(args, k) for k in ATTACK_SETTINGS}, **attack_option_values(args))
 
 
 @dataclass(frozen=True)
@@ -222,8 +253,10 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
     def key(it: c.Item) -> RowKey:
         return RowKey(AttackRow.table, model.name, args.defense, sigma, it.id, extra)
 
+    labels = c.score_labels(model, state.defense)
+
     def shown(payload: dict[str, Any], it: c.Item, at: int) -> None:
-        row = rows[at] = {"image": it.name, **payload, "defense": args.defense}
+        row = rows[at] = {"image": it.name, **payload, "defense": args.defense, **labels}
         if args.json:
             c.emit([row], as_json=True, columns=COLUMNS)
 
@@ -238,7 +271,8 @@ def _attack_all(args: argparse.Namespace, attack: Any, store: ResultsStore | Non
             rows.append(None)
             if store.done(key(it)):  # type: ignore[union-attr]
                 done = next(store.iter_rows_for(key(it)))  # type: ignore[union-attr]
-                rows[-1] = {"image": it.name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__}}
+                rows[-1] = {"image": it.name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__},
+                            **labels}
                 bar.update(1)
                 continue
             yield len(rows) - 1, it
@@ -279,13 +313,15 @@ def _report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
     summary = summarize([r["clean_score"] for r in rows], [r["adv_score"] for r in rows],
                         score_range=score_range, lower_better=lower_better, confidence=args.confidence)  # type: ignore[arg-type]
     flags = {f.value: sum(f.value in str(r.get("flags", "")).split(",") for r in rows) for f in IMAGE_FLAGS}
+    labels: dict[str, Any] = {k: rows[0][k] for k in ("orientation", "score_range", "weights") if k in rows[0]} \
+        if rows else {}
     out = {"summary": True, "model": args.model, "attack": args.attack, "norm": args.norm, "eps": args.eps,
-           "defense": args.defense, **summary.to_dict(), "flags": flags}
+           "defense": args.defense, **summary.to_dict(), "flags": flags, **labels}
     if args.json:
         c.emit([{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}],
                as_json=True, columns=[])
     else:
-        c.emit(rows, as_json=False, columns=COLUMNS)
+        c.emit(rows, as_json=False, columns=COLUMNS + c.label_columns(rows))
         print()
         for key in SUMMARY_KEYS:
             print(f"{key:>14}: {out[key]:.4g}  [{out[key + '_low']:.4g}, {out[key + '_high']:.4g}]  "

@@ -13,6 +13,8 @@ from robustbench_iqa.cli._defense import (
     add_defense_args,
     build_defense,
     certify_settings,
+    defense_options,
+    preflight,
     require_certified,
     resolve_sigma,
 )
@@ -36,7 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustbench_iqa.certify.bounds import require_indices
     from robustbench_iqa.validation import check_alpha, check_n, check_sigma
 
     check_executor_args(args, needs_out=True)
@@ -50,13 +51,13 @@ def run(args: argparse.Namespace) -> int:
         from robustbench_iqa.errors import InputError
 
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.defense in ("fs-iqa", "ms", "dms", "dms-iqa"):  # fail fast, before any model is built
-        eps = args.sigma if args.defense == "fs-iqa" else (args.eps if args.eps is not None else args.sigma / 2)
-        require_indices(args.n, sigma=args.sigma, eps=eps, alpha=args.alpha)
+    preflight(args)  # fail fast, before any model is built
     c.apply_threads(args)
     state = build_certifier(args)
+    built = defense_options(args).build  # recorded with the run (only when given: older runs resume)
     with open_store(args, "certify", {"defense": args.defense, "sigma": args.sigma, "n": args.n,
-                                      "alpha": args.alpha, **state.settings}) as store:
+                                      "alpha": args.alpha, **state.settings,
+                                      **({"options": built} if built else {})}) as store:
         return _certify_all(args, state, store)
 
 
@@ -83,7 +84,7 @@ def certify_item(state: Certifier, item: c.Item) -> dict[str, Any]:
     import torch
 
     from robustbench_iqa.runner.workspace import Stopwatch
-    from robustbench_iqa.studies.certify import CorrelationRow, guarantee_row
+    from robustbench_iqa.studies.certify import CorrelationRow, guarantee_row, scale_of
 
     args, defense = state.args, state.defense
     x, ref = c.stack([item], args.device)
@@ -91,13 +92,16 @@ def certify_item(state: Certifier, item: c.Item) -> dict[str, Any]:
         r = defense.certify(x, ref, n=args.n, alpha=args.alpha, generator=item_generator(args, item.id),
                             **state.settings)[0]
     dt = t.seconds
-    shown = {"image": item.name, **r.to_dict(), "target": item.score, "seconds": dt}
+    shown = {"image": item.name, **r.to_dict(), "target": item.score, "seconds": dt,
+             **c.score_labels(state.model, defense)}
     shown.pop("statement", None)
     pixels = int(x.shape[-1] * x.shape[-2])
     return {"shown": shown,
-            "guarantee": guarantee_row(r, alpha=args.alpha, n=args.n, seconds=dt, batch=1, pixels=pixels).payload(),
+            "guarantee": guarantee_row(r, alpha=args.alpha, n=args.n, seconds=dt, batch=1, pixels=pixels,
+                                       scorer=defense).payload(),
             "correlation": CorrelationRow(r.score, item.score if item.score is not None else float("nan"),
-                                          bool(defense.lower_better), None, dt, 1, args.seed).payload()}
+                                          bool(defense.lower_better), None, dt, 1, args.seed,
+                                          **scale_of(defense)).payload()}
 
 
 def _certify_all(args: argparse.Namespace, state: Certifier, store: Any) -> int:
@@ -111,6 +115,7 @@ def _certify_all(args: argparse.Namespace, state: Certifier, store: Any) -> int:
     from robustbench_iqa.studies.certify import CorrelationRow, GuaranteeRow
 
     model, defense, settings = state.model, state.defense, state.settings
+    labels = c.score_labels(model, defense)
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     device = torch.device(args.device)
@@ -138,7 +143,8 @@ def _certify_all(args: argparse.Namespace, state: Certifier, store: Any) -> int:
             if store.done(key):
                 skipped += 1
                 done = next(store.iter_rows_for(key))
-                row = {"image": it.name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__}}
+                row = {"image": it.name, **{k: v for k, v in done.items() if k not in RowKey.__dataclass_fields__},
+                       **labels}
                 rows[-1] = row
                 if args.json:
                     c.emit([row], as_json=True, columns=COLUMNS)
@@ -166,7 +172,7 @@ def _certify_all(args: argparse.Namespace, state: Certifier, store: Any) -> int:
                     results = defense.certify(x, ref, n=args.n, alpha=args.alpha, generator=gen, **settings)
                 dt = t.seconds / len(chunk)
                 for it, r in zip(chunk, results):
-                    row = {"image": it.name, **r.to_dict(), "target": it.score, "seconds": dt}
+                    row = {"image": it.name, **r.to_dict(), "target": it.score, "seconds": dt, **labels}
                     row.pop("statement", None)
                     rows.append(row)
                     if args.json:
@@ -187,4 +193,4 @@ def table_columns(rows: list[dict[str, Any]]) -> list[str]:
     """:data:`COLUMNS`, with the sound FS-IQA radii after ``eps_x`` (the first-order one) when any row has one."""
     sound = [k for k in SOUND_RADII if any(r.get(k) is not None for r in rows)]
     at = COLUMNS.index("eps_x") + 1
-    return COLUMNS[:at] + sound + COLUMNS[at:]
+    return COLUMNS[:at] + sound + COLUMNS[at:] + c.label_columns(rows)

@@ -6,7 +6,12 @@ import argparse
 import time
 
 from robustbench_iqa.cli import _common as c
-from robustbench_iqa.cli._defense import add_defense_args, build_defense, resolve_sigma
+from robustbench_iqa.cli._defense import (
+    add_defense_args,
+    build_defense,
+    defense_options,
+    resolve_sigma,
+)
 
 COLUMNS = ["image", "score", "target", "seconds"]
 
@@ -31,9 +36,11 @@ def run(args: argparse.Namespace) -> int:
     c.check_input_args(args)
     check_n(args.n)
     args.sigma = resolve_sigma(args)
+    defense_options(args)  # checked before any model is built
     c.apply_threads(args)
     model = c.build_model(args)
     defense = None if args.defense == "none" else build_defense(args, model)
+    labels = c.score_labels(model, defense)
     total, items = c.iter_items(args, model)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     with tqdm(total=total, desc=f"predict {args.model} ({args.defense})", unit="img",
@@ -51,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
             check_finite_scores(s)
             dt = (time.perf_counter() - t0) / len(chunk)
             for it, v in zip(chunk, s.tolist()):
-                row = {"image": it.name, "score": v, "target": it.score, "seconds": dt, "defense": args.defense}
+                row = {"image": it.name, "score": v, "target": it.score, "seconds": dt, "defense": args.defense,
+                       **labels}
                 rows.append(row)
                 if args.json:
                     c.emit([row], as_json=True, columns=COLUMNS)
             bar.update(len(chunk))
     if not args.json:
-        c.emit(rows, as_json=False, columns=COLUMNS)
+        c.emit(rows, as_json=False, columns=COLUMNS + c.label_columns(rows))
     return 0

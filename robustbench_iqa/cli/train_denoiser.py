@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     model = c.build_model(args)
     from robustbench_iqa.data.registry import create_dataset
 
-    ds = create_dataset(args.dataset, root=args.root, size=c.parse_dataset_size(args.size), resize=args.resize)
+    ds = create_dataset(args.dataset, root=args.root, size=c.parse_dataset_size(args.size), resize=args.resize,
+                        **c.dataset_options(args))
     ds = ds.head(args.limit)
     path = output_path(args.out, loss=args.loss, model=model.name, sigma=args.sigma)
     c.check_output_dir(path.parent)  # before the training, not at its end

@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--models", nargs="+", default=None, help="override the models")
     p.add_argument("--defenses", nargs="+", default=None, help="override the defenses")
     p.add_argument("--limit", type=c.positive_int, default=None, help="override the number of images")
+    c.add_split_args(p, override=True)
     p.add_argument("--batch-size", type=c.positive_int, default=None, help="images per unit of work")
     p.add_argument("--device", type=c.device, default=None, help="torch device (default: the config's, cpu)")
     c.add_threads_arg(p)
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     c.apply_threads(args)
     limit = args.limit if args.limit is not None else (QUICK["limit"] if args.quick else None)
     cfg = load_config(args.config, models=args.models, defenses=args.defenses, limit=limit,
-                      device=args.device, batch_size=args.batch_size)
+                      device=args.device, batch_size=args.batch_size, split=args.split,
+                      split_seed=args.split_seed)
     executor = None
     check_executor_args(args)
     if args.executor == "ray":

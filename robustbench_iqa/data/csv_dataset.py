@@ -4,7 +4,9 @@ A CSV file with a column ``image`` (a path), a score column (``score_column``, d
 ``score``; a number) and
 optionally ``ref`` (the reference image, for FR models) and ``group`` (the
 source content, kept on one side of a split; default: the reference, else the
-image).  Paths are relative to the folder of the CSV.  ``root`` is the CSV file
+image) and ``set`` (the dataset's own split: ``train``/``training``, ``validation``/``val``,
+``test`` on every row; then ``--split`` picks that set instead of a seeded split).  Paths are
+relative to the folder of the CSV.  ``root`` is the CSV file
 itself or a folder holding exactly one ``*.csv``.
 
 Every problem is an :class:`~robustbench_iqa.errors.InputError` naming it: a
@@ -160,9 +162,10 @@ def csv_dataset(
         str(g) if has_group and not pd.isna(g) else r
         for g, r in zip(table["group"] if has_group else [None] * len(table), refs)
     ]
+    sets = _own_sets(table, path)
     samples = [
-        IQASample(name=img, image=base / img, score=float(sc), ref=base / r if r else None, group=g)
-        for img, sc, r, g in zip(images, scores, refs, groups)
+        IQASample(name=img, image=base / img, score=float(sc), ref=base / r if r else None, group=g, subset=st)
+        for img, sc, r, g, st in zip(images, scores, refs, groups, sets)
     ]
     check_files_exist(
         [s.image for s in samples] + [s.ref for s in samples if s.ref is not None], dataset="csv", where=base
@@ -172,4 +175,20 @@ def csv_dataset(
         score_range=(float(scores.min()), float(scores.max())),
         size=working_size(size), resize=resize_policy(resize), root=base,
         extra={"csv": str(path), "score_column": score_column},
+        official_split={p: p for p in ("train", "validation", "test")} if sets[0] is not None else {},
     )
+
+
+def _own_sets(table: pd.DataFrame, path: Path) -> list[str | None]:
+    """The ``set`` column as split names (``training`` -> ``train``, ``val`` -> ``validation``), or Nones."""
+    from robustbench_iqa.data.base import SPLIT_ALIASES, Split
+
+    if "set" not in table.columns:
+        return [None] * len(table)
+    names = {s.value: s.value for s in Split if s is not Split.ALL} | {k: v.value for k, v in SPLIT_ALIASES.items()}
+    raw = [str(v).strip().lower() if not pd.isna(v) else "" for v in table["set"]]
+    bad = sorted({v for v in raw if v not in names})
+    if bad:
+        raise InputError(f"dataset 'csv': column 'set' of {path} has values {bad[:5]}; expected train, "
+                         "validation or test on every row")
+    return [names[v] for v in raw]

@@ -192,6 +192,13 @@ def decode_image(path: str | Path) -> np.ndarray:
     return orient(_to_rgb(a, p), o)
 
 
+def decode_pil(im: Image.Image, *, name: str = "<PIL image>") -> np.ndarray:
+    """A PIL image in memory as a float32 array (H, W, 3) in [0, 1], by the rules of :func:`decode_image`
+    (gray repeated, alpha composited over white, 16-bit samples scaled by 65535)."""
+    p = Path(name)
+    return _to_rgb(_pil_array(im, "", p), p)
+
+
 def _rawmode(im: Image.Image) -> str:
     """The file's sample layout as Pillow's decoder names it (e.g. ``I;16B``, ``RGB;16B``), before loading."""
     tiles = getattr(im, "tile", None)  # an ImageFile attribute, not on every Image

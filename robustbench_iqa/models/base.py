@@ -49,6 +49,9 @@ class IQAModel(nn.Module):
     weights_source: Any = None
     """A :class:`~robustbench_iqa.models.weights.WeightsSource` for the published models (what
     their weights were read from, with SHA-256), None otherwise."""
+    weights_origin: Any = "unknown"
+    """A :class:`~robustbench_iqa.models.weights.WeightsOrigin` (local, pretrained, file, random,
+    ...), set by :func:`~robustbench_iqa.models.registry.create_model`; shown next to scores."""
 
     @property
     def full_reference(self) -> bool:
@@ -76,6 +79,23 @@ class IQAModel(nn.Module):
     def forward(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         """Undefended quality score of shape (B,)."""
         return self.head(self.features(x, ref))
+
+    def __call__(self, x: Any, ref: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """The score of ``x`` (and ``ref``), like pyiqa: image file paths, PIL images or lists of them
+        (:mod:`robustbench_iqa.models.inputs`) are decoded, moved to the model's device and pass the
+        range check of :func:`~robustbench_iqa.validation.check_pair` (values within
+        :data:`~robustbench_iqa.validation.RANGE_TOLERANCE` of [0, 1] clamped, others refused);
+        anything else that is not a tensor is one :class:`InputError`.  Tensors are scored as
+        given, because defenses and attacks score noisy or look-ahead copies of images they
+        checked; :meth:`check_inputs` is the check every entry point (CLI, defenses, attacks)
+        applies to them."""
+        from robustbench_iqa.models.inputs import as_images
+
+        if not isinstance(x, torch.Tensor) or (ref is not None and not isinstance(ref, torch.Tensor)):
+            x = as_images(x, name="x", device=self.device)
+            ref = as_images(ref, name="ref", device=self.device)
+            x, ref = self.check_inputs(x, ref)
+        return super().__call__(x, ref, *args, **kwargs)
 
     def check_inputs(
         self, x: torch.Tensor, ref: torch.Tensor | None = None

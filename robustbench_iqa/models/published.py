@@ -4,10 +4,13 @@ NR (KonIQ-10k): ``dbcnn``, ``hyperiqa`` (pyiqa architectures), ``koncept``
 (KonCept512, rebuilt with timm).  FR (KADID-10k): ``lpips``, ``dists`` (pyiqa
 architectures), ``dreamsim`` (the ViT-B/16 ensemble, rebuilt with timm blocks).
 
-Every factory takes ``weights``: ``None`` = the real architecture with random
+Every factory takes ``weights``: ``"random"`` = the real architecture with random
 initialization and no download; ``"pretrained"`` = the published weights via
 pyiqa/timm/torchvision downloads (or their caches); a path = a local checkpoint in any
 of the official formats (see each model's module and ``robustbench-iqa weights check``).
+Each is registered with ``default_weights="none"``: :func:`~robustbench_iqa.models.registry.create_model`
+refuses ``weights=None`` with an error naming these choices, so no published model is ever
+random by accident.
 The other keyword options are the model's evaluation protocol (:attr:`IQAModel.protocol`).
 Nothing is imported or downloaded when this module is imported; pyiqa and timm load
 when a model is built.
@@ -45,7 +48,7 @@ VGG16_DISTS_TRUNK = Trunk("https://download.pytorch.org/models/vgg16-397923af.pt
                           r"^stage\d\.(\d+)\.(weight|bias)$", r"features.\1.\2")
 
 
-@register_model("dbcnn", mode="nr", lower_better=False, score_range=(0.0, 1.0),
+@register_model("dbcnn", mode="nr", lower_better=False, score_range=(0.0, 1.0), default_weights="none",
                 description="DBCNN (pyiqa; NR, higher=better): VGG-16 x SCNN bilinear pool -> linear")
 def _dbcnn(*, weights: Weights = None, device: torch.device | None = None,
            input_size: Size = None) -> IQAModel:
@@ -60,7 +63,7 @@ def _hyperiqa_checkpoint(state: dict[str, torch.Tensor]) -> tuple[dict[str, torc
     return state, "state dict in pyiqa's layout"
 
 
-@register_model("hyperiqa", mode="nr", lower_better=False, score_range=(0.0, 1.0),
+@register_model("hyperiqa", mode="nr", lower_better=False, score_range=(0.0, 1.0), default_weights="none",
                 description="HyperIQA (pyiqa; NR, higher=better): ResNet-50 + hyper network, 25 crops")
 def _hyperiqa(*, weights: Weights = None, device: torch.device | None = None, crops: str = Crops.UNIFORM.value,
               num_crops: int | None = None, input_size: Size = None, crop_seed: int = 0) -> IQAModel:
@@ -69,14 +72,14 @@ def _hyperiqa(*, weights: Weights = None, device: torch.device | None = None, cr
                     crop_seed=crop_seed)
 
 
-@register_model("koncept", mode="nr", lower_better=False, score_range=SCORE_RANGE,
+@register_model("koncept", mode="nr", lower_better=False, score_range=SCORE_RANGE, default_weights="none",
                 description="KonCept512 (Inception-ResNet-v2 + FC head; NR, higher=better, 0-100 MOS scale)")
 def _koncept(*, weights: Weights = None, device: torch.device | None = None,
              input_size: Size = TRAINING_SIZE) -> IQAModel:
     return create_koncept(weights, input_size=input_size)
 
 
-@register_model("lpips", mode="fr", lower_better=True, score_range=(0.0, 1.0),
+@register_model("lpips", mode="fr", lower_better=True, score_range=(0.0, 1.0), default_weights="none",
                 description="LPIPS v0.1, AlexNet (pyiqa; FR distance, lower=better)")
 def _lpips(*, weights: Weights = None, device: torch.device | None = None, trunk: str | Path | None = None,
            input_size: Size = None) -> IQAModel:
@@ -84,7 +87,7 @@ def _lpips(*, weights: Weights = None, device: torch.device | None = None, trunk
     return LPIPS(net, "lpips", "lpips", input_size=input_size)
 
 
-@register_model("dists", mode="fr", lower_better=True, score_range=(0.0, 1.0),
+@register_model("dists", mode="fr", lower_better=True, score_range=(0.0, 1.0), default_weights="none",
                 description="DISTS (pyiqa; FR distance, lower=better): VGG-16 structure/texture")
 def _dists(*, weights: Weights = None, device: torch.device | None = None, trunk: str | Path | None = None,
            input_size: Size = None) -> IQAModel:
@@ -92,7 +95,7 @@ def _dists(*, weights: Weights = None, device: torch.device | None = None, trunk
     return DISTS(net, "dists", "dists", input_size=input_size)
 
 
-@register_model("dreamsim", mode="fr", lower_better=True, score_range=(0.0, 2.0),
+@register_model("dreamsim", mode="fr", lower_better=True, score_range=(0.0, 2.0), default_weights="none",
                 description="DreamSim ensemble (DINO + CLIP + OpenCLIP ViT-B/16, LoRA; FR distance)")
 def _dreamsim(*, weights: Weights = None, device: torch.device | None = None, input_size: Size = IMAGE_SIZE,
               dino: str | Path | None = None) -> IQAModel:

@@ -5,6 +5,10 @@ declaring its metadata (FR/NR, ``lower_better``, score range), so the metadata
 can be read without building the model (``list_models(mode="fr")``).  Names of
 the form ``"pyiqa:<metric>"`` are resolved by the prefix factory registered with
 :func:`register_prefix`.  A new model is one new module in this package.
+
+Weights are never random by accident (:mod:`robustbench_iqa.models.weights`): a model
+registered with ``default_weights="none"`` must be given ``weights``, and a model built with
+random learned parameters although no weights were named is refused.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ import torch
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models.base import IQAModel, Mode
+from robustbench_iqa.models.weights import (
+    DefaultWeights,
+    WeightsRequiredError,
+    weights_choices,
+    weights_origin,
+)
 from robustbench_iqa.registry import Registry
 
 MODELS: Registry[IQAModel] = Registry("model", package="robustbench_iqa.models")
@@ -35,14 +45,23 @@ class ModelInfo:
     lower_better: bool
     score_range: tuple[float, float]
     description: str
+    default_weights: DefaultWeights = DefaultWeights.LOCAL
 
 
 def register_model(name: str, *, mode: Mode | str, lower_better: bool, score_range: tuple[float, float],
-                   description: str = "") -> Callable[[F], F]:
-    """Decorator registering ``factory(*, weights, device, ...)`` under ``name`` with its metadata."""
+                   description: str = "", default_weights: DefaultWeights | str = DefaultWeights.LOCAL
+                   ) -> Callable[[F], F]:
+    """Decorator registering ``factory(*, weights, device, ...)`` under ``name`` with its metadata.
+
+    ``default_weights``: ``"local"`` (default) when ``weights=None`` builds the model with real
+    weights read from this machine (shipped files, a package's installed weights); ``"none"`` for
+    a published architecture whose real weights must be named (``create_model`` then refuses
+    ``weights=None``).
+    """
     return MODELS.register(name, description=description, mode=Mode(mode).value,
                            lower_better=bool(lower_better),
-                           score_range=(float(score_range[0]), float(score_range[1])))
+                           score_range=(float(score_range[0]), float(score_range[1])),
+                           default_weights=DefaultWeights(default_weights).value)
 
 
 def register_prefix(prefix: str, *, description: str = "") -> Callable[[F], F]:
@@ -67,7 +86,7 @@ def model_info(name: str) -> ModelInfo:
     if not meta:
         raise InputError(f"{name!r} is resolved by a prefix factory; its metadata is known once it is built")
     return ModelInfo(name, Mode(meta["mode"]), bool(meta["lower_better"]), tuple(meta["score_range"]),
-                     MODELS.describe(name))
+                     MODELS.describe(name), DefaultWeights(meta.get("default_weights", DefaultWeights.LOCAL)))
 
 
 def describe_model(name: str) -> str:
@@ -83,9 +102,13 @@ def create_model(
 ) -> IQAModel:
     """Build the registered model ``name`` in eval mode on ``device``.
 
-    ``weights``: ``None`` for the model's default (shipped weights for the
-    embedded defaults; random initialization, without any download, for
-    published architectures), ``"pretrained"``, or a local checkpoint path.
+    ``weights``: ``None`` for the model's real local default (the embedded models' shipped
+    weights, weights installed with a package); ``"pretrained"`` (the published weights),
+    a local checkpoint path, or ``"random"`` (random initialisation, without any download).
+    A published architecture (registered ``default_weights="none"``) given ``weights=None``
+    raises :class:`~robustbench_iqa.models.weights.WeightsRequiredError` naming these choices,
+    as does any model whose factory returns random learned parameters for ``weights=None``
+    (e.g. ``pyiqa:lpips``).  The built model's ``weights_origin`` says which it got.
     ``options``: the model's own settings (e.g. an evaluation protocol); a keyword
     the model does not take raises :class:`InputError`.  A device this machine
     lacks (``"cuda"`` without a GPU, ``"meta"``, a typo) raises :class:`InputError`.
@@ -93,8 +116,13 @@ def create_model(
     from robustbench_iqa.validation import check_device
 
     dev = check_device(device if device is not None else "cpu")
-    model = MODELS.create(name, weights=weights, device=dev, **options)
     meta = MODELS.metadata(name)
+    if weights is None and meta.get("default_weights") == DefaultWeights.NONE.value:
+        raise WeightsRequiredError(weights_choices(name))
+    model = MODELS.create(name, weights=weights, device=dev, **options)
+    model.weights_origin = weights_origin(model, weights)
+    if weights is None and model.weights_origin.is_random:
+        raise WeightsRequiredError(weights_choices(name))
     if meta and (model.mode.value, bool(model.lower_better)) != (meta["mode"], meta["lower_better"]):
         raise AssertionError(f"model {name!r} was registered as {meta} but built as "
                              f"mode={model.mode.value}, lower_better={model.lower_better}")

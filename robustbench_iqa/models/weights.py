@@ -22,6 +22,16 @@ and ``torch.hub``'s cache readers, which pass ``weights_only=False`` -- read wit
 ``weights_only=True``, and refuses a file that holds anything but tensors and plain
 containers (a pickle of Python objects would run code from the file).  It is active
 while :func:`building` constructs a network and for the whole of every CLI command.
+
+Policy (:func:`robustbench_iqa.models.registry.create_model`): weights are never random by
+accident.  A model registered with ``default_weights="none"`` (a published architecture whose
+real weights live elsewhere) refuses ``weights=None`` with :class:`WeightsRequiredError`,
+naming the choices: ``"pretrained"``, a file, or an explicit ``"random"``; so does any model
+that comes out of its factory with random learned parameters although no weights were asked
+for (``pyiqa:lpips``).  A model whose default weights are real and local (the embedded models'
+shipped files, weights installed with a package) registers ``default_weights="local"``, the
+default.  Every built model carries :attr:`~robustbench_iqa.models.base.IQAModel.weights_origin`
+(:class:`WeightsOrigin`), shown next to its scores in every table and report.
 """
 
 from __future__ import annotations
@@ -41,6 +51,64 @@ from torch import nn
 from robustbench_iqa.errors import InputError, WeightsUnavailableError
 
 
+class WeightsRequiredError(InputError):
+    """A published architecture was asked for without saying which weights (never random by accident)."""
+
+
+class DefaultWeights(StrEnum):
+    """What a registered model builds with ``weights=None``."""
+
+    LOCAL = "local"
+    """Real weights read from this machine (shipped with the suite or an installed package)."""
+    NONE = "none"
+    """No real weights without a choice: ``weights`` must be given (a published architecture)."""
+
+
+class WeightsOrigin(StrEnum):
+    """Where a built model's weights came from, as shown next to its scores."""
+
+    LOCAL = "local"
+    """The model's own real default weights (shipped files, an installed package)."""
+    PRETRAINED = "pretrained"
+    PRETRAINED_BASE = "pretrained-base"
+    """Only the ImageNet backbone is real; the head is random."""
+    FILE = "file"
+    RANDOM = "random"
+    NONE = "none"
+    """The model has no learned parameters (a formula such as PSNR)."""
+
+    @property
+    def is_random(self) -> bool:
+        """Whether some learned parameters are random (the scores mean nothing about quality)."""
+        return self in (WeightsOrigin.RANDOM, WeightsOrigin.PRETRAINED_BASE)
+
+
+def weights_choices(model: str) -> str:
+    """The sentence naming the choices of ``weights`` for ``model``."""
+    return (f"model {model!r} is a published architecture and needs its weights named: "
+            "weights='pretrained' (the published weights, downloaded or from the local cache), "
+            "weights=PATH (a local checkpoint file), or weights='random' (random initialisation: scores that "
+            "mean nothing about quality, for tests only); on the command line --weights pretrained|PATH|random, "
+            f"in the verify config weights = {{ \"{model}\" = \"pretrained\" }}")
+
+
+def weights_origin(model: nn.Module, weights: str | Path | None) -> WeightsOrigin:
+    """Where ``model``'s weights came from, given the ``weights`` argument it was built with."""
+    if not any(p.numel() for p in model.parameters()):
+        return WeightsOrigin.NONE
+    source = getattr(model, "weights_source", None)
+    kind = getattr(source, "kind", None)
+    if kind is not None:
+        return {WeightsKind.RANDOM: WeightsOrigin.RANDOM, WeightsKind.PRETRAINED: WeightsOrigin.PRETRAINED,
+                WeightsKind.PRETRAINED_BASE: WeightsOrigin.PRETRAINED_BASE,
+                WeightsKind.PATH: WeightsOrigin.FILE}[WeightsKind(kind)]
+    if weights is None:
+        return WeightsOrigin.LOCAL
+    if isinstance(weights, str) and weights in {k.value for k in WeightsKind} - {"path"}:
+        return WeightsOrigin(weights)
+    return WeightsOrigin.FILE
+
+
 class WeightsKind(StrEnum):
     RANDOM = "random"
     PRETRAINED = "pretrained"
@@ -55,12 +123,12 @@ def parse_weights(weights: str | Path | None) -> tuple[WeightsKind, Path | None]
     if isinstance(weights, str) and weights in {k.value for k in WeightsKind} - {"path"}:
         return WeightsKind(weights), None
     if not isinstance(weights, (str, Path)):
-        raise InputError(f"weights must be None, 'pretrained' or a file path, got {type(weights).__name__}")
+        raise InputError(f"weights must be 'pretrained', 'random' or a file path, got {type(weights).__name__}")
     path = Path(weights).expanduser()
     if not path.exists():
         raise InputError(
-            f"weights file not found: {path} (weights=None builds random weights, "
-            "'pretrained' downloads the published ones)"
+            f"weights file not found: {path} ('pretrained' loads the published weights, "
+            "'random' a random initialisation)"
         )
     return WeightsKind.PATH, path
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.runner.defense_tables import TABLE, DefenseTable, parse_tables, table_for
 from robustbench_iqa.typed_config import build
 from robustbench_iqa.validation import MAX_SAMPLES
 
@@ -42,7 +43,16 @@ class VerifyConfig:
     """Working size ``"HxW"`` (e.g. ``"384x512"``, as in the FS-IQA study); default: the dataset's."""
     resize: str | None = None
     """``resize``, ``center-crop`` or ``none``; default: the dataset's.  Both are recorded in the run."""
+    dataset_options: dict[str, str] = field(default_factory=dict)
+    """The dataset's own keyword options, e.g. ``{ score_column = "MOS_zscore" }`` for KonIQ-10k's
+    0-100 target (a key the dataset does not take is refused)."""
     split: str = "test"
+    """The part of the dataset the gate evaluates: ``test`` (default), ``train``, ``validation`` or
+    ``all``.  A dataset with an official split gives its official set (KonIQ-10k's ``test`` set,
+    as the FS-IQA study evaluates on the test part); others a seeded 80/20 split by reference
+    (:meth:`robustbench_iqa.data.base.IQADataset.select`)."""
+    split_seed: int = 0
+    """Seed of the seeded split of a dataset without an official one (unused otherwise)."""
     defenses: tuple[str, ...] = ("fs-iqa",)
     sigma: float | tuple[float, ...] = 0.25
     """Noise standard deviation of the defenses; a list runs every study at each value
@@ -62,7 +72,11 @@ class VerifyConfig:
     for FS-IQA heads, ``{"model:dms@0.25": path}`` for a denoiser (see
     :func:`robustbench_iqa.runner.workspace.checkpoint_for`)."""
     weights: dict[str, str] = field(default_factory=dict)
-    """Optional ``{model: path}`` of local model weights (or ``"pretrained"``)."""
+    """``{model: "pretrained" | path | "random"}``: the weights of each model.  Required for a published
+    architecture (dbcnn, hyperiqa, koncept, lpips, dists, dreamsim): none is ever random by accident."""
+    model_options: dict[str, str] = field(default_factory=dict)
+    """A model's evaluation protocol: ``{"model.option": value}``, e.g. ``{"hyperiqa.crops" = "random",
+    "hyperiqa.input_size" = "512x384"}`` (integers and numbers are converted); recorded with the run."""
     plugins: tuple[str, ...] = ()
     """Modules imported before anything is built: a research repo registers its own models,
     datasets, defenses or studies there (``@register_model(...)`` etc.)."""
@@ -70,6 +84,8 @@ class VerifyConfig:
     """Studies to run (default: every registered study marked ``default``)."""
     sections: Mapping[str, Any] = field(default_factory=dict)
     """Per-study settings: study name -> its ``Config`` dataclass instance."""
+    defense_tables: Mapping[str, DefenseTable] = field(default_factory=dict)
+    """Per-defense options, ``[verify.defense.<name>]`` (:mod:`robustbench_iqa.runner.defense_tables`)."""
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -84,13 +100,15 @@ class VerifyConfig:
         _import_plugins(table.get("plugins", ()), where)
         studies = set(STUDIES.names())
         nested = {k: table.pop(k) for k in list(table) if k in studies}
-        names = [f.name for f in dataclasses.fields(cls) if f.name != "sections"]
+        names = [f.name for f in dataclasses.fields(cls) if f.name not in ("sections", "defense_tables")]
         if "sections" in table:
             raise InputError(f"`{where}.sections` is not a key; give each study's settings as [{where}.<study>]")
+        tables = parse_tables(table.pop(TABLE, {}), where=where)
         base = build(_Globals, {k: v for k, v in table.items() if k in names or k not in studies},
                      where=where)
         sections = {name: _section(name, nested.get(name, {}), where) for name in sorted(studies)}
-        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(_Globals)}, sections=sections)
+        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(_Globals)}, sections=sections,
+                   defense_tables=tables)
 
     def with_overrides(self, **values: Any) -> VerifyConfig:
         """This config with run-wide keys replaced (None values ignored), re-checked."""
@@ -134,18 +152,28 @@ class VerifyConfig:
         out: list[tuple[str, float]] = []
         for s in self.sigmas():
             for d in self.defenses:
-                noise = DEFENSES.metadata(d).get("noise", True) if d in DEFENSES else True
+                r = self.registered(d)
+                noise = DEFENSES.metadata(r).get("noise", True) if r in DEFENSES else True
                 case = (d, float(s)) if noise else (d, 0.0)
                 if case not in out:
                     out.append(case)
         return tuple(out)
 
-    @staticmethod
-    def certified(defense: str) -> bool:
+    def certified(self, defense: str) -> bool:
         """Whether ``defense`` has a certificate (the empirical ones predict only)."""
         from robustbench_iqa.certify.defense import DEFENSES
 
-        return bool(DEFENSES.metadata(defense).get("certified", True)) if defense in DEFENSES else True
+        r = self.registered(defense)
+        return bool(DEFENSES.metadata(r).get("certified", True)) if r in DEFENSES else True
+
+    # ------------------------------------------------- per-defense options
+    def defense_table(self, name: str) -> DefenseTable:
+        """The options of defense name ``name`` of ``defenses`` (``[verify.defense.<name>]``)."""
+        return table_for(self.defense_tables, name)
+
+    def registered(self, name: str) -> str:
+        """The registered defense that defense name ``name`` builds (itself, or a variant's)."""
+        return self.defense_table(name).defense
 
     def globals(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(_Globals)}
@@ -153,6 +181,8 @@ class VerifyConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(_Globals(**self.globals()))
         d["sections"] = {k: dataclasses.asdict(v) for k, v in sorted(self.sections.items())}
+        if self.defense_tables:  # only when given: the records of runs without them stay as they were
+            d[TABLE] = {k: t.to_dict() for k, t in sorted(self.defense_tables.items())}
         return d
 
     # ------------------------------------------------------------- validation
@@ -172,8 +202,14 @@ class VerifyConfig:
         for key in ("models", "defenses", "studies"):
             _no_duplicates(key, getattr(self, key) or ())
         _no_duplicates("sigma", self.sigmas())
-        if self.split not in ("train", "test", "all"):
-            raise InputError(f"verify: split must be train, test or all, got {self.split!r}")
+        from robustbench_iqa.data.base import parse_split
+
+        try:
+            parse_split(self.split)
+        except InputError as exc:
+            raise InputError(f"verify: {exc}") from None
+        if not 0 <= self.split_seed < 2**63:
+            raise InputError(f"verify: split_seed must lie in [0, 2^63), got {self.split_seed}")
         parse_dataset_size(self.size)
         if self.resize is not None and self.resize not in [r.value for r in Resize]:
             raise InputError(f"verify: resize must be one of {[r.value for r in Resize]}, got {self.resize!r}")
@@ -216,7 +252,9 @@ class _Globals:
     root: str | None = None
     size: str | None = None
     resize: str | None = None
+    dataset_options: dict[str, str] = field(default_factory=dict)
     split: str = VerifyConfig.split
+    split_seed: int = VerifyConfig.split_seed
     defenses: tuple[str, ...] = VerifyConfig.defenses
     sigma: float | tuple[float, ...] = VerifyConfig.sigma
     n: int = VerifyConfig.n
@@ -229,6 +267,7 @@ class _Globals:
     batch_size: int = VerifyConfig.batch_size
     checkpoints: dict[str, str] = field(default_factory=dict)
     weights: dict[str, str] = field(default_factory=dict)
+    model_options: dict[str, str] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
     studies: tuple[str, ...] | None = None
 
@@ -239,6 +278,28 @@ def _no_duplicates(key: str, values: Any) -> None:
         if v in seen:
             raise InputError(f"verify: `{key}` lists {v!r} twice; list each once")
         seen.add(v)
+
+
+def _option_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    return text
+
+
+def options_of(cfg: VerifyConfig, model: str) -> dict[str, Any]:
+    """The keyword options of ``model`` from ``model_options`` (``"model.option" = value``)."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.model_options.items():
+        name, sep, option = key.rpartition(".")
+        if not sep or not name or not option:
+            raise InputError(f"verify: model_options key {key!r} must look like \"model.option\", "
+                             f"e.g. \"hyperiqa.crops\"")
+        if name == model:
+            out[option] = _option_value(value)
+    return out
 
 
 def _section(study: str, values: Mapping[str, Any], where: str) -> Any:

@@ -25,6 +25,7 @@ from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.executor import Executor, LocalExecutor, execute
 from robustbench_iqa.runner.gate import evaluate
 from robustbench_iqa.runner.plan import Plan
+from robustbench_iqa.runner.record import protocol_notes, scores_record
 from robustbench_iqa.runner.workspace import (
     Workspace,
     check_checkpoint_keys,
@@ -74,7 +75,7 @@ def verify_run_config(cfg: VerifyConfig, ws: Workspace) -> dict[str, Any]:
     """The run configuration stored with the results: settings, weights and artifact hashes, versions."""
     models = {m: ws.model(m) for m in cfg.models}
     return run_config(
-        kind="verify", **cfg.to_dict(), data=dataset_settings(cfg),
+        kind="verify", **cfg.to_dict(), data=dataset_settings(cfg), scores=scores_record(cfg, ws),
         weights_sha256={m: weights_identity(cfg, m) for m in cfg.models},
         protocols={m: dict(getattr(models[m], "protocol", {}) or {}) for m in cfg.models},
         checkpoints_sha256={f"{m}:{d}@{s:g}": defense_identity(ws.defense(m, d, s))
@@ -160,6 +161,7 @@ def run_verify(
             lock.release()
         raise
     notes += plan.notes
+    notes += protocol_notes(config)
     with lock:
         runner = executor if executor is not None else LocalExecutor(ws)
         with open_run(out, config, resume=resume, fresh=fresh) as store:
@@ -205,5 +207,5 @@ def _write_report(out: Path, notes: list[str], *, progress: bool) -> tuple[Path 
             return None, f"{type(exc).__name__}: {msg} (internal error; traceback in {where})"
         except OSError:
             return None, f"{type(exc).__name__}: {msg} (internal error)"
-    notes += res.notes
+    notes += [n for n in res.notes if n not in notes]
     return res.html, None

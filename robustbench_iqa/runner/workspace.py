@@ -95,8 +95,10 @@ class Workspace:
     def model(self, name: str) -> IQAModel:
         if name not in self._models:
             from robustbench_iqa.models import create_model
+            from robustbench_iqa.runner.config import options_of
 
-            self._models[name] = create_model(name, weights=self.cfg.weights.get(name), device=self.cfg.device)
+            self._models[name] = create_model(name, weights=self.cfg.weights.get(name), device=self.cfg.device,
+                                              **options_of(self.cfg, name))
         return self._models[name]
 
     def defense(self, model: str, name: str, sigma: float) -> CertifiedDefense:
@@ -177,73 +179,94 @@ class Workspace:
 
 
 def open_split(cfg: VerifyConfig) -> IQADataset:
-    """The configured dataset at its working size and policy, split and limited."""
+    """The configured part (``split``) of the configured dataset at its working size and policy,
+    first ``limit`` images: the official set where the dataset has an official split, else the
+    seeded split by ``split_seed`` (:meth:`~robustbench_iqa.data.base.IQADataset.select`)."""
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
-    if cfg.split != "all":
-        train, test = ds.split(seed=0)
-        ds = train if cfg.split == "train" else test
-    return ds.head(cfg.limit)
+    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize,
+                        **cfg.dataset_options)
+    return ds.select(cfg.split, seed=cfg.split_seed).head(cfg.limit)
 
 
 def dataset_settings(cfg: VerifyConfig) -> dict[str, Any]:
-    """What the run records of its data: name, size of the whole set, working size and policy."""
+    """What the run records of its data: name, size of the whole set, working size and policy,
+    score range and direction, and the split (official set, or seed, fraction and grouping)."""
     from robustbench_iqa.data import create_dataset
     from robustbench_iqa.data.images import parse_dataset_size
 
-    ds = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize)
-    return {"name": ds.name, "samples": len(ds), "size": list(ds.size) if ds.size else None,
-            "resize": str(ds.resize.value), "higher_better": ds.higher_better}
+    full = create_dataset(cfg.dataset, root=cfg.root, size=parse_dataset_size(cfg.size), resize=cfg.resize,
+                        **cfg.dataset_options)
+    ds = full.select(cfg.split, seed=cfg.split_seed)
+    return {"name": ds.name, "samples": len(full), "size": list(ds.size) if ds.size else None,
+            "resize": str(ds.resize.value), "higher_better": ds.higher_better,
+            "score_range": list(ds.score_range), "split": dict(ds.selection),
+            "score_column": ds.extra.get("score_column")}
 
 
 def checkpoint_for(cfg: VerifyConfig, model: str, defense: str, sigma: float) -> str | None:
     """The configured checkpoint of ``defense`` on ``model`` at ``sigma``, if any.
 
     Keys of ``checkpoints``, most specific first: ``"model:defense@sigma"``,
-    ``"model:defense"``, and for FS-IQA heads also ``"model@sigma"`` and ``"model"``.
+    ``"model:defense"``, and for the defense registered with ``artifact_bare_keys``
+    (FS-IQA heads) also ``"model@sigma"`` and ``"model"``.
     """
     s = f"@{float(sigma):g}"
     keys = [f"{model}:{defense}{s}", f"{model}:{defense}"]
-    if defense == "fs-iqa":
+    if _bare_keys(cfg, defense):
         keys += [f"{model}{s}", model]
     return next((cfg.checkpoints[k] for k in keys if k in cfg.checkpoints), None)
 
 
+def _bare_keys(cfg: VerifyConfig, defense: str) -> bool:
+    """Whether bare ``"model"`` keys of ``checkpoints`` name the artifact of ``defense``."""
+    from robustbench_iqa.certify.defense import DEFENSES
+
+    r = cfg.registered(defense)
+    return r in DEFENSES and bool(DEFENSES.metadata(r).get("artifact_bare_keys"))
+
+
 def build_defense(cfg: VerifyConfig, model: IQAModel, name: str, sigma: float) -> CertifiedDefense:
-    """The defense ``name`` around ``model`` at ``sigma``, with its configured trained artifact."""
+    """The defense ``name`` around ``model`` at ``sigma``, with its configured trained artifact (given to
+    the keyword the defense names for it) and its options (``[verify.defense.<name>]``)."""
     from robustbench_iqa.certify.defense import DEFENSES, create_defense
+    from robustbench_iqa.certify.options import artifact_option
     from robustbench_iqa.registry import did_you_mean
 
-    if name not in DEFENSES:
-        raise InputError(f"verify: unknown defense {name!r}{did_you_mean(name, DEFENSES.names())}; "
-                         f"known: {', '.join(DEFENSES.names())}")
-    options: dict[str, Any] = {}
+    table = cfg.defense_table(name)
+    registered = table.defense
+    if registered not in DEFENSES:
+        known = sorted({*DEFENSES.names(), *cfg.defense_tables})
+        raise InputError(f"verify: unknown defense {name!r}{did_you_mean(name, known)}; known: {', '.join(known)}")
+    options: dict[str, Any] = dict(table.build)
     path = checkpoint_for(cfg, model.name, name, sigma)
-    trained = bool(DEFENSES.metadata(name).get("trained"))
+    key = artifact_option(registered)
     if path is not None:
-        if not trained:
+        if key is None:
             raise InputError(f"verify: checkpoints key for {model.name}:{name} given, but {name!r} uses no "
                              "trained artifact")
-        options["checkpoint" if name == "fs-iqa" else "denoiser"] = path
+        if key in options:
+            raise InputError(f"verify: the artifact of {name!r} is given twice: in checkpoints and as "
+                             f"`verify.defense.{name}.{key}`")
+        options[key] = path
     try:
-        return create_defense(name, model, sigma=float(sigma), **options)
+        return create_defense(registered, model, sigma=float(sigma), **options)
     except InputError as exc:
-        if path is not None or not trained:
+        if path is not None or key is None or key in options:
             raise
-        key = f"{model.name}@{float(sigma):g}" if name == "fs-iqa" else f"{model.name}:{name}@{float(sigma):g}"
-        raise InputError(f"{exc}; in the verify config: checkpoints = {{ \"{key}\" = \"PATH\" }}") from None
+        ckpt = f"{model.name}@{float(sigma):g}" if _bare_keys(cfg, name) else f"{model.name}:{name}@{float(sigma):g}"
+        raise InputError(f"{exc}; in the verify config: checkpoints = {{ \"{ckpt}\" = \"PATH\" }}") from None
 
 
 def check_checkpoint_keys(cfg: VerifyConfig) -> None:
     """Every key of ``checkpoints`` and ``weights`` must name a configured model (and defense, sigma)."""
     sig = {f"{s:g}" for s in cfg.sigmas()}
+    bare = any(_bare_keys(cfg, d) for d in cfg.defenses)
     for key in cfg.checkpoints:
         head, _, s = key.partition("@")
         model, _, defense = head.partition(":")
-        ok = model in cfg.models and (not s or s in sig) and (defense in cfg.defenses if defense else
-                                                              "fs-iqa" in cfg.defenses)
+        ok = model in cfg.models and (not s or s in sig) and (defense in cfg.defenses if defense else bare)
         if not ok:
             raise InputError(f"verify: checkpoints key {key!r} matches no configured model"
                              f"{'' if not defense else ':defense'}{'' if not s else '@sigma'} "
@@ -251,6 +274,12 @@ def check_checkpoint_keys(cfg: VerifyConfig) -> None:
     for key in cfg.weights:
         if key not in cfg.models:
             raise InputError(f"verify: weights key {key!r} is not one of the models {list(cfg.models)}")
+    from robustbench_iqa.runner.config import options_of
+
+    named = {m for m in cfg.models if options_of(cfg, m)}
+    for key in cfg.model_options:
+        if key.rpartition(".")[0] not in named:
+            raise InputError(f"verify: model_options key {key!r} names no configured model {list(cfg.models)}")
 
 
 def weights_identity(cfg: VerifyConfig, name: str) -> str:
@@ -259,6 +288,8 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
     from robustbench_iqa.store import file_sha256
 
     path = cfg.weights.get(name)
+    if path == "random":
+        return "RANDOM (weights = \"random\": random initialisation, scores mean nothing about quality)"
     if path in ("pretrained", "pretrained-base"):
         return f"{path} (published weights through pyiqa/timm/torchvision)"
     if path is not None:
@@ -266,7 +297,7 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
     p = shipped_weights(name)
     if p.is_file():
         return file_sha256(p)
-    return "default (random init; see the model adapter)"
+    return "the model's own local default weights"
 
 
 def defense_identity(defense: CertifiedDefense) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from robustbench_iqa.studies.base import Record, Study, Unit, batched, record, register_study
-from robustbench_iqa.studies.certify import CorrelationRow
+from robustbench_iqa.studies.certify import CorrelationRow, scale_of
 
 if TYPE_CHECKING:
     from robustbench_iqa.runner.plan import Plan
@@ -58,5 +58,5 @@ class AccuracyStudy(Study):
         with torch.no_grad(), ws.timed("accuracy.predict"):
             pred = defense.predict(b.x, b.ref, n=ws.cfg.n, generator=ws.generator(unit, "predict")).reshape(-1)
         return [record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better), batch=len(b),
-                                      seed=seed), unit, image, unit.part)
+                                      seed=seed, **scale_of(defense)), unit, image, unit.part)
                 for i, image in enumerate(b.ids)]

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from robustbench_iqa.certify.result import Guarantee
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.studies.base import (
     Check,
@@ -62,8 +63,10 @@ if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
 
-AUDITABLE = ("percentile_bounds", "mean_bounds")
-"""Guarantees that bound the smoothed output itself, and so can be audited at attacked points."""
+AUDITABLE = tuple(g.value for g in Guarantee if g.auditable)
+"""Guarantees that bound the smoothed output itself, and so can be audited at attacked points
+(each kind says so itself: :attr:`~robustbench_iqa.certify.result.Guarantee.auditable`); how a
+defense is audited is its own: its ``estimate``, ``eot_aggregate`` and ``audit_premise``."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ one object in one registry (:data:`STUDIES`), defined in one module of this pack
   any executor, in any order, after any restart: its randomness derives from its key;
 * a study with ``stage = "certify"`` runs inside the ``certify`` study's units on
   their freshly certified batch (:meth:`Study.on_certified`), so it reuses the
-  clean pass, the certificate and its evidence (the audit does);
+  clean pass, the certificate and its evidence (the audit does); the runner hands the
+  batch over (:meth:`Study.run_stage`), so no study dispatches another;
 * :meth:`Study.checks` and :meth:`Study.summary`: the gate's verdicts and headline
   numbers, from the run's rows loaded once (:class:`RunData`);
 * :meth:`Study.report`: its section of the report (tables, figures, notes).
@@ -223,6 +224,14 @@ class Study:
         """The rows of one unit."""
         raise NotImplementedError(f"study {self.name!r} has no units of its own")
 
+    def run_stage(self, unit: Unit, ws: Workspace) -> tuple[list[Record], Any]:
+        """The rows of one unit and what it hands to the studies staged after it (None: nothing).
+
+        The runner (:func:`robustbench_iqa.runner.executor.run_unit`) calls this and then the
+        studies with ``stage = <this study's name>`` on the handed-over value, in registry order;
+        a study never dispatches another.  Default: :meth:`run`, handing nothing over."""
+        return self.run(unit, ws), None
+
     def on_certified(self, batch: CertifiedBatch, ws: Workspace) -> list[Record]:
         """Rows computed from a freshly certified batch (``stage = "certify"`` studies)."""
         return []
@@ -241,7 +250,7 @@ class Study:
 
 S = TypeVar("S", bound=type[Study])
 
-STUDIES: Registry[Study] = Registry("study", package="robustbench_iqa.studies")
+STUDIES: Registry[Study] = Registry("study", package="robustbench_iqa.studies", plural="studies")
 """Every registered study; entries are the study classes (``STUDIES.create(name)`` builds one)."""
 
 _INSTANCES: dict[str, Study] = {}

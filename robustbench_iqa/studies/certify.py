@@ -33,7 +33,6 @@ from robustbench_iqa.studies.base import (
     Unit,
     batched,
     finite,
-    get_study,
     record,
     register_study,
 )
@@ -41,7 +40,7 @@ from robustbench_iqa.studies.base import (
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import Workspace
+    from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
 
 
 @dataclass(frozen=True)
@@ -56,6 +55,10 @@ class CorrelationRow(Row):
     seconds_certify: float | None = None
     batch: int = 1
     seed: int | None = None
+    orientation: str | None = None
+    """``quality`` (higher is better) or ``distance`` (lower is better): :mod:`robustbench_iqa.orientation`."""
+    score_range: tuple[float, float] | None = None
+    """The nominal range of ``score`` (the model's, or the defense's scale)."""
 
 
 @dataclass(frozen=True)
@@ -83,16 +86,30 @@ class GuaranteeRow(Row):
     eps_x_local: float | None = None
     """FS-IQA: a certified local radius (embedded models only, when asked for)."""
     lipschitz_bound: float | None = None
+    orientation: str | None = None
+    """Of ``score``, ``lower`` and ``upper``: ``quality`` or ``distance`` (:mod:`robustbench_iqa.orientation`)."""
+    score_range: tuple[float, float] | None = None
 
 
-def guarantee_row(c: Any, *, alpha: float, n: int, seconds: float, batch: int, pixels: int) -> GuaranteeRow:
-    """The stored row of a :class:`~robustbench_iqa.certify.result.CertifiedScore`."""
+def scale_of(scorer: Any) -> dict[str, Any]:
+    """``orientation`` and ``score_range`` of the scores of ``scorer`` (a model or a defense)."""
+    from robustbench_iqa.orientation import orientation_of
+
+    lo, hi = scorer.score_range
+    return {"orientation": orientation_of(lower_better=bool(scorer.lower_better)).value,
+            "score_range": (float(lo), float(hi))}
+
+
+def guarantee_row(c: Any, *, alpha: float, n: int, seconds: float, batch: int, pixels: int,
+                  scorer: Any = None) -> GuaranteeRow:
+    """The stored row of a :class:`~robustbench_iqa.certify.result.CertifiedScore` (``scorer``: the
+    defense that made it, whose orientation and range the row records)."""
     return GuaranteeRow(
         score=c.score, lower=c.lower, upper=c.upper, eps_x=c.eps_x, abstained=c.abstained,
         reason=c.reason.value if c.reason else None, spectral_norm=c.spectral_norm, guarantee=c.guarantee.value,
         alpha=alpha, n=n, seconds=seconds, batch=batch, pixels=pixels,
         eps_x_lipschitz=getattr(c, "eps_x_lipschitz", None), eps_x_local=getattr(c, "eps_x_local", None),
-        lipschitz_bound=getattr(c, "lipschitz_bound", None))
+        lipschitz_bound=getattr(c, "lipschitz_bound", None), **(scale_of(scorer) if scorer is not None else {}))
 
 
 @dataclass(frozen=True)
@@ -135,6 +152,11 @@ class CertifyStudy(Study):
                 for ids in batched(plan.images(m), cfg.batch_size)]
 
     def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+        return self.run_stage(unit, ws)[0]
+
+    def run_stage(self, unit: Unit, ws: Workspace) -> tuple[list[Record], CertifiedBatch | None]:
+        """The certify rows of one unit, and the certified batch that ``stage = "certify"`` studies
+        (the audit) receive from the runner; None for an empirical defense (nothing certified)."""
         import torch
 
         from robustbench_iqa.certify.defense import settings_from
@@ -152,7 +174,7 @@ class CertifyStudy(Study):
         certified = cfg.certified(unit.defense)  # an empirical defense is scored, not certified
         certs = []
         if certified:
-            settings = settings_from(defense, {**cfg.globals()})
+            settings = {**settings_from(defense, {**cfg.globals()}), **cfg.defense_table(unit.defense).certify}
             with ws.timed("certify.certify"), Stopwatch(ws.device) as t_certify:
                 certs = defense.certify(b.x, b.ref, n=cfg.n, alpha=cfg.alpha,
                                         generator=ws.generator(unit, "certify"), **settings)
@@ -163,23 +185,18 @@ class CertifyStudy(Study):
         for i, image in enumerate(b.ids):
             if first:  # the undefended scores, once per image
                 out.append(record(CorrelationRow(float(clean[i]), b.targets[i], bool(model.lower_better),
-                                                 t_model.seconds / k, None, k), unit, image,
+                                                 t_model.seconds / k, None, k, **scale_of(model)), unit, image,
                                   defense="none", sigma=0.0))
             out.append(record(CorrelationRow(float(pred[i]), b.targets[i], bool(defense.lower_better),
                                              t_predict.seconds / k, t_certify.seconds / k if certified else None,
-                                             k, cfg.seed),
+                                             k, cfg.seed, **scale_of(defense)),
                               unit, image))
             if certified:
                 out.append(record(guarantee_row(certs[i], alpha=cfg.alpha, n=cfg.n, seconds=t_certify.seconds / k,
-                                                batch=k, pixels=pixels), unit, image))
+                                                batch=k, pixels=pixels, scorer=defense), unit, image))
         if not certified:
-            return out
-        batch = CertifiedBatch(unit, model, defense, b, certs, clean)
-        for name in cfg.active_studies():
-            study = get_study(name)
-            if study.stage == self.name:
-                out += study.on_certified(batch, ws)
-        return out
+            return out, None
+        return out, CertifiedBatch(unit, model, defense, b, certs, clean)
 
     # ------------------------------------------------------------ judgement
     def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
@@ -239,7 +256,9 @@ class CertifyStudy(Study):
         gq = data.frame(GuaranteeRow)
         if not gq.empty:
             table = guarantee.guarantee_table(gq, bins=options.bins)
-            kinds = [table.assign(radius=table["defense"].map(_main_radius_kind))]
+            variants = data.config.get("defense") or {}  # [verify.defense.<variant>] defense = "..."
+            kinds = [table.assign(radius=table["defense"].map(
+                lambda d: _main_radius_kind((variants.get(d) or {}).get("defense", d))))]
             for col, kind in (("eps_x_lipschitz", "lipschitz"), ("eps_x_local", "local")):
                 radii = pd.to_numeric(gq[col], errors="coerce")
                 if radii.notna().any():  # a sound radius beside the first-order one (FS-IQA Figure 3, per kind)
