@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from robustbench_iqa.analysis.figures import save_figure
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.headline import order_columns
+from robustbench_iqa.safe_cells import csv_frame, markdown_cell
 from robustbench_iqa.store import ResultsStore
 from robustbench_iqa.studies.base import (
     ReportOptions,
@@ -67,9 +68,9 @@ def to_markdown(df: pd.DataFrame) -> str:
     cols = [str(c) for c in df.columns]
 
     def cell(v: Any) -> str:
-        return _fmt(v).replace("|", "\\|").replace("\n", " ")
+        return markdown_cell(_fmt(v))
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines) + "\n"
@@ -86,7 +87,7 @@ def _write_tables(out: Path, study: str, tables: dict[str, pd.DataFrame]) -> lis
     paths = []
     for name, df in tables.items():
         csv, md = out / f"{study}_{name}.csv", out / f"{study}_{name}.md"
-        df.to_csv(csv, index=False)
+        csv_frame(df).to_csv(csv, index=False)
         md.write_text(to_markdown(df), encoding="utf-8")
         paths += [csv, md]
     return paths

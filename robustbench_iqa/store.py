@@ -28,6 +28,15 @@ was writing, and SQLite's journal keeps the file consistent.  A resumed run asks
 :meth:`ResultsStore.done` / :meth:`ResultsStore.done_keys` which keys exist and
 skips them; writing an existing key again is ignored, never duplicated.
 
+Every row carries a checksum, the SHA-256 of its key and payload text (:func:`row_checksum`),
+and every unit records how many rows it wrote.  Opening a store checks both
+(:meth:`ResultsStore.check_integrity`): a row whose payload or key was changed after it was
+written (one digit edited by hand, a damaged page), or a unit whose rows were deleted, is an
+:class:`InputError` naming those rows, so neither ``report`` nor ``--resume`` ever reads a changed
+row as a result.  The checksum finds changes, not forgery: whoever can write the file can write
+a matching checksum.  Stores of schema version 2 (rows without checksums) are read as they are,
+with a note, and refused for ``--resume``.
+
 Opening a run directory that already has results requires ``resume=True`` *and*
 the same configuration; anything else raises :class:`InputError` naming the
 keys that differ.  Writers hold the run directory's lock
@@ -57,9 +66,12 @@ import numpy as np
 import pandas as pd
 
 from robustbench_iqa.errors import InputError, ReproducibilityWarning
+from robustbench_iqa.safe_cells import csv_frame
 
 RESULTS_FILE = "results.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+"""3: rows carry a checksum, units the number of rows they wrote.  2 (no checksums) is read only."""
+READABLE_VERSIONS = (2, 3)
 KEY_FIELDS = ("table", "model", "defense", "sigma", "image", "extra")
 
 _SCHEMA = """
@@ -78,6 +90,7 @@ CREATE TABLE IF NOT EXISTS rows (
     payload TEXT NOT NULL,
     created REAL NOT NULL,
     unit    TEXT,
+    checksum TEXT NOT NULL,
     UNIQUE (tbl, model, defense, sigma, image, extra)
 );
 CREATE INDEX IF NOT EXISTS rows_by_table ON rows (tbl, model, defense, sigma);
@@ -244,10 +257,13 @@ _MISSING = object()
 class ResultsStore:
     """Rows of one run, in ``RUN_DIR/results.sqlite``; use :meth:`open`."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, config: dict[str, Any]) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, config: dict[str, Any],
+                 version: int = SCHEMA_VERSION) -> None:
         self.path = path
         self._conn = conn
         self.config = config
+        self.version = version
+        """The store's schema version (2: rows without checksums, read only)."""
 
     # -- opening ---------------------------------------------------------
     @classmethod
@@ -283,13 +299,13 @@ class ResultsStore:
                 _remove_store_files(path, remove_dir=new_dir)
             raise
         try:
-            stored = _read_config(conn, path)
+            stored, version = _read_config(conn, path)
             if stored is None:  # new, or killed before its creation committed
                 if config is None:
                     raise InputError(f"{path} is empty: no run configuration was ever written "
                                      f"(a run killed at its start); start over with --fresh")
                 try:
-                    return cls(path, conn, _initialize(conn, config, path))
+                    return cls(path, conn, _initialize(conn, config, path), SCHEMA_VERSION)
                 except BaseException:
                     conn.close()
                     if new_file:  # leave nothing half-created behind
@@ -304,11 +320,17 @@ class ResultsStore:
                     )
                 if not resume:
                     raise InputError(f"{run} already holds results; pass --resume to continue that run")
+                if version != SCHEMA_VERSION:
+                    raise InputError(f"{path} was written by an earlier version of robustbench_iqa (schema "
+                                     f"{version}: rows without checksums) and cannot be continued; `report` "
+                                     f"still reads it; start over with --fresh")
                 _warn_runtime(stored, canonical_config(config), path)
+            store = cls(path, conn, stored, version)
+            store.check_integrity()
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, stored)
+        return store
 
     def close(self) -> None:
         self._conn.close()
@@ -326,6 +348,7 @@ class ResultsStore:
 
     def put_many(self, rows: Iterable[tuple[RowKey, Mapping[str, Any]]], *, unit: str | None = None) -> int:
         """Write a small batch in one transaction; returns how many keys were new."""
+        self._writable()
         records = [(*_record(k, p), unit) for k, p in rows]
         if not records:
             return 0
@@ -334,6 +357,34 @@ class ResultsStore:
             self._insert(records)
             return self._conn.total_changes - before
 
+    def _writable(self) -> None:
+        if self.version != SCHEMA_VERSION:
+            raise InputError(f"{self.path} has schema version {self.version} (rows without checksums): it is "
+                             f"read only; start a new run with --fresh")
+
+    def check_integrity(self) -> None:
+        """Raise an InputError naming the rows changed since they were written (checksum mismatch)
+        and the units whose rows are missing; nothing for a store of schema 2 (no checksums)."""
+        if self.version < 3:
+            return
+        changed = [RowKey(*r[:6]) for r in self._query(
+            "SELECT tbl, model, defense, sigma, image, extra, payload, checksum FROM rows ORDER BY id")
+            if row_checksum(RowKey(*r[:6]), r[6]) != r[7]]
+        if changed:
+            shown = "; ".join(_key_text(k) for k in changed[:5])
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+            raise InputError(f"{self.path}: {len(changed)} row(s) changed since they were written (checksum "
+                             f"mismatch): {shown}{more}; the store was edited or damaged: its results cannot be "
+                             f"trusted; start over with --fresh")
+        short = self._query(
+            "SELECT u.key, u.rows, (SELECT COUNT(*) FROM rows r WHERE r.unit = u.key) AS n FROM units u "
+            "WHERE u.rows != (SELECT COUNT(*) FROM rows r WHERE r.unit = u.key) ORDER BY u.finished")
+        if short:
+            shown = "; ".join(f"{k} ({n} of {want} rows)" for k, want, n in short[:5])
+            more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+            raise InputError(f"{self.path}: {len(short)} unit(s) lost rows since they were written: {shown}{more}; "
+                             f"the store was edited or damaged: start over with --fresh")
+
     def put_unit(self, key: str, *, study: str, info: Mapping[str, Any],
                  rows: Iterable[tuple[RowKey, Mapping[str, Any]]], seconds: float, worker: str) -> int:
         """Write a unit of work's rows and its ``units`` record in one transaction.
@@ -341,6 +392,7 @@ class ResultsStore:
         Returns how many rows were new.  A unit already recorded is left as it is (its
         rows are not written twice): the store holds every unit wholly or not at all.
         """
+        self._writable()
         records = [(*_record(k, p), key) for k, p in rows]
         info_text = _dumps(dict(info), f"info of unit {key}")
         with _transaction(self._conn, self.path):
@@ -349,8 +401,10 @@ class ResultsStore:
             before = self._conn.total_changes
             self._insert(records)
             new = self._conn.total_changes - before
+            if new != len(records):  # a row key of this unit was already stored: count what is its own
+                new = int(self._query("SELECT COUNT(*) FROM rows WHERE unit=?", (key,))[0][0])
             self._conn.execute("INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (key, study, info_text, len(records), float(seconds), worker, time.time()))
+                               (key, study, info_text, new, float(seconds), worker, time.time()))
             return new
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -362,8 +416,8 @@ class ResultsStore:
 
     def _insert(self, records: list[tuple[Any, ...]]) -> None:
         self._conn.executemany(
-            "INSERT OR IGNORE INTO rows (tbl, model, defense, sigma, image, extra, payload, created, unit) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO rows (tbl, model, defense, sigma, image, extra, payload, created, checksum, unit) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             records,
         )
 
@@ -460,8 +514,8 @@ class ResultsStore:
             df = _flatten_for_export(self.frame(table))
             for fmt in fmts:
                 p = out / f"{table}.{fmt}"
-                if fmt == "csv":
-                    df.to_csv(p, index=False)
+                if fmt == "csv":  # text cells a spreadsheet would evaluate are neutralised
+                    csv_frame(df).to_csv(p, index=False)
                 else:
                     df.to_parquet(p, index=False)
                 paths.append(p)
@@ -496,7 +550,19 @@ def _record(key: RowKey, payload: Mapping[str, Any]) -> tuple[Any, ...]:
         raise InputError(f"row key must be a RowKey, got {type(key).__name__}")
     if not isinstance(payload, Mapping):
         raise InputError(f"row payload must be a mapping, got {type(payload).__name__}")
-    return (*key.astuple(), _dumps(dict(payload), f"payload of {key}"), time.time())
+    text = _dumps(dict(payload), f"payload of {key}")
+    return (*key.astuple(), text, time.time(), row_checksum(key, text))
+
+
+def row_checksum(key: RowKey, payload_text: str) -> str:
+    """SHA-256 (hex) of a row: its key fields and its payload's JSON text, as stored."""
+    material = json.dumps([*key.astuple()[:3], float(key.sigma), *key.astuple()[4:], payload_text],
+                          allow_nan=True, ensure_ascii=True)
+    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+
+
+def _key_text(k: RowKey) -> str:
+    return f"{k.table}/{k.model}/{k.defense}/sigma={k.sigma:g}/{k.image}" + (f"/{k.extra}" if k.extra else "")
 
 
 def _make_writable_dir(run: Path) -> None:
@@ -608,8 +674,8 @@ def _initialize(conn: sqlite3.Connection, config: Mapping[str, Any], path: Path)
     return cfg
 
 
-def _read_config(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
-    """The stored configuration, or None for a store whose creation never committed."""
+def _read_config(conn: sqlite3.Connection, path: Path) -> tuple[dict[str, Any] | None, int]:
+    """The stored configuration and schema version (None for a store whose creation never committed)."""
     try:
         has_meta = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'"
@@ -618,12 +684,16 @@ def _read_config(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
     except sqlite3.DatabaseError as exc:
         raise InputError(_describe(path, exc)) from None
     if "config" not in rows:
-        return None
-    version = int(rows.get("schema_version", "0"))
-    if version != SCHEMA_VERSION:
-        raise InputError(f"{path} has schema version {version}; this version of robustbench_iqa reads "
-                         f"{SCHEMA_VERSION} (re-run it with --fresh, or read it with the version that wrote it)")
+        return None, SCHEMA_VERSION
     try:
-        return dict(json.loads(rows["config"]))
+        version = int(rows.get("schema_version", "0"))
+    except ValueError:
+        version = 0
+    if version not in READABLE_VERSIONS:
+        raise InputError(f"{path} has schema version {version}; this version of robustbench_iqa reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))} (re-run it with --fresh, or read it with the "
+                         f"version that wrote it)")
+    try:
+        return dict(json.loads(rows["config"])), version
     except ValueError:
         raise InputError(f"{path} holds an unreadable run configuration; it is corrupt: start over with --fresh") from None

@@ -190,3 +190,32 @@ def check_finite_scores(scores: torch.Tensor, *, what: str = "model output") -> 
         raise InputError(f"{what} contains NaN or Inf values")
     return scores
 
+
+
+MIN_SIDE = 8
+"""Smallest image side any model scores.  Below it an image holds too little structure for a
+score or a certificate to mean anything (a feature network with three stride-2 stages maps
+8 pixels to one), whatever the network would compute; models whose network needs more say so
+(:func:`min_image_size`)."""
+
+
+def min_image_size(model: object) -> tuple[int, int]:
+    """The smallest (H, W) that ``model`` scores: at least :data:`MIN_SIDE` per side, and at least
+    the network's own limit ``model.net_min_size`` (e.g. LPIPS's AlexNet: 31) unless the model's
+    protocol resizes every image to a fixed ``input_size`` first."""
+    lo = [MIN_SIDE, MIN_SIDE]
+    net = getattr(model, "net_min_size", None)
+    fixed = isinstance(getattr(model, "input_size", None), tuple)
+    if net is not None and not fixed:
+        lo = [max(lo[0], int(net[0])), max(lo[1], int(net[1]))]
+    return lo[0], lo[1]
+
+
+def check_image_size(hw: tuple[int, int] | torch.Size, *, minimum: tuple[int, int] = (MIN_SIDE, MIN_SIDE),
+                     what: str = "image", model: str | None = None) -> None:
+    """Refuse an image smaller than ``minimum`` (H, W), naming the size that works."""
+    h, w = int(hw[-2]), int(hw[-1])
+    if h < minimum[0] or w < minimum[1]:
+        who = f"model {model!r}" if model else "a model"
+        raise InputError(f"{what} is {h}x{w} (HxW), smaller than {who} scores: give an image of at least "
+                         f"{minimum[0]}x{minimum[1]} (HxW), or resize it (--size HxW)")

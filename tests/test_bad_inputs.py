@@ -59,6 +59,12 @@ def f(tmp_path_factory: pytest.TempPathFactory) -> Files:
     (d / "empty.safetensors").write_bytes(b"")
     (d / "notes.safetensors").write_text("weights: none\n")
     (d / "afile").write_text("a file, not a folder\n")
+    for name, (h, w) in {"px1.png": (1, 1), "px2.png": (2, 2), "strip.png": (1, 5000), "col.png": (5000, 1),
+                         "px7.png": (7, 64)}.items():
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8)).save(d / name)
+    save_file({k: (v * 1000).to(torch.int64).contiguous() for k, v in state.items()}, str(d / "int64.safetensors"))
+    torch.save(state, d / "torch.safetensors")
+    (d / "ckdir").mkdir()
     verify = "[tool.robustbench_iqa.verify]\n"
     configs = {
         "binary": b"\x00\x01\x02\xff\xfe\x89PNG",
@@ -131,6 +137,25 @@ FILE_CASES = [
     ("weights-text", lambda f: ["--image", str(f["good.png"]), "--weights", str(f["notes.safetensors"])],
      ["notes.safetensors is not a safetensors file"]),
     ("weights-dir", lambda f: ["--image", str(f["good.png"]), "--weights", str(f["dir"])], ["is a directory"]),
+    # degenerate sizes: refused with the size that works
+    ("1x1", _image("px1.png"), ["px1.png is 1x1 (HxW)", "at least 8x8"]),
+    ("2x2", _image("px2.png"), ["px2.png is 2x2 (HxW)", "at least 8x8"]),
+    ("1x5000", _image("strip.png"), ["strip.png is 1x5000 (HxW)", "at least 8x8"]),
+    ("5000x1", _image("col.png"), ["col.png is 5000x1 (HxW)"]),
+    ("7x64", _image("px7.png"), ["px7.png is 7x64 (HxW)"]),
+    # weights of the wrong dtype, a PyTorch file where safetensors is read, a folder as checkpoint
+    ("weights-int64", lambda f: ["--image", str(f["good.png"]), "--weights", str(f["int64.safetensors"])],
+     ["int64.safetensors", "torch.int64 (expected torch.float32)"]),
+    ("weights-torch-named-safetensors", lambda f: ["--image", str(f["good.png"]),
+                                                   "--weights", str(f["torch.safetensors"])],
+     ["torch.safetensors is not a safetensors file", "PyTorch"]),
+    ("checkpoint-dir", lambda f: ["--image", str(f["good.png"]), "--checkpoint", str(f["ckdir"])],
+     ["--checkpoint", "ckdir is a directory"]),
+    ("checkpoint-torch-named-safetensors", lambda f: ["--image", str(f["good.png"]),
+                                                      "--checkpoint", str(f["torch.safetensors"])],
+     ["--checkpoint", "torch.safetensors is not a safetensors file", "PyTorch"]),
+    ("method-bogus", lambda f: ["--image", str(f["good.png"]), "--method", "bogus"],
+     ["argument --method", "invalid choice: 'bogus'", "lanczos"]),
 ]
 
 
@@ -291,3 +316,85 @@ def test_entry_point_in_subprocesses(f: Files, tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("error: ") and cases[name][1] in lines[0], (name, err)
         run = tmp_path / name
         assert not run.exists() or not any(run.iterdir()), (name, sorted(run.iterdir()))
+
+
+# -- families added with the reliability work ------------------------------------------------------------
+def test_method_choices_are_the_spectral_methods() -> None:
+    from certify.spectral import SpectralMethod
+    from robustbench_iqa.cli._defense import SPECTRAL_METHODS
+
+    assert sorted(SPECTRAL_METHODS) == sorted(m.value for m in SpectralMethod)
+
+
+def test_run_dir_and_config_paths_of_the_wrong_kind(f: Files, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    expect_refusal(capsys, ["report", str(f["good.png"])], ["RUN_DIR", "good.png is a file"])
+    expect_refusal(capsys, ["report", str(tmp_path / "absent")], ["run dir", "absent does not exist"])
+    expect_refusal(capsys, ["report", str(f["dir"])], ["no results store"])
+    expect_refusal(capsys, ["verify", "--config", str(f["good.png"]), "--out", str(tmp_path / "r")],
+                   ["good.png", "not a UTF-8"], run=tmp_path / "r")
+
+
+def test_config_with_a_byte_order_mark_is_read(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from robustbench_iqa.runner.config import load_config
+
+    p = tmp_path / "pyproject.toml"
+    p.write_bytes(b"\xef\xbb\xbf[tool.robustbench_iqa.verify]\nlimit = 3\nn = 500\n")
+    cfg = load_config(p)
+    assert cfg.limit == 3 and cfg.n == 500
+
+
+def test_plugin_and_gate_families(tmp_path: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A plugin that exits or raises, ``plugins = 3``, ``studies = []``, a model listed twice."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "rbiqa_corpus_exit.py").write_text("import sys\nsys.exit(0)\n")
+    (tmp_path / "rbiqa_corpus_raise.py").write_text("raise OSError('disk on fire')\n")
+    run = tmp_path / "run"
+    for mod, name in (("rbiqa_corpus_exit", "sys.exit(0)"), ("rbiqa_corpus_raise", "OSError: disk on fire")):
+        expect_refusal(capsys, ["verify", "--plugin", mod, "--out", str(run)], [mod, name], run=run)
+    for body, names in (("plugins = 3", ["plugins", "3"]), ("studies = []", ["`studies` is empty"]),
+                        ('models = ["default-nr", "default-nr"]', ["lists 'default-nr' twice"])):
+        p = tmp_path / "pyproject.toml"
+        p.write_text(f"[tool.robustbench_iqa.verify]\n{body}\n")
+        expect_refusal(capsys, ["verify", "--config", str(p), "--out", str(run), "--no-progress"], names, run=run)
+
+
+def test_dreamsim_zip_bomb_is_not_inflated(tmp_path: Path) -> None:
+    import resource
+    import zipfile
+
+    from robustbench_iqa.errors import InputError
+    from robustbench_iqa.models.dreamsim import _Release
+
+    bomb = tmp_path / "dreamsim.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("models/dino_vitb16_pretrain.pth", b"\0" * (64 << 20))
+        z.writestr("models/config.json", b"{}")
+    assert bomb.stat().st_size < 1 << 20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rel = _Release(bomb)
+    with pytest.raises(InputError, match="inflates .*x .*zip bomb"):
+        rel.read_bytes("models/dino_vitb16_pretrain.pth")
+    assert rel.read_bytes("models/config.json") == b"{}"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 32 << 10  # KiB: nothing inflated
+
+
+def test_csv_families(f: Files, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    shutil.copy(f["good.png"], tmp_path / "a.png")
+    for text, names in (("image,score,score\na.png,1,2\n", ["['score'] more than once"]),
+                        ("image,score\nimage,score\na.png,1\n", ["repeats its header line"])):
+        (tmp_path / "t.csv").write_text(text)
+        expect_refusal(capsys, [*CERTIFY, "--dataset", "csv", "--root", str(tmp_path / "t.csv"), "--split", "all"],
+                       names)
+
+
+def test_a_pytorch_file_named_safetensors_is_read_by_its_content(f: Files) -> None:
+    from robustbench_iqa.models.weights import file_kind, read_state_dict
+
+    assert file_kind(f["torch.safetensors"]).startswith("a zip archive")
+    assert file_kind(f["keys.safetensors"]) == "safetensors"
+    got = read_state_dict(f["torch.safetensors"])
+    with open(f["w.pt"], "rb") as fh:
+        want = torch.load(fh, weights_only=True)
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

@@ -128,7 +128,8 @@ def test_cli_report_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_markdown_table() -> None:
     md = to_markdown(pd.DataFrame({"a": [1.23456, float("nan")], "b|c": ["x|y", True]}))
-    assert md.splitlines() == ["| a | b|c |", "| --- | --- |", "| 1.235 | x\\|y |", "| – | yes |"]
+    # a "|" in a column name is escaped too (unescaped, it would split the header into three cells)
+    assert md.splitlines() == ["| a | b\\|c |", "| --- | --- |", "| 1.235 | x\\|y |", "| – | yes |"]
 
 
 _CHECK = """<script>

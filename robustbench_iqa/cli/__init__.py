@@ -8,7 +8,11 @@ and subcommand modules import torch and the rest inside ``run``, so ``--help``
 and argument errors answer at once.  Exit codes: 0 success, 1 a check failed
 (``verify``), 2 bad input (:class:`~robustbench_iqa.errors.InputError`, one
 line on stderr), 3 an internal error (a bug: the traceback is printed), 130
-interrupted (with the exact command that resumes the run, when it wrote one).  A CI therefore never mistakes a crash for a failed check.
+interrupted (with the exact command that resumes the run, when it wrote one).  A CI therefore
+never mistakes a crash for a failed check.  Every subcommand takes ``--plugin MODULE`` (and
+reads ``$ROBUSTBENCH_IQA_PLUGINS``) to import a user's module first
+(:mod:`robustbench_iqa.plugins`); whatever a plugin does, ``sys.exit(0)`` included, it never
+turns into exit code 0.
 """
 
 from __future__ import annotations
@@ -72,9 +76,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             mod = importlib.import_module(f"robustbench_iqa.cli.{commands[name]}")
             mod.register(sub)
+            _add_plugin_arg(sub.choices[name])
         else:
             sub.add_parser(name, help=_summary(commands[name]), add_help=False)
     return parser
+
+
+def _add_plugin_arg(p: argparse.ArgumentParser, *, dest: str = "plugins") -> None:
+    """``--plugin MODULE`` (repeatable) on every subcommand: see :mod:`robustbench_iqa.plugins`."""
+    p.add_argument("--plugin", action="append", default=argparse.SUPPRESS if dest != "plugins" else [],
+                   metavar="MODULE", dest=dest,
+                   help="import MODULE first (repeatable; also $ROBUSTBENCH_IQA_PLUGINS=mod1,mod2): "
+                        "a user's module that registers models, datasets, defenses or studies")
+    for action in p._actions:  # nested subcommands (`weights check`) take it after their own name too
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _add_plugin_arg(nested, dest="nested_plugins")
+
+
+def _plugins(args: argparse.Namespace) -> list[str]:
+    """Every ``--plugin`` given, before and after a nested subcommand's name."""
+    return [*getattr(args, "plugins", []), *getattr(args, "nested_plugins", [])]
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -98,7 +120,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return int(args.func(args) or 0)
+            from robustbench_iqa.models.weights import no_unpickling
+            from robustbench_iqa.plugins import load_plugins
+
+            with no_unpickling():  # no file is unpickled by any code the command calls
+                load_plugins(_plugins(args))
+                return int(args.func(args) or 0)
+    except SystemExit as exc:  # foreign code (a plugin's model, say) ending the process: never a verdict
+        print(f"error: the command was ended by sys.exit({exc.code!r}) in code it called (a plugin?); "
+              f"it produced no result", file=sys.stderr)
+        return 2
     except InputError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

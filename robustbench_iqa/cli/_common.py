@@ -366,9 +366,13 @@ def check_work_fits(args: argparse.Namespace, hw: tuple[int, int], *, name: str,
 def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator[Item]]:
     """The inputs named on the command line, validated against the model's FR/NR mode."""
     from robustbench_iqa.data.images import Resize, load_image, load_pair
-    from robustbench_iqa.runner.plan import input_id
+    from robustbench_iqa.runner.plan import InputIds, input_id
 
     check_input_args(args)
+    from robustbench_iqa.validation import check_image_size, min_image_size
+
+    ids = InputIds()  # one file listed twice is two rows, never one taken for the other
+    smallest = min_image_size(model)
     wanted = parse_dataset_size(args.size)  # files: "default" and "native" are each file's own size
     size, resize = (wanted if isinstance(wanted, tuple) else None), Resize(args.resize or Resize.RESIZE)
     max_px, resize_ref = getattr(args, "max_pixels", None), bool(getattr(args, "resize_ref", False))
@@ -393,8 +397,11 @@ def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator
                     x, ref = load_pair(p, r, size=size, resize=resize, max_pixels=max_px, resize_ref=resize_ref)
                 else:
                     x = load_image(p, size=size, resize=resize, max_pixels=max_px)
+                check_image_size(x.shape, minimum=smallest, what=str(p), model=args.model)
                 check_work_fits(args, tuple(x.shape[-2:]), name=str(p), batch=batch)  # type: ignore[arg-type]
-                yield Item(str(p), x, ref, None, input_id(str(p), p, r if model.full_reference else None))
+                yield Item(str(p), x, ref, None,
+                           ids(input_id(str(p), p, r if model.full_reference else None), str(p)))
+            _say_repeats(ids)
 
         return len(images), gen_files()
     if not args.dataset:
@@ -408,11 +415,19 @@ def iter_items(args: argparse.Namespace, model: IQAModel) -> tuple[int, Iterator
     def gen_ds() -> Iterator[Item]:
         for i, s in enumerate(ds.samples):
             x, ref = ds.load(i)
+            check_image_size(x.shape, minimum=smallest, what=s.name, model=args.model)
             check_work_fits(args, tuple(x.shape[-2:]), name=s.name, batch=batch)  # type: ignore[arg-type]
             yield Item(s.name, x, ref if model.full_reference else None, s.score,
-                       input_id(s.name, s.image, s.ref if model.full_reference else None))
+                       ids(input_id(s.name, s.image, s.ref if model.full_reference else None), s.name))
+        _say_repeats(ids)
 
     return len(ds), gen_ds()
+
+
+def _say_repeats(ids: Any) -> None:
+    note = ids.note()
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
 
 
 def batches(items: Iterator[Item], size: int) -> Iterator[list[Item]]:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
 
 DEFAULT_SIGMA = 0.25
+SPECTRAL_METHODS = ("lanczos", "power", "exact")
+"""The values of :class:`certify.spectral.SpectralMethod` (named here so that --help imports no torch)."""
+
 CERTIFY_SETTINGS = ("tau", "eps", "method", "rtol", "max_iter", "delta", "local_radius", "lipschitz")
 """Flags passed to ``defense.certify`` (refused by a defense whose settings do not declare them)."""
 FACTORY_OPTIONS = ("certificate", "p_valid", "eps_y", "n_smooth", "trim")
@@ -48,7 +51,8 @@ def add_defense_args(p: argparse.ArgumentParser, *, certify: bool) -> None:
                        help="FS-IQA: abstain when ||J_B(x)||_2 < tau (default: 0.001)")
         g.add_argument("--eps", type=c.positive_float, default=None,
                        help="input-space defenses: L2 radius to certify (default: sigma / 2)")
-        g.add_argument("--method", default=None, help="FS-IQA spectral-norm method (default: lanczos)")
+        g.add_argument("--method", default=None, choices=SPECTRAL_METHODS,
+                       help="FS-IQA spectral-norm method (default: lanczos)")
         g.add_argument("--rtol", type=c.positive_float, default=None, help="relative tolerance of the spectral norm")
         g.add_argument("--max-iter", type=c.positive_int, default=None, help="most Jacobian products per image")
         g.add_argument("--delta", type=c.probability, default=None,
@@ -138,6 +142,19 @@ def build_defense(args: argparse.Namespace, model: IQAModel) -> CertifiedDefense
         key = artifact_option(args.defense)
         if key is None:
             raise InputError(f"--checkpoint given, but defense {args.defense!r} uses no trained artifact")
+        from pathlib import Path
+
+        given = Path(args.checkpoint).expanduser()
+        if given.is_dir():
+            raise InputError(f"--checkpoint {given} is a directory; give the checkpoint file itself")
+        if given.exists() and not given.is_file():
+            raise InputError(f"--checkpoint {given} is not a regular file")
+        if given.is_file() and given.suffix == ".safetensors":
+            from robustbench_iqa.models.weights import file_kind
+
+            kind = file_kind(given)
+            if kind != "safetensors":
+                raise InputError(f"--checkpoint {given} is not a safetensors file ({kind})")
         if key in options:
             raise InputError(f"--checkpoint and --option {key}=... are both given")
         options[key] = args.checkpoint

@@ -28,15 +28,27 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `robustbench-iqa --help` does not load matplotlib.
+    from pathlib import Path
+
     from robustbench_iqa.report import build_report
     from robustbench_iqa.studies.base import ReportOptions
 
+    run_dir = Path(args.run_dir)
+    if run_dir.is_file():
+        raise InputError(f"RUN_DIR {run_dir} is a file; give the run directory that holds results.sqlite")
+    if not run_dir.exists():
+        raise InputError(f"run dir {run_dir} does not exist")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a file; give a folder for the report")
     if not (0.0 < args.confidence < 1.0):
         raise InputError(f"--confidence must lie in (0, 1), got {args.confidence}")
     if args.bins < 1:
         raise InputError(f"--bins must be >= 1, got {args.bins}")
     options = ReportOptions(confidence=args.confidence, bins=args.bins, interval=args.interval, seed=args.seed)
+    from robustbench_iqa.outputs import record_written
+
     result = build_report(args.run_dir, args.out, options=options, progress=c.progress_enabled(args))
+    record_written(result.out_dir, result.files)
     for note in result.notes:
         print(f"note: {note}")
     print(f"studies: {', '.join(result.studies) or 'none'}")

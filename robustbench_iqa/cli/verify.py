@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 
 from robustbench_iqa.cli import _common as c
 from robustbench_iqa.cli._executor import add_executor_args, check_executor_args
@@ -19,7 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="research-CI gate: certify, audit, stability, beyond-certificate; non-zero exit on failure",
         description="Run the gate configured in [tool.robustbench_iqa.verify] of pyproject.toml "
                     "(defaults: the embedded NR and FR models on the embedded dataset, offline). "
-                    "Exit code 0 when every check passes, 1 when one fails, 2 on bad input, 3 on an internal error.",
+                    "Exit code 0 when every check ran and passed, 1 when one fails, 2 on bad input (a config "
+                    "that selects no check included), 3 on an internal error (also when every check passed but "
+                    "the report could not be written; the verdict is printed first).",
     )
     p.add_argument("--config", default=None,
                    help="a pyproject.toml with a [tool.robustbench_iqa.verify] table (default: ./pyproject.toml "
@@ -86,4 +89,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"report: {outcome.report}")
     verdict = "PASSED" if outcome.passed else f"FAILED ({len(outcome.failures)} check(s))"
     print(f"verify {verdict} in {outcome.seconds:.0f} s ({outcome.units_run} units run); results in {outcome.run_dir}")
-    return 0 if outcome.passed else 1
+    if outcome.report_error is not None:  # after the verdict, which it never hides
+        print(f"error: the report could not be written: {outcome.report_error}", file=sys.stderr)
+    return outcome.exit_code

@@ -49,7 +49,19 @@ def read_table(path: Path, columns: Sequence[str], *, dataset: str) -> pd.DataFr
         table = pd.read_csv(path, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise InputError(f"dataset {dataset!r}: cannot parse CSV {path}: {str(exc).splitlines()[0]}") from None
+    header = _header(path)
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise InputError(f"dataset {dataset!r}: CSV {path} names column(s) {dup} more than once in its header; "
+                         f"name each column once")
     table.columns = [str(c).strip() for c in table.columns]
+    if len(table.columns) and len(table):
+        again = [i for i, row in enumerate(table.astype(str).itertuples(index=False))
+                 if [str(v).strip() for v in row] == list(table.columns)]
+        if again:
+            raise InputError(f"dataset {dataset!r}: CSV {path} repeats its header line at data row {again[0] + 1}"
+                             f"{f' (and {len(again) - 1} more)' if len(again) > 1 else ''}: were two files joined? "
+                             f"keep one header line")
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise InputError(
@@ -58,6 +70,18 @@ def read_table(path: Path, columns: Sequence[str], *, dataset: str) -> pd.DataFr
     if len(table) == 0:
         raise InputError(f"dataset {dataset!r}: CSV {path} has no rows")
     return table
+
+
+def _header(path: Path) -> list[str]:
+    """The names of the CSV's first line, as written (pandas renames a repeated name ``x.1``)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            first = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    return [c.strip() for c in first]
 
 
 def numeric_column(table: pd.DataFrame, column: str, *, path: Path, dataset: str) -> np.ndarray:

@@ -187,6 +187,25 @@ def ensure_built(folder: Path | None = None, *, progress: bool = True) -> Path:
     return final
 
 
+_BUILT = frozenset({"refs", "dist", "index.csv", "meta.json"})
+"""What a build writes in its folder (a folder holding only these is a stale or damaged build)."""
+
+
+def _check_root(p: Path) -> None:
+    """An explicit ``root`` is an existing folder: the built dataset (complete, or stale or damaged:
+    rebuilt), or an empty folder to build it in; never created from nothing, never a folder of
+    other files, which building would replace."""
+    where = f"leave root out to use the cache ({cache_dir()})"
+    if not p.exists():
+        raise InputError(f"dataset 'default': root {p} does not exist; create an empty folder there to build the "
+                         f"embedded dataset in it, or {where}")
+    if not p.is_dir():
+        raise InputError(f"dataset 'default': root {p} is a file, not a folder; {where}")
+    if read_index(p) is None and any(c.name not in _BUILT for c in p.iterdir()):
+        raise InputError(f"dataset 'default': root {p} holds other files and no complete embedded dataset; give "
+                         f"an empty folder (it is built there) or {where}")
+
+
 @register_dataset("default", references=True, needs_root=False,
                   description="embedded: 36 skimage.data crops x 6 distortions x 5 levels, weak FR labels")
 def embedded_dataset(
@@ -200,7 +219,9 @@ def embedded_dataset(
 
     Its images are all 96x128 (:data:`CROP`), so the native size (``size=None``) is recorded as
     that size."""
-    folder = ensure_built(root, progress=progress)
+    if root is not None:
+        _check_root(Path(root).expanduser())
+    folder = ensure_built(Path(root).expanduser() if root is not None else None, progress=progress)
     rows = read_index(folder)
     if rows is None:
         raise InputError(f"the embedded dataset cache in {folder} is unreadable; delete it to rebuild")

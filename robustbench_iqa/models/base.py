@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from robustbench_iqa.errors import BoundUnavailableError
-from robustbench_iqa.validation import check_pair
+from robustbench_iqa.validation import check_image_size, check_pair, min_image_size
 
 if TYPE_CHECKING:
     from robustbench_iqa.certify.lipschitz import LipschitzBound
@@ -101,7 +101,9 @@ class IQAModel(nn.Module):
         self, x: torch.Tensor, ref: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Validate shapes, ranges and the FR/NR pairing; see :mod:`robustbench_iqa.validation`."""
-        return check_pair(x, ref, full_reference=self.full_reference)
+        x, ref = check_pair(x, ref, full_reference=self.full_reference)
+        check_image_size(x.shape, minimum=min_image_size(self), what="x", model=getattr(self, "name", None))
+        return x, ref
 
     def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
         """A certified upper bound of the Lipschitz constant (L2 -> L2) of :meth:`features` in ``x``

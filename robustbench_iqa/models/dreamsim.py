@@ -253,9 +253,43 @@ class _Release:
             raise InputError(f"cannot read {entry} in {self.path}: {str(exc).splitlines()[0]}") from None
 
     def read_bytes(self, entry: str) -> bytes:
+        """The entry's bytes, read within bounds (:func:`check_entry`): a zip bomb is refused
+        before it is inflated, and no read goes past the size the archive declares."""
         if self.zip is not None:
-            return self.zip.read(entry)
-        return (self.path / entry).read_bytes()
+            info = self.zip.getinfo(entry)
+            check_entry(entry, size=info.file_size, packed=info.compress_size, where=self.path)
+            with self.zip.open(info) as f:
+                data = f.read(info.file_size + 1)
+            if len(data) > info.file_size:
+                raise InputError(f"{entry} in {self.path} inflates beyond the size the zip declares; "
+                                 f"the archive is damaged or hostile")
+            return data
+        p = self.path / entry
+        check_entry(entry, size=p.stat().st_size, packed=None, where=self.path)
+        return p.read_bytes()
+
+
+MAX_ENTRY_BYTES = 2 << 30
+"""Largest file of a DreamSim release read (its largest checkpoint, OpenCLIP ViT-B/32, is ~0.6 GB)."""
+MAX_JSON_BYTES = 16 << 20
+"""Largest JSON file (configurations) read."""
+MAX_RATIO = 50.0
+"""Largest compression ratio of a zip entry: weights compress ~1.1x, a zip bomb 1000x."""
+
+
+def check_entry(entry: str, *, size: int, packed: int | None, where: Path) -> None:
+    """Refuse to read an entry larger than the release holds, a zip entry whose compression ratio
+    marks a bomb, or one that would not fit in the memory available."""
+    from robustbench_iqa.data.memory import check_fits, fmt_bytes
+
+    cap = MAX_JSON_BYTES if entry.endswith(".json") else MAX_ENTRY_BYTES
+    if size > cap:
+        raise InputError(f"{entry} in {where} is {fmt_bytes(size)}, more than any file of a DreamSim release "
+                         f"({fmt_bytes(cap)}); refusing to read it")
+    if packed is not None and size > (1 << 20) and size > MAX_RATIO * max(packed, 1):
+        raise InputError(f"{entry} in {where} inflates {size / max(packed, 1):.0f}x ({fmt_bytes(packed)} to "
+                         f"{fmt_bytes(size)}): a zip bomb, not a checkpoint; refusing to read it")
+    check_fits(2.0 * size, what=f"reading {entry} of {where}")
 
 
 def _member_state(raw: Any, member: Member, source: str) -> dict[str, torch.Tensor]:

@@ -257,22 +257,9 @@ def load_weights(model: IQAModel, weights: str | Path | None) -> IQAModel:
 
 
 def _file_kind(path: Path) -> str:
-    """``"safetensors"``, or what the file looks like instead (for the error message)."""
-    with path.open("rb") as f:
-        head = f.read(16)
-    if len(head) == 0:
-        return "an empty file"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive, e.g. a PyTorch .pt/.pth checkpoint"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "a Python pickle, e.g. a legacy PyTorch checkpoint"
-    if head.startswith(b"\x89HDF"):
-        return "an HDF5 file"
-    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
-    size = path.stat().st_size
-    if 2 <= n <= size - 8 and head[8:9] == b"{":
-        return "safetensors"
-    return "not a recognised weights format"
+    from robustbench_iqa.models.weights import file_kind
+
+    return file_kind(path)
 
 
 def _state_dict_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], shown: int = 5) -> str:
@@ -293,6 +280,12 @@ def _state_dict_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Te
         parts.append(f"{len(unexpected)} unexpected key(s): {first(unexpected)}")
     if shapes:
         parts.append(f"{len(shapes)} shape mismatch(es): {first(shapes)}")
+    if not parts:
+        from robustbench_iqa.models.weights import dtype_problems
+
+        dtypes = dtype_problems(own, state, shown=shown)
+        if dtypes:
+            parts.append(dtypes)
     return "; ".join(parts)
 
 

@@ -218,6 +218,9 @@ class PyiqaAdapter(IQAModel):
 class DBCNN(PyiqaAdapter):
     """DBCNN: bilinear pool of VGG-16 (authentic) x SCNN (synthetic) features -> linear."""
 
+    net_min_size = (16, 16)
+    """The smallest (H, W) its network takes (SCNN's strided convolutions; smaller raises)."""
+
     def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
         x, _ = self._inputs(x, ref)
         net = self.net
@@ -237,6 +240,9 @@ class DBCNN(PyiqaAdapter):
 # ------------------------------------------------------------------------ LPIPS
 class LPIPS(PyiqaAdapter):
     """LPIPS (v0.1): per-channel spatially averaged squared unit-feature differences."""
+
+    net_min_size = (31, 31)
+    """The smallest (H, W) its network takes (AlexNet's stride-4 11x11 stem and pools; smaller raises)."""
 
     def _lin_weights(self) -> torch.Tensor:
         return torch.cat([lin.model[-1].weight.flatten() for lin in self.net.lins])

@@ -16,6 +16,13 @@ Every published adapter takes ``weights`` with one of these meanings:
 * a path: a local checkpoint (``.safetensors``, or a ``torch.save`` file read with
   ``weights_only=True``), checked key by key against the architecture.
 
+No file is ever unpickled, whoever reads it: :func:`no_unpickling` makes every
+``torch.load`` in the process -- pyiqa's ``load_pretrained_network``, torchvision's
+and ``torch.hub``'s cache readers, which pass ``weights_only=False`` -- read with
+``weights_only=True``, and refuses a file that holds anything but tensors and plain
+containers (a pickle of Python objects would run code from the file).  It is active
+while :func:`building` constructs a network and for the whole of every CLI command.
+
 Policy (:func:`robustbench_iqa.models.registry.create_model`): weights are never random by
 accident.  A model registered with ``default_weights="none"`` (a published architecture whose
 real weights live elsewhere) refuses ``weights=None`` with :class:`WeightsRequiredError`,
@@ -29,6 +36,7 @@ default.  Every built model carries :attr:`~robustbench_iqa.models.base.IQAModel
 
 from __future__ import annotations
 
+import pickle
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -180,11 +188,30 @@ def is_hdf5(path: Path) -> bool:
 _CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
 
 
+def file_kind(path: Path) -> str:
+    """``"safetensors"``, or what the file looks like instead (for error messages), from its first bytes."""
+    with path.open("rb") as f:
+        head = f.read(16)
+    if len(head) == 0:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, e.g. a PyTorch .pt/.pth checkpoint"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle, e.g. a legacy PyTorch checkpoint"
+    if head.startswith(b"\x89HDF"):
+        return "an HDF5 file"
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    size = path.stat().st_size
+    if 2 <= n <= size - 8 and head[8:9] == b"{":
+        return "safetensors"
+    return "not a recognised weights format"
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint as a flat ``{name: tensor}`` dict on the CPU.
 
-    ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)``.  A checkpoint wrapped as
+    Safetensors files (recognised by their content) are read with safetensors; anything else
+    with ``torch.load(weights_only=True)``.  A checkpoint wrapped as
     ``{"params": state_dict}`` (pyiqa), ``{"state_dict": ...}`` or
     ``{"model": ...}`` is unwrapped, and a ``module.`` prefix (DataParallel) is
     dropped.
@@ -196,13 +223,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise InputError(f"weights file not found: {p}")
     if is_hdf5(p):
         raise InputError(f"checkpoint {p} is an HDF5 (Keras .h5) file, which this model does not read")
+    kind = file_kind(p)
+    if kind in ("an empty file", "not a recognised weights format") and p.suffix == ".safetensors":
+        raise InputError(f"checkpoint {p} is not a safetensors file ({kind})")
     try:
-        if p.suffix == ".safetensors":
+        if kind == "safetensors":  # by content, not by name: a PyTorch file named .safetensors is read as one
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(p), device="cpu")
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+        else:  # (from an open file: torch.load reads a path named .safetensors as safetensors)
+            with p.open("rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with code, wrong format
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"cannot read checkpoint {p}: {msg}") from None
@@ -234,6 +265,21 @@ def _batchnorm_buffers(module: nn.Module) -> set[str]:
         if isinstance(sub, nn.modules.batchnorm._BatchNorm):
             out.update(f"{name}.{b}" if name else b for b, _ in sub.named_buffers(recurse=False))
     return out
+
+
+def dtype_problems(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], shown: int = 3) -> str:
+    """Entries whose dtype cannot be copied into the module's without changing their meaning: an
+    integer, boolean or complex tensor where the module holds floating-point values (copying would
+    cast 3 to 3.0 and 0.7 to 0 the other way round, without a word).  Floating-point precisions
+    (float64 or float16 into float32) are converted, as ``load_state_dict`` does.  "" when none."""
+    bad = [f"{k} is {v.dtype} (expected {own[k].dtype})" for k, v in state.items()
+           if k in own and isinstance(v, torch.Tensor)
+           and own[k].is_floating_point() != (v.is_floating_point() and not v.is_complex())]
+    if not bad:
+        return ""
+    more = f" and {len(bad) - shown} more" if len(bad) > shown else ""
+    return (f"{len(bad)} tensor(s) of the wrong kind of dtype: {', '.join(bad[:shown])}{more}; save the "
+            f"floating-point weights as they were trained")
 
 
 def load_state_into(
@@ -271,6 +317,9 @@ def load_state_into(
     ]
     if wrong:
         raise InputError(f"checkpoint {source} does not match {what}: shape mismatch in {wrong[:3]}")
+    dtypes = dtype_problems(own, state)
+    if dtypes:
+        raise InputError(f"checkpoint {source} does not match {what}: {dtypes}")
     param_names = {k for k, _ in module.named_parameters(remove_duplicate=False)}
     # BatchNorm statistics are needed; its step counter is not (converted checkpoints omit it).
     needed = param_names | {k for k in _batchnorm_buffers(module) if not k.endswith("num_batches_tracked")}
@@ -350,6 +399,42 @@ def _hf_what(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
 
 
 @contextmanager
+def no_unpickling() -> Iterator[None]:
+    """Within the block every ``torch.load`` reads with ``weights_only=True`` (whatever its caller
+    asked), and a file that needs more is refused with an :class:`InputError` naming it."""
+    original = torch.load
+    if getattr(original, "_weights_only_enforced", False):  # already active (nested)
+        yield
+        return
+
+    def load(f: Any, map_location: Any = None, pickle_module: Any = None, *, weights_only: Any = None,
+             mmap: Any = None, **pickle_load_args: Any) -> Any:
+        try:
+            return original(f, map_location=map_location, weights_only=True, mmap=mmap, **pickle_load_args)
+        except pickle.UnpicklingError as exc:
+            why = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
+            why = why.split(" was not an allowed global")[0].split("error: ")[-1]
+            raise InputError(
+                f"refused to read {_file_name(f)}: it holds Python objects beyond tensors, and reading it "
+                f"would run code from the file{f' ({why})' if why else ''}; the suite never unpickles. If it "
+                f"is a genuine checkpoint, save its state dict as safetensors where it was made and pass "
+                f"weights=PATH, or delete it from the cache"
+            ) from None
+
+    load._weights_only_enforced = True  # type: ignore[attr-defined]
+    patch = _Patch(torch, "load", load)
+    try:
+        yield
+    finally:
+        patch.undo()
+
+
+def _file_name(f: Any) -> str:
+    name = getattr(f, "name", f)
+    return str(name) if isinstance(name, (str, Path)) else f"a {type(f).__name__} stream"
+
+
+@contextmanager
 def building(model: str, *, backbone: bool = False, checkpoint: bool = False) -> Iterator[None]:
     """Construct a pyiqa/timm/torchvision architecture under download control.
 
@@ -366,6 +451,8 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
     import torch.hub
 
     allowed = backbone or checkpoint
+    safe = no_unpickling()
+    safe.__enter__()
     patches: list[_Patch] = []
     active = [0]  # guarded calls in progress: a download's own urlopen is not guarded twice
 
@@ -442,3 +529,4 @@ def building(model: str, *, backbone: bool = False, checkpoint: bool = False) ->
     finally:
         for p in reversed(patches):
             p.undo()
+        safe.__exit__(None, None, None)

@@ -12,7 +12,6 @@ by :meth:`VerifyConfig.validate`; unknown keys are refused with a did-you-mean.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -197,6 +196,12 @@ class VerifyConfig:
             raise InputError("verify: `models` is empty")
         if not self.defenses:
             raise InputError("verify: `defenses` is empty")
+        if self.studies is not None and not self.studies:
+            raise InputError("verify: `studies` is empty: a gate that runs no check cannot pass; name studies "
+                             "or remove the key (every default study)")
+        for key in ("models", "defenses", "studies"):
+            _no_duplicates(key, getattr(self, key) or ())
+        _no_duplicates("sigma", self.sigmas())
         from robustbench_iqa.data.base import parse_split
 
         try:
@@ -267,6 +272,14 @@ class _Globals:
     studies: tuple[str, ...] | None = None
 
 
+def _no_duplicates(key: str, values: Any) -> None:
+    seen: set[Any] = set()
+    for v in values:
+        if v in seen:
+            raise InputError(f"verify: `{key}` lists {v!r} twice; list each once")
+        seen.add(v)
+
+
 def _option_value(text: str) -> Any:
     for cast in (int, float):
         try:
@@ -296,14 +309,10 @@ def _section(study: str, values: Mapping[str, Any], where: str) -> Any:
 
 
 def _import_plugins(plugins: Any, where: str) -> None:
-    items = [plugins] if isinstance(plugins, str) else list(plugins or ())
-    for mod in items:
-        if not isinstance(mod, str) or not mod:
-            raise InputError(f"`{where}.plugins` must be a list of module names, got {plugins!r}")
-        try:
-            importlib.import_module(mod)
-        except ImportError as exc:
-            raise InputError(f"`{where}.plugins`: cannot import {mod!r}: {exc}") from None
+    from robustbench_iqa.plugins import import_plugin, plugin_names
+
+    for mod in plugin_names(plugins, where=f"`{where}.plugins`"):
+        import_plugin(mod, where=f"`{where}.plugins`")
 
 
 def default_config() -> VerifyConfig:
@@ -313,7 +322,7 @@ def default_config() -> VerifyConfig:
 def _verify_table(p: Path, *, required: bool) -> dict[str, Any]:
     """The ``[tool.robustbench_iqa.verify]`` table of the TOML file ``p`` ({} if absent and not required)."""
     try:
-        text = p.read_bytes().decode("utf-8")
+        text = p.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is not TOML: dropped
     except UnicodeDecodeError:
         raise InputError(f"config file {p} is not a UTF-8 text (TOML) file") from None
     except OSError as exc:

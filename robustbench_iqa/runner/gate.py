@@ -4,7 +4,7 @@ Measure once, judge once: the studies' jobs write raw rows; :func:`evaluate` loa
 the run's tables once (:class:`~robustbench_iqa.studies.base.RunData`), asks every
 active study for its checks and headline numbers, adds the generic finite check
 (every field a row schema marks ``finite`` must be a finite number on rows that did
-not abstain), and writes the verdict to the store (``meta["gate"]``), where the
+not abstain), fails a judging study that found nothing to judge, and writes the verdict to the store (``meta["gate"]``), where the
 report and later readers find it.
 """
 
@@ -62,6 +62,18 @@ def finite_checks(data: RunData, schemas: list[type[Row]]) -> list[Check]:
     return out
 
 
+def _nothing_judged(study: Any) -> list[Check]:
+    """A failed check for an active study that judges (it overrides ``checks``) but found nothing
+    to judge: a gate never passes without the checks it was configured to run."""
+    from robustbench_iqa.studies.base import Study
+
+    if type(study).checks is Study.checks:
+        return []
+    return [Check("ran", "-", "-", 0.0, False,
+                  f"study {study.name!r} is active but produced no check (no rows it can judge: "
+                  f"e.g. only empirical defenses, or no input it applies to)")]
+
+
 def evaluate(store: ResultsStore, cfg: VerifyConfig) -> GateResult:
     """Every active study's checks and summary on the store's rows; the verdict is stored too."""
     data = RunData(store)
@@ -72,7 +84,7 @@ def evaluate(store: ResultsStore, cfg: VerifyConfig) -> GateResult:
     checks = finite_checks(data, schemas)
     summary: dict[Group, dict[str, Any]] = {}
     for st in studies:
-        checks += st.checks(data, cfg)
+        checks += st.checks(data, cfg) or _nothing_judged(st)
         for group, row in st.summary(data, cfg).items():
             summary.setdefault(group, {}).update(row)
     rows = []

@@ -75,6 +75,8 @@ LOCAL_OBJECT_STORE = 200 * 2**20
 _ACTOR_GONE = tuple(getattr(_rx, n) for n in ("RayActorError", "ObjectLostError", "OwnerDiedError",
                                               "WorkerCrashedError", "NodeDiedError") if hasattr(_rx, n))
 """Errors meaning the unit did not run to completion for a reason other than its own code."""
+_OOM = tuple(getattr(_rx, n) for n in ("OutOfMemoryError",) if hasattr(_rx, n))
+"""Ray's memory monitor killed the worker running the job: resubmitted like a lost actor."""
 _ACTOR_DEAD = tuple(getattr(_rx, n) for n in ("ActorDiedError",) if hasattr(_rx, n))
 """Errors meaning the actor is gone for good (no more restarts)."""
 
@@ -83,14 +85,14 @@ _ACTOR_DEAD = tuple(getattr(_rx, n) for n in ("ActorDiedError",) if hasattr(_rx,
 class UnitWorker:
     """The actor: a workspace built once (models, defenses, the run's inputs), many units."""
 
-    def __init__(self, cfg: VerifyConfig, threads: int) -> None:
-        import importlib
-
+    def __init__(self, cfg: VerifyConfig, threads: int, plugins: tuple[str, ...] = ()) -> None:
         import torch
 
+        from robustbench_iqa.plugins import load_plugins
+
         torch.set_num_threads(threads)
-        for mod in cfg.plugins:  # a research repo's registrations, as on the driver
-            importlib.import_module(mod)
+        # a research repo's registrations, as on the driver (its config's, its --plugin and env ones)
+        load_plugins([*cfg.plugins, *plugins], where="plugins", environ=False)
         from robustbench_iqa.runner.verify import preflight
         from robustbench_iqa.runner.workspace import Workspace
 
@@ -323,11 +325,14 @@ class RayPool:
                 slot.queued -= 1
                 try:
                     res, started, finished, cpu = ray.get(ref)
-                except _ACTOR_GONE as exc:
+                except (*_ACTOR_GONE, *_OOM) as exc:
                     self._lost(task, exc, queue, tries)
                     continue
                 except _rx.RayTaskError as exc:
                     raise _unwrap(exc, f"{self.what} {task.job.key}") from None
+                except _rx.RayError as exc:  # anything else Ray says: one line, the rows done are stored
+                    raise InputError(f"ray: {self.what} {task.job.key} failed: {_first_line(exc)} (the "
+                                     f"{self.what}s done are stored: rerun with --resume)") from None
                 finally:
                     self.dispatch_seconds += time.perf_counter() - t0
                 if task.job.key in delivered:
@@ -365,12 +370,15 @@ class RayPool:
             self.slots[task.slot].alive = False
         key = task.job.key
         n = tries.get(key, 0) + 1
+        oom = isinstance(exc, _OOM) or "memory monitor" in str(exc).lower() or "OutOfMemory" in str(exc)
+        why = "killed by Ray's memory monitor" if oom else f"lost its worker ({type(exc).__name__})"
         if n > self.resubmits:
-            raise InputError(f"ray: {self.what} {key} lost its worker {n} times (last: {_first_line(exc)}); "
-                             f"the {self.what}s done are stored: rerun with --resume")
+            hint = " (give fewer images per unit: --batch-size, or fewer --workers)" if oom else ""
+            raise InputError(f"ray: {self.what} {key} {why} {n} times (last: {_first_line(exc)}); the "
+                             f"{self.what}s done are stored: rerun with --resume{hint}")
         tries[key] = n
         self.resubmitted.append(key)
-        print(f"ray: worker lost running {key} ({type(exc).__name__}); resubmitted", file=sys.stderr)
+        print(f"ray: {self.what} {key} {why}; resubmitted", file=sys.stderr)
         queue.appendleft(task.job)
 
     # ----------------------------------------------------------------- close
@@ -407,7 +415,9 @@ class RayExecutor(RayPool):
         """One entry per unit received, in the order received (for throughput and overhead)."""
 
     def _actor(self, threads: int) -> tuple[type, tuple[Any, ...]]:
-        return UnitWorker, (self.cfg, threads)
+        from robustbench_iqa.plugins import loaded_plugins
+
+        return UnitWorker, (self.cfg, threads, loaded_plugins())
 
     def map(self, units: Sequence[Unit], *, tick: Tick | None = None) -> Iterator[UnitResult]:
         """Run ``units`` on the actors; yield each result once, as it completes (any order).

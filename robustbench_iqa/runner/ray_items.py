@@ -48,7 +48,11 @@ class ItemWorker:
     def __init__(self, build: Build, work: Work, args: dict[str, Any], threads: int) -> None:
         import torch
 
+        from robustbench_iqa.plugins import load_plugins
+
         torch.set_num_threads(threads)
+        args = dict(args)
+        load_plugins(args.pop("_plugins", ()), where="plugins", environ=False)  # the driver's, as imported there
         ns = argparse.Namespace(**args)
         if str(ns.device).startswith("cuda"):  # Ray gives the actor its own GPU(s) as cuda:0
             ns.device = "cuda"
@@ -89,7 +93,9 @@ class RayItems(RayPool):
         self.args = {k: v for k, v in vars(args).items() if k != "func"}
 
     def _actor(self, threads: int) -> tuple[type, tuple[Any, ...]]:
-        return ItemWorker, (self.build, self.work, self.args, threads)
+        from robustbench_iqa.plugins import loaded_plugins
+
+        return ItemWorker, (self.build, self.work, {**self.args, "_plugins": loaded_plugins()}, threads)
 
     def map(self, items: Iterable[tuple[int, Any]]) -> Iterator[tuple[int, Any, Any]]:
         """``(index, item, result)`` for every ``(index, item)``, as each completes (any order)."""

@@ -13,13 +13,13 @@ decides the exit code.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.outputs import record_written, remove_written
 from robustbench_iqa.runlock import RunLock
 from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.executor import Executor, LocalExecutor, execute
@@ -36,6 +36,9 @@ from robustbench_iqa.runner.workspace import (
 from robustbench_iqa.store import RESULTS_FILE, ResultsStore, run_config
 from robustbench_iqa.studies.base import Check
 
+REPORT_ERROR = "report-error.txt"
+"""Written in the run directory when building the report failed with an internal error."""
+
 
 @dataclass
 class VerifyOutcome:
@@ -48,10 +51,20 @@ class VerifyOutcome:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     units_run: int = 0
+    report_error: str | None = None
+    """Why the report could not be written (the verdict above stands; see :attr:`exit_code`)."""
 
     @property
     def passed(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        """0 every check ran and passed, 1 a check failed (whatever the report did), 3 the checks
+        passed but the report asked for could not be written."""
+        if not self.passed:
+            return 1
+        return 3 if self.report_error is not None else 0
 
     @property
     def failures(self) -> list[Check]:
@@ -75,6 +88,10 @@ def preflight(cfg: VerifyConfig, ws: Workspace) -> Plan:
     written: a bad name, a missing checkpoint or an empty dataset fails at once (exit 2)."""
     check_checkpoint_keys(cfg)
     plan = Plan.build(cfg, ws)
+    if not plan.units():
+        raise InputError(f"verify: the configuration selects no work, so no check could run (studies "
+                         f"{list(cfg.active_studies())} on defenses {list(cfg.defenses)}: e.g. the audit of an "
+                         f"empirical defense); add a certified defense or a study that applies")
     for m in cfg.models:
         for d, s in cfg.defense_cases():
             ws.defense(m, d, s)
@@ -82,11 +99,17 @@ def preflight(cfg: VerifyConfig, ws: Workspace) -> Plan:
 
 
 def _remove_run(out: Path) -> None:
-    """Delete what a run writes in ``out`` (the store and its report), nothing else."""
-    for name in (RESULTS_FILE, RESULTS_FILE + "-wal", RESULTS_FILE + "-shm"):
-        (out / name).unlink(missing_ok=True)
-    if (out / "report").is_dir():
-        shutil.rmtree(out / "report")
+    """Delete what a run wrote in ``out`` (the store, and the report files its manifest lists:
+    :mod:`robustbench_iqa.outputs`), nothing else: a user's file in ``report/``, or a ``report``
+    that is a link, is kept."""
+    for name in (RESULTS_FILE, RESULTS_FILE + "-wal", RESULTS_FILE + "-shm", REPORT_ERROR):
+        p = out / name
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+        elif p.exists():
+            raise InputError(f"{p} is not a file the suite wrote (a {'directory' if p.is_dir() else 'special file'}); "
+                             f"remove it or give another --out")
+    remove_written(out / "report")
 
 
 def open_run(out: Path, config: dict[str, Any], *, resume: bool, fresh: bool) -> ResultsStore:
@@ -137,6 +160,7 @@ def run_verify(
         else:
             lock.release()
         raise
+    notes += plan.notes
     notes += protocol_notes(config)
     with lock:
         runner = executor if executor is not None else LocalExecutor(ws)
@@ -154,11 +178,34 @@ def run_verify(
                         notes.append(f"{m} ({d}): empirical defense, no certificate to audit (scored only)")
                     elif (m, d) not in audited:
                         notes.append(f"{m} ({d}): no audit (its guarantee is not a bound on the smoothed output)")
-        path = None
+        path, report_error = None, None
         if report:
-            from robustbench_iqa.report import build_report
+            path, report_error = _write_report(out, notes, progress=progress)
+    return VerifyOutcome(out, gate.checks, gate.summary, path, time.perf_counter() - t0, notes, ran,
+                         report_error=report_error)
 
-            res = build_report(out, progress=progress)
-            path = res.html
-            notes += [n for n in res.notes if n not in notes]
-    return VerifyOutcome(out, gate.checks, gate.summary, path, time.perf_counter() - t0, notes, ran)
+
+def _write_report(out: Path, notes: list[str], *, progress: bool) -> tuple[Path | None, str | None]:
+    """Build the run's report; a failure of any kind is returned as a message, never raised, so
+    that it cannot hide the verdict already stored (the caller prints both)."""
+    from robustbench_iqa.report import build_report
+
+    try:
+        res = build_report(out, progress=progress)
+        record_written(res.out_dir, res.files)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any report failure is shown after the verdict
+        msg = " ".join(str(exc).split())
+        if isinstance(exc, InputError):
+            return None, msg
+        import traceback
+
+        where = out / REPORT_ERROR
+        try:
+            where.write_text(traceback.format_exc(), encoding="utf-8")
+            return None, f"{type(exc).__name__}: {msg} (internal error; traceback in {where})"
+        except OSError:
+            return None, f"{type(exc).__name__}: {msg} (internal error)"
+    notes += [n for n in res.notes if n not in notes]
+    return res.html, None
