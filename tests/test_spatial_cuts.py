@@ -19,7 +19,7 @@ from tests.toy_models import random_images
 @pytest.mark.parametrize("metric,width", [("lpips", 1152), ("stlpips", 1152), ("lpips-vgg", 1472)])
 def test_lpips_family_cut_is_fixed_size_and_its_head_is_exact(metric: str, width: int) -> None:
     torch.set_num_threads(1)
-    model = create_model(f"pyiqa:{metric}")
+    model = create_model(f"pyiqa:{metric}", weights="random")
     for size in (48, 80):
         x, r = random_images(2, size, size, seed=size), random_images(2, size, size, seed=size + 1)
         with torch.no_grad():
@@ -30,7 +30,7 @@ def test_lpips_family_cut_is_fixed_size_and_its_head_is_exact(metric: str, width
 
 def test_dists_cut_is_fixed_size() -> None:
     torch.set_num_threads(1)
-    model = create_model("pyiqa:dists")
+    model = create_model("pyiqa:dists", weights="random")
     dims = set()
     for size in (64, 96):
         x, r = random_images(1, size, size, seed=1), random_images(1, size, size, seed=2)
