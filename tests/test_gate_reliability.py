@@ -142,3 +142,16 @@ def test_a_judging_study_that_judges_nothing_fails_the_gate(tmp_path, capsys, mo
     rc = main(_verify(_cfg(tmp_path), tmp_path / "run", "--no-report"))
     out = capsys.readouterr().out
     assert rc == 1 and "study 'certify' is active but produced no check" in out and "verify FAILED" in out
+
+
+def test_the_verdict_line_names_the_radius_kind_it_audited(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the audit in the run, the final line says which radius the verdict is about: the sound
+    Lipschitz radius by default on a model that has one (the first-order one is audited too, as an estimate)."""
+    text = ('[tool.robustbench_iqa.verify]\nmodels = ["default-nr-lip"]\nlimit = 1\nn = 200\n'
+            'studies = ["certify", "audit"]\n[tool.robustbench_iqa.verify.audit]\nn = 200\nsteps = 2\neot = 2\n'
+            'bounds_n = 400\npremise_steps = 2\n')
+    main(_verify(_cfg(tmp_path, text), tmp_path / "run", "--no-report"))
+    out = capsys.readouterr().out
+    verdict = [ln for ln in out.splitlines() if ln.startswith("verify ")]
+    assert len(verdict) == 1, out
+    assert "(radius: lipschitz)" in verdict[0], verdict

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     if outcome.report is not None:
         print(f"report: {outcome.report}")
     verdict = "PASSED" if outcome.passed else f"FAILED ({len(outcome.failures)} check(s))"
+    radii = sorted({str(row["radius"]) for row in outcome.summary if row.get("radius")})
+    if radii:  # the radius kind(s) the verdict is about (the `radius` column of the summary)
+        verdict += f" (radius: {', '.join(radii)})"
     print(f"verify {verdict} in {outcome.seconds:.0f} s ({outcome.units_run} units run); results in {outcome.run_dir}")
     if outcome.report_error is not None:  # after the verdict, which it never hides
         print(f"error: the report could not be written: {outcome.report_error}", file=sys.stderr)
