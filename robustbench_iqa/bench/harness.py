@@ -45,6 +45,7 @@ from robustbench_iqa.bench.cases import (
     measure_peak_mb,
 )
 from robustbench_iqa.bench.memory import cuda_peak_mb, in_subprocess
+from robustbench_iqa.bench.plan import PlannedN, plan_n
 from robustbench_iqa.bench.subjects import ModelUnavailable, Subject, SubjectSpec, build_subject
 from robustbench_iqa.bench.timing import CLOCKS, Target, Timing, ratio, time_call
 from robustbench_iqa.certify.bounds import min_samples
@@ -92,6 +93,7 @@ class BenchConfig:
     memory: bool = True
     exact: bool = True
     budget_s: float = 60.0
+    case_budget_s: float = 60.0
     clock: str = "wall"
     progress: bool = True
 
@@ -114,6 +116,8 @@ class BenchConfig:
         if min(self.fs_n, *self.memory_n) < need:
             raise InputError(f"FS-IQA certification at alpha={CERTIFY_ALPHA} needs N >= {need}; "
                              f"got fs-n={self.fs_n}, memory-n={','.join(map(str, self.memory_n))}")
+        if not (self.case_budget_s > 0):
+            raise InputError(f"case-budget-s must be > 0, got {self.case_budget_s}")
         if self.clock not in CLOCKS:
             raise InputError(f"clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         if self.clock == "cpu" and torch.device(self.device).type != "cpu":
@@ -154,6 +158,8 @@ class BenchRun:
     config: BenchConfig
     rows: list[CaseResult] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    capped: dict[str, str] = field(default_factory=dict)
+    """Cases run at a smaller N than asked, or skipped, to bound their cost (see :mod:`~robustbench_iqa.bench.plan`)."""
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -237,6 +243,30 @@ def _reference(runner: _Runner, subject: Subject, base: CaseSpec, fwd_ms: float)
                              ms=ms, ratio=ratio(ms, fwd_ms), runs_ms=[t.median_ms for t in runs], extra=extra)
 
 
+def _plan_sampling(runner: _Runner, subject: Subject, c: CaseSpec, ci: CaseSpec) -> PlannedN:
+    """The N the sampling case ``c`` and its ideal ``ci`` may use within the case budget.
+
+    One batch of each is run once (untimed for the table) with the run's clock; their
+    sum per draw, times the timed repeats (and the memory run), is the estimated cost per draw.
+    """
+    cfg = runner.config
+    probe_n = min(c.n, c.batch_size)
+    now = CLOCKS[cfg.clock]
+    spent = 0.0
+    for spec in (replace(ci, n=probe_n), replace(c, n=probe_n)):
+        try:
+            run, _ = make_case(subject, spec)
+        except DefenseUnavailable:
+            continue  # reported when the case itself is built
+        run()  # first-call costs are not per-draw costs
+        t0 = now()
+        run()
+        spent += now() - t0
+    repeats = cfg.repeats + (1 if cfg.memory else 0)
+    return plan_n(c.n, per_draw_s=spent / probe_n, budget_s=cfg.case_budget_s, batch_size=c.batch_size,
+                  repeats=repeats)
+
+
 def _model_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResult]:
     cfg = run.config
     spec = SubjectSpec(model=name, size=cfg.size, device=cfg.device, seed=cfg.seed, sigma=cfg.sigma)
@@ -295,6 +325,13 @@ def _model_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResu
 
     for kind, ideal_kind, n in ((CaseKind.MS_PREDICT, CaseKind.IDEAL_FORWARDS, cfg.ms_n),
                                 (CaseKind.DMS_PREDICT, CaseKind.IDEAL_DMS, cfg.dms_n)):
+        planned = _plan_sampling(runner, subject, case(kind, n=n), case(ideal_kind, n=n))
+        if planned.reason is not None:
+            run.capped[f"{name}/{kind.value} n={n}"] = planned.reason
+        if planned.n is None:
+            runner.bar.update(2)
+            continue
+        n = planned.n
         ci = case(ideal_kind, n=n)
         ti = runner.time(subject, ci)
         yield row(ci, ti, f, extra={"per_draw_ms": ti.median_ms / n})

@@ -100,6 +100,8 @@ def format_table(run: BenchRun, *, markdown: bool = False) -> str:
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     for name, why in run.unavailable.items():
         lines.append(f"{'- ' if markdown else ''}unavailable: {name}: {why}")
+    for name, why in run.capped.items():
+        lines.append(f"{'- ' if markdown else ''}bounded cost: {name}: {why}")
     for name, why in run.notes.items():
         lines.append(f"{'- ' if markdown else ''}note: {name}: {why}")
     return "\n".join(lines)
@@ -133,6 +135,7 @@ def to_json(run: BenchRun, machine: dict[str, Any]) -> dict[str, Any]:
         "config": cfg,
         "rows": [r.to_dict() for r in run.rows],
         "unavailable": run.unavailable,
+        "capped": run.capped,
         "notes": run.notes,
         "shortfalls": shortfalls(run),
     }

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--rtol", type=positive_float, default=None, help="spectral-norm relative tolerance (default 1e-3)")
     p.add_argument("--max-iter", type=positive_int, default=None, help="spectral-norm iteration limit (default 200)")
     p.add_argument("--budget-s", type=positive_float, default=None, help="stop repeating a case after this many seconds (default 60)")
+    p.add_argument("--case-budget-s", type=positive_float, default=None,
+                   help="estimated time limit of each MS/DMS case: N is capped (or the case skipped) to fit, "
+                        "and every cap is printed with its reason (default 60)")
     p.add_argument("--clock", choices=["wall", "cpu"], default=None,
                    help="wall-clock time (default) or this process' CPU time (stable on a busy CPU, with --threads 1)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads for the run (default: torch's)")
@@ -93,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         "device": args.device, "repeats": args.repeats, "warmup": args.warmup, "fs_n": args.fs_n, "ms_n": args.ms_n,
         "dms_n": args.dms_n, "batch_size": args.batch_size, "denoiser": denoiser,
         "memory_n": _csv(args.memory_n, int), "methods": _csv(args.methods), "rtol": args.rtol,
-        "max_iter": args.max_iter, "budget_s": args.budget_s, "seed": args.seed, "clock": args.clock,
+        "max_iter": args.max_iter, "budget_s": args.budget_s, "case_budget_s": args.case_budget_s, "seed": args.seed, "clock": args.clock,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
     values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
