@@ -45,16 +45,18 @@ from robustbench_iqa.bench.cases import (
     measure_peak_mb,
 )
 from robustbench_iqa.bench.memory import cuda_peak_mb, in_subprocess
+from robustbench_iqa.bench.peers import attack_pair, official_forward
 from robustbench_iqa.bench.plan import PlannedN, plan_n
 from robustbench_iqa.bench.subjects import ModelUnavailable, Subject, SubjectSpec, build_subject
 from robustbench_iqa.bench.timing import CLOCKS, Target, Timing, ratio, time_call
 from robustbench_iqa.certify.bounds import min_samples
 from robustbench_iqa.errors import InputError
 
-DEFAULT_MODELS: tuple[str, ...] = ("default-nr", "default-fr", "dbcnn", "lpips")
+DEFAULT_MODELS: tuple[str, ...] = ("default-nr", "default-fr", "st-lpips-alex", "dbcnn", "lpips")
 PREDICT_TARGET = Target(1.2, "<= 1.2x forward")
 CERTIFY_TARGET = Target(20.0, "<= 20x forward, norm within 1%")
 MS_TARGET_FACTOR = 1.1
+ATTACK_TARGET = Target(1.05, "<= 1.05x torchattacks BIM")
 SPECTRAL_ACCURACY = 0.01
 REFERENCE_RTOL = 1e-6
 REFERENCE_STARTS = 3
@@ -94,11 +96,13 @@ class BenchConfig:
     exact: bool = True
     budget_s: float = 60.0
     case_budget_s: float = 60.0
+    peers: bool = True
+    attack_steps: int = 10
     clock: str = "wall"
     progress: bool = True
 
     def validate(self) -> BenchConfig:
-        for name in ("repeats", "fs_n", "ms_n", "dms_n", "batch_size", "max_iter"):
+        for name in ("repeats", "fs_n", "ms_n", "dms_n", "batch_size", "max_iter", "attack_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -243,6 +247,34 @@ def _reference(runner: _Runner, subject: Subject, base: CaseSpec, fwd_ms: float)
                              ms=ms, ratio=ratio(ms, fwd_ms), runs_ms=[t.median_ms for t in runs], extra=extra)
 
 
+def _peer_cases(runner: _Runner, subject: Subject, fwd_ms: float) -> Iterator[CaseResult]:
+    """The official forward pass (where one is known) and I-FGSM against torchattacks' BIM
+    (:mod:`robustbench_iqa.bench.peers`), timed in this process like every other case."""
+    cfg, spec = runner.config, subject.spec
+
+    def timed(fn: Callable[[], Any], label: str) -> Timing:
+        runner.bar.set_postfix_str(f"{spec.model} {label}")
+        return time_call(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=subject.device, budget_s=cfg.budget_s,
+                         clock=cfg.clock)
+
+    def result(label: str, t: Timing, n: int | None = None, **kw: Any) -> CaseResult:
+        return CaseResult(model=spec.model, case=label, size=spec.size, n=n, ms=t.median_ms,
+                          ratio=ratio(t.median_ms, fwd_ms), runs_ms=list(t.runs_ms), **kw)
+
+    official = official_forward(subject)
+    if official is not None:
+        t = timed(official, "peer-forward")
+        yield result("peer-forward", t, extra={"peer": "official package forward",
+                                                "suite_over_peer": fwd_ms / t.median_ms})
+    suite, peer = attack_pair(subject, steps=cfg.attack_steps)
+    tp = timed(peer, "peer-bim")
+    ts = timed(suite, "attack-ifgsm")
+    over = ts.median_ms / tp.median_ms
+    yield result("peer-bim", tp, cfg.attack_steps, extra={"peer": "torchattacks.BIM"})
+    yield result("attack-ifgsm", ts, cfg.attack_steps, target=ATTACK_TARGET.label, met=ATTACK_TARGET.met(over),
+                 extra={"suite_over_peer": over, "over_target": ATTACK_TARGET.shortfall(over)})
+
+
 def _plan_sampling(runner: _Runner, subject: Subject, c: CaseSpec, ci: CaseSpec) -> PlannedN:
     """The N the sampling case ``c`` and its ideal ``ci`` may use within the case budget.
 
@@ -296,6 +328,8 @@ def _model_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResu
     yield row(fwd_case, fwd, fwd.median_ms, peak_mb=runner.peak(subject, fwd_case),
               extra={"feature_dim": subject.feature_dim})
     f = fwd.median_ms
+    if cfg.peers:
+        yield from _peer_cases(runner, subject, f)
 
     c = case(CaseKind.FS_PREDICT, n=cfg.fs_n)
     t = runner.time(subject, c)

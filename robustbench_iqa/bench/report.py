@@ -72,6 +72,10 @@ def _notes(r: CaseResult) -> str:
         parts.append(f"spread {e['spread']:.1e}")
     if "ratio_to_ideal" in e:
         parts.append(f"{e['ratio_to_ideal']:.2f}x ideal")
+    if "peer" in e:
+        parts.append(f"peer: {e['peer']}")
+    if "suite_over_peer" in e:
+        parts.append(f"suite/peer {e['suite_over_peer']:.3f}x")
     if r.met is False and "over_target" in e:
         parts.append(f"{e['over_target']:.2f}x over target")
     elif r.met is False and "ratio_to_ideal" in e:
