@@ -370,11 +370,12 @@ class GradientAttack(Attack):
                             best.offer(xt, s, objective.gain(s))
                             evaluations += 1
                     bar.update(1)
+                assert best is not None  # steps >= 1: the first step of the first restart set it
                 with torch.no_grad():
                     s = objective.evaluate(xt, ref)
                     best.offer(xt, s, objective.gain(s))
                     evaluations += 1
-        assert best is not None  # steps >= 1: the first step set it
+        assert best is not None
         return build_result(x0, best, iterations, evaluations=evaluations, zero=zero, nonfinite=nonfinite,
                             eot_spread=spread, eot_draws=draws_n)
 
