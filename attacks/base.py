@@ -25,8 +25,9 @@ so what the selection costs, depends on the objective:
 
 * deterministic (``objective.eval_fn is None``): the forward pass that gives the
   gradient at x_t^r gives its recorded score, so every iterate x_0^r..x_T^r of every
-  restart is a candidate at no extra cost.  Per batch: 1 clean forward, then per
-  restart T forward/backward passes and 1 forward pass for x_T^r.
+  restart is a candidate at no extra cost.  Per batch: per restart T forward/backward
+  passes and 1 forward pass for x_T^r; the clean score is the first forward pass's when
+  the first restart starts at x (no random start), else 1 more forward pass.
 * randomized (``eval_fn`` set, e.g. a defense's prediction with common random
   numbers, :class:`robustbench_iqa.attacks.eot.DefendedScore`): the attacked
   surrogate is noisy, so candidates are scored with ``eval_fn`` only: the last
@@ -316,7 +317,9 @@ class GradientAttack(Attack):
             ref = check_images(ref, name="ref").detach()
         budget = per_image_eps(self.eps if eps is None else eps, x0)
         alpha = self.alpha(budget)
-        best = start_best(objective, x0, ref, clean)
+        # From x itself, the first gradient's forward pass scores the clean image: no separate pass.
+        clean_from_first_step = clean is None and objective.deterministic and not self.random_start
+        best = None if clean_from_first_step else start_best(objective, x0, ref, clean)
         evaluations = 1
         b = x0.shape[0]
         iterations = torch.zeros(b, dtype=torch.long)
@@ -329,10 +332,14 @@ class GradientAttack(Attack):
                 state = self.init_state(x0, ref)
                 xt = self.start(x0, budget, generator) if (self.random_start or r > 0) else x0.clone()
                 xt = self.project(xt, x0, budget, state).detach()
+                if best is None and not torch.equal(xt, x0):  # a projection that moves x: score x itself
+                    best = start_best(objective, x0, ref, None)
                 active = torch.ones(b, dtype=torch.bool, device=x0.device)
                 for t in range(self.steps):
                     xt.requires_grad_(True)
                     scores, draws = objective.surrogate(xt, ref)
+                    if best is None:  # r = 0, t = 0: xt is x
+                        best = start_best(objective, x0, ref, scores.detach())
                     check_finite_scores(scores.detach(), what="attacked score")
                     gain = objective.gain(scores)
                     if objective.deterministic:
@@ -363,10 +370,12 @@ class GradientAttack(Attack):
                             best.offer(xt, s, objective.gain(s))
                             evaluations += 1
                     bar.update(1)
+                assert best is not None  # steps >= 1: the first step of the first restart set it
                 with torch.no_grad():
                     s = objective.evaluate(xt, ref)
                     best.offer(xt, s, objective.gain(s))
                     evaluations += 1
+        assert best is not None
         return build_result(x0, best, iterations, evaluations=evaluations, zero=zero, nonfinite=nonfinite,
                             eot_spread=spread, eot_draws=draws_n)
 

@@ -129,9 +129,20 @@ class IQAClassifier(nn.Module):
         self.margin = float(margin)
         self.anchor = None
         self.register_buffer("ref", None if ref is None else ref.detach())
+        self.training = False  # torchattacks then asks for eval mode, which train() below keeps to itself
         if not isinstance(score_fn, nn.Module) or next(score_fn.parameters(), None) is None:
             # torchattacks reads the device from the first parameter.
             self._anchor_param = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    def train(self, mode: bool = True) -> IQAClassifier:
+        """Set this wrapper's flag only: the IQA model's train/eval mode stays the caller's.
+
+        torchattacks switches its model's mode around every attack and, for a model it found in
+        training mode, calls ``train()`` afterwards; passed on, that would leave batch-norm
+        layers of an IQA model in training mode (updating running statistics) after the attack.
+        """
+        self.training = bool(mode)
+        return self
 
     def _ref_for(self, x: torch.Tensor) -> torch.Tensor | None:
         ref: torch.Tensor | None = self.ref  # type: ignore[assignment]

@@ -77,3 +77,36 @@ def test_restarts_only_add_candidates() -> None:
 def test_eval_every_setting_is_checked() -> None:
     with pytest.raises(InputError):
         IFGSM(eps=0.1, eval_every=-1)
+
+
+class _Counting:
+    """A score function that counts its calls and the images it scored."""
+
+    lower_better = False
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.calls, self.images = model, 0, 0
+
+    def __call__(self, x: torch.Tensor, ref: torch.Tensor | None) -> torch.Tensor:
+        self.calls += 1
+        self.images += x.shape[0]
+        return self.model(x, ref)
+
+
+@pytest.mark.parametrize("random_start, want", [(False, 5 + 1), (True, 1 + 5 + 1)])
+def test_ifgsm_costs_one_forward_per_step_plus_the_last_iterate(random_start: bool, want: int) -> None:
+    # torchattacks' BIM costs T forward/backward passes; the loop adds only the forward pass that scores
+    # the last iterate (and, from a random start, the clean image's).  From x itself the first step's
+    # forward pass is the clean score: it must equal a separate evaluation exactly.
+    torch.manual_seed(0)
+    model = ToyNR().eval()
+    x = random_images(3, seed=1)
+    fn = _Counting(model)
+    res = IFGSM(eps=4 / 255, steps=5, random_start=random_start)(Objective(fn), x,
+                                                               generator=torch.Generator().manual_seed(0))
+    assert fn.calls == want and fn.images == 3 * want
+    with torch.no_grad():
+        clean = model(x, None).reshape(-1)
+    assert torch.equal(res.clean_scores, clean.cpu())
+    assert all(r.evaluations == 2 for r in res.records)  # clean + last iterate, as before
+    assert all(r.improvement >= 0 for r in res.records)

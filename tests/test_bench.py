@@ -33,7 +33,7 @@ from robustbench_iqa.errors import InputError
 
 QUICK_CASES = {
     "forward", "fs-predict", "fs-certify", "spectral-power", "spectral-lanczos", "spectral-exact",
-    "ideal-forwards", "ms-predict", "ideal-dms", "dms-predict",
+    "ideal-forwards", "ms-predict", "ideal-dms", "dms-predict", "attack-ifgsm", "peer-bim",
 }
 
 

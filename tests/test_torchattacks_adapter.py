@@ -207,3 +207,36 @@ def test_fr_reference_binding() -> None:
     per_image = IQAClassifier(model, ref=ref)
     with pytest.raises(InputError, match="does not match the queried batch"):
         per_image(x[:2])
+
+
+class _WithBatchNorm(IQAModel):
+    """An NR model with a batch-norm layer: in training mode its running statistics change."""
+
+    name, full_reference, lower_better, score_range = "toy-bn", False, False, (0.0, 1.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Tanh())
+
+    def features(self, x: torch.Tensor, ref: torch.Tensor | None = None) -> torch.Tensor:
+        return self.body(x).mean(dim=(2, 3))
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return feats.mean(dim=1)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_torchattacks_run_leaves_the_model_mode_as_it_was(training: bool) -> None:
+    # torchattacks calls train() on its model after an attack when it found the model training; an
+    # IQAClassifier built as a fresh nn.Module was "training", so an eval-mode IQA model came back in
+    # training mode, its batch-norm running statistics then updated by every later forward pass.
+    torch.manual_seed(0)
+    model = _WithBatchNorm().train(training)
+    stats = model.body[1].running_mean.clone()
+    clf = IQAClassifier(model)
+    x = random_images(2, seed=3)
+    torchattacks.BIM(clf, eps=4 / 255, alpha=1 / 255, steps=2)(x, clf.labels(x))
+    assert model.training is training
+    assert all(m.training is training for m in model.modules())
+    if not training:
+        assert torch.equal(model.body[1].running_mean, stats)

@@ -45,15 +45,18 @@ from robustbench_iqa.bench.cases import (
     measure_peak_mb,
 )
 from robustbench_iqa.bench.memory import cuda_peak_mb, in_subprocess
+from robustbench_iqa.bench.peers import attack_pair, official_forward
+from robustbench_iqa.bench.plan import PlannedN, plan_n
 from robustbench_iqa.bench.subjects import ModelUnavailable, Subject, SubjectSpec, build_subject
 from robustbench_iqa.bench.timing import CLOCKS, Target, Timing, ratio, time_call
 from robustbench_iqa.certify.bounds import min_samples
 from robustbench_iqa.errors import InputError
 
-DEFAULT_MODELS: tuple[str, ...] = ("default-nr", "default-fr", "dbcnn", "lpips")
+DEFAULT_MODELS: tuple[str, ...] = ("default-nr", "default-fr", "st-lpips-alex", "dbcnn", "lpips")
 PREDICT_TARGET = Target(1.2, "<= 1.2x forward")
 CERTIFY_TARGET = Target(20.0, "<= 20x forward, norm within 1%")
 MS_TARGET_FACTOR = 1.1
+ATTACK_TARGET = Target(1.05, "<= 1.05x torchattacks BIM")
 SPECTRAL_ACCURACY = 0.01
 REFERENCE_RTOL = 1e-6
 REFERENCE_STARTS = 3
@@ -92,11 +95,14 @@ class BenchConfig:
     memory: bool = True
     exact: bool = True
     budget_s: float = 60.0
+    case_budget_s: float = 60.0
+    peers: bool = True
+    attack_steps: int = 10
     clock: str = "wall"
     progress: bool = True
 
     def validate(self) -> BenchConfig:
-        for name in ("repeats", "fs_n", "ms_n", "dms_n", "batch_size", "max_iter"):
+        for name in ("repeats", "fs_n", "ms_n", "dms_n", "batch_size", "max_iter", "attack_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -114,6 +120,8 @@ class BenchConfig:
         if min(self.fs_n, *self.memory_n) < need:
             raise InputError(f"FS-IQA certification at alpha={CERTIFY_ALPHA} needs N >= {need}; "
                              f"got fs-n={self.fs_n}, memory-n={','.join(map(str, self.memory_n))}")
+        if not (self.case_budget_s > 0):
+            raise InputError(f"case-budget-s must be > 0, got {self.case_budget_s}")
         if self.clock not in CLOCKS:
             raise InputError(f"clock must be one of {', '.join(CLOCKS)}, got {self.clock!r}")
         if self.clock == "cpu" and torch.device(self.device).type != "cpu":
@@ -154,6 +162,8 @@ class BenchRun:
     config: BenchConfig
     rows: list[CaseResult] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    capped: dict[str, str] = field(default_factory=dict)
+    """Cases run at a smaller N than asked, or skipped, to bound their cost (see :mod:`~robustbench_iqa.bench.plan`)."""
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -237,6 +247,61 @@ def _reference(runner: _Runner, subject: Subject, base: CaseSpec, fwd_ms: float)
                              ms=ms, ratio=ratio(ms, fwd_ms), runs_ms=[t.median_ms for t in runs], extra=extra)
 
 
+def _peer_cases(runner: _Runner, subject: Subject, fwd_ms: float) -> Iterator[CaseResult]:
+    """The official forward pass (where one is known) and I-FGSM against torchattacks' BIM
+    (:mod:`robustbench_iqa.bench.peers`), timed in this process like every other case."""
+    cfg, spec = runner.config, subject.spec
+
+    def timed(fn: Callable[[], Any], label: str) -> Timing:
+        runner.bar.set_postfix_str(f"{spec.model} {label}")
+        return time_call(fn, repeats=cfg.repeats, warmup=cfg.warmup, device=subject.device, budget_s=cfg.budget_s,
+                         clock=cfg.clock)
+
+    def result(label: str, t: Timing, n: int | None = None, **kw: Any) -> CaseResult:
+        return CaseResult(model=spec.model, case=label, size=spec.size, n=n, ms=t.median_ms,
+                          ratio=ratio(t.median_ms, fwd_ms), runs_ms=list(t.runs_ms), **kw)
+
+    official = official_forward(subject)
+    if official is not None:
+        t = timed(official, "peer-forward")
+        yield result("peer-forward", t, extra={"peer": "official package forward",
+                                                "suite_over_peer": fwd_ms / t.median_ms})
+    suite, peer = attack_pair(subject, steps=cfg.attack_steps)
+    tp = timed(peer, "peer-bim")
+    ts = timed(suite, "attack-ifgsm")
+    over = ts.median_ms / tp.median_ms
+    yield result("peer-bim", tp, cfg.attack_steps, extra={"peer": "torchattacks.BIM"})
+    yield result("attack-ifgsm", ts, cfg.attack_steps, target=ATTACK_TARGET.label, met=ATTACK_TARGET.met(over),
+                 extra={"suite_over_peer": over, "over_target": ATTACK_TARGET.shortfall(over)})
+
+
+def _plan_sampling(runner: _Runner, subject: Subject, c: CaseSpec, ci: CaseSpec) -> PlannedN:
+    """The N the sampling case ``c`` and its ideal ``ci`` may use within the case budget.
+
+    One draw of each is run twice (the second timed with the run's clock; a batch of one
+    costs at least its share of a full batch on a CPU, so the estimate errs on the safe side);
+    their sum, times the timed repeats (and the memory run), is the estimated cost per draw.
+    A single draw keeps the probe itself cheap: DMS with the 17x64 DnCNN at 384x512 costs
+    seconds per draw on one CPU thread.
+    """
+    cfg = runner.config
+    probe_n = 1
+    now = CLOCKS[cfg.clock]
+    spent = 0.0
+    for spec in (replace(ci, n=probe_n), replace(c, n=probe_n)):
+        try:
+            run, _ = make_case(subject, spec)
+        except DefenseUnavailable:
+            continue  # reported when the case itself is built
+        run()  # first-call costs are not per-draw costs
+        t0 = now()
+        run()
+        spent += now() - t0
+    repeats = cfg.repeats + (1 if cfg.memory else 0)
+    return plan_n(c.n, per_draw_s=spent / probe_n, budget_s=cfg.case_budget_s, batch_size=c.batch_size,
+                  repeats=repeats)
+
+
 def _model_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResult]:
     cfg = run.config
     spec = SubjectSpec(model=name, size=cfg.size, device=cfg.device, seed=cfg.seed, sigma=cfg.sigma)
@@ -263,6 +328,8 @@ def _model_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResu
     yield row(fwd_case, fwd, fwd.median_ms, peak_mb=runner.peak(subject, fwd_case),
               extra={"feature_dim": subject.feature_dim})
     f = fwd.median_ms
+    if cfg.peers:
+        yield from _peer_cases(runner, subject, f)
 
     c = case(CaseKind.FS_PREDICT, n=cfg.fs_n)
     t = runner.time(subject, c)
@@ -295,6 +362,13 @@ def _model_cases(run: BenchRun, runner: _Runner, name: str) -> Iterator[CaseResu
 
     for kind, ideal_kind, n in ((CaseKind.MS_PREDICT, CaseKind.IDEAL_FORWARDS, cfg.ms_n),
                                 (CaseKind.DMS_PREDICT, CaseKind.IDEAL_DMS, cfg.dms_n)):
+        planned = _plan_sampling(runner, subject, case(kind, n=n), case(ideal_kind, n=n))
+        if planned.reason is not None:
+            run.capped[f"{name}/{kind.value} n={n}"] = planned.reason
+        if planned.n is None:
+            runner.bar.update(2)
+            continue
+        n = planned.n
         ci = case(ideal_kind, n=n)
         ti = runner.time(subject, ci)
         yield row(ci, ti, f, extra={"per_draw_ms": ti.median_ms / n})

@@ -72,6 +72,10 @@ def _notes(r: CaseResult) -> str:
         parts.append(f"spread {e['spread']:.1e}")
     if "ratio_to_ideal" in e:
         parts.append(f"{e['ratio_to_ideal']:.2f}x ideal")
+    if "peer" in e:
+        parts.append(f"peer: {e['peer']}")
+    if "suite_over_peer" in e:
+        parts.append(f"suite/peer {e['suite_over_peer']:.3f}x")
     if r.met is False and "over_target" in e:
         parts.append(f"{e['over_target']:.2f}x over target")
     elif r.met is False and "ratio_to_ideal" in e:
@@ -100,6 +104,8 @@ def format_table(run: BenchRun, *, markdown: bool = False) -> str:
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     for name, why in run.unavailable.items():
         lines.append(f"{'- ' if markdown else ''}unavailable: {name}: {why}")
+    for name, why in run.capped.items():
+        lines.append(f"{'- ' if markdown else ''}bounded cost: {name}: {why}")
     for name, why in run.notes.items():
         lines.append(f"{'- ' if markdown else ''}note: {name}: {why}")
     return "\n".join(lines)
@@ -133,6 +139,7 @@ def to_json(run: BenchRun, machine: dict[str, Any]) -> dict[str, Any]:
         "config": cfg,
         "rows": [r.to_dict() for r in run.rows],
         "unavailable": run.unavailable,
+        "capped": run.capped,
         "notes": run.notes,
         "shortfalls": shortfalls(run),
     }

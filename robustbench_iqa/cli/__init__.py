@@ -120,9 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            from robustbench_iqa.allocator import retain_freed_memory
             from robustbench_iqa.models.weights import no_unpickling
             from robustbench_iqa.plugins import load_plugins
 
+            retain_freed_memory()  # large tensors reuse freed pages (see robustbench_iqa.allocator)
             with no_unpickling():  # no file is unpickled by any code the command calls
                 load_plugins(_plugins(args))
                 return int(args.func(args) or 0)

@@ -25,7 +25,7 @@ from robustbench_iqa.errors import InputError
 if TYPE_CHECKING:
     from robustbench_iqa.bench.harness import BenchConfig
 
-DEFAULT_MODELS = ("default-nr", "default-fr", "dbcnn", "lpips")
+DEFAULT_MODELS = ("default-nr", "default-fr", "st-lpips-alex", "dbcnn", "lpips")
 
 QUICK: dict[str, Any] = {
     "models": ("default-nr", "default-fr"), "size": (32, 48), "exact_size": (12, 12), "repeats": 1, "warmup": 1,
@@ -54,11 +54,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--rtol", type=positive_float, default=None, help="spectral-norm relative tolerance (default 1e-3)")
     p.add_argument("--max-iter", type=positive_int, default=None, help="spectral-norm iteration limit (default 200)")
     p.add_argument("--budget-s", type=positive_float, default=None, help="stop repeating a case after this many seconds (default 60)")
+    p.add_argument("--case-budget-s", type=positive_float, default=None,
+                   help="estimated time limit of each MS/DMS case: N is capped (or the case skipped) to fit, "
+                        "and every cap is printed with its reason (default 60)")
     p.add_argument("--clock", choices=["wall", "cpu"], default=None,
                    help="wall-clock time (default) or this process' CPU time (stable on a busy CPU, with --threads 1)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads for the run (default: torch's)")
     p.add_argument("--seed", type=seed, default=None, help="seed of weights, input and noise (default 0)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip the peers (the official forward pass where known, torchattacks' BIM against I-FGSM)")
+    p.add_argument("--attack-steps", type=positive_int, default=None,
+                   help="steps of I-FGSM and of torchattacks' BIM in the peer comparison (default 10)")
     p.add_argument("--no-exact", action="store_true", help="skip the exact-Jacobian comparison")
     p.add_argument("--quick", action="store_true", help="tiny preset for tests and smoke runs")
     p.add_argument("--json-out", default=None, help="write the results as JSON to this path")
@@ -93,12 +100,13 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         "device": args.device, "repeats": args.repeats, "warmup": args.warmup, "fs_n": args.fs_n, "ms_n": args.ms_n,
         "dms_n": args.dms_n, "batch_size": args.batch_size, "denoiser": denoiser,
         "memory_n": _csv(args.memory_n, int), "methods": _csv(args.methods), "rtol": args.rtol,
-        "max_iter": args.max_iter, "budget_s": args.budget_s, "seed": args.seed, "clock": args.clock,
+        "max_iter": args.max_iter, "budget_s": args.budget_s, "case_budget_s": args.case_budget_s, "attack_steps": args.attack_steps, "seed": args.seed, "clock": args.clock,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
     values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
     values["memory"] = not args.no_memory
     values["exact"] = not args.no_exact
+    values["peers"] = not args.no_peers
     values["progress"] = not args.no_progress
     return BenchConfig(**values).validate()
 
