@@ -356,6 +356,12 @@ def radius_from_bounds(sigma: float, jac_norm: float, global_lip: float | None,
         lo = hi * 1e-12
         if not ok(lo):
             return 0.0
+    return geometric_bisection(ok, lo, hi, iterations)
+
+
+def geometric_bisection(ok: Callable[[float], bool], lo: float, hi: float, iterations: int) -> float:
+    """With ok(lo) true and ok(hi) false for a monotone condition: halve [lo, hi] on the log scale
+    ``iterations`` times and return the lower end, which still satisfies the condition."""
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
         if ok(mid):
@@ -394,13 +400,7 @@ def deviation_radius(sigma: float, deviation: Callable[[float], float], global_l
             if lo < 1e-300:
                 return 0.0
         hi = lo * 2.0
-    for _ in range(iterations):
-        mid = math.sqrt(lo * hi)
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return geometric_bisection(ok, lo, hi, iterations)
 
 
 def tapped_features_of(backbone: nn.Module | None) -> TappedFeatures | None:
