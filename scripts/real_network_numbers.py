@@ -173,7 +173,8 @@ def gate(model: str, sigma: float, limit: int) -> dict[str, Any]:
 
 def settings_line(cfg: dict[str, Any]) -> str:
     if not cfg.get("measured", True):
-        return (f"- {', '.join(cfg['models'])} ({cfg['date']}, sigma_f {', '.join(f'{s:g}' for s in cfg['sigmas'])}): "
+        sigmas = cfg.get("gate_sigmas") or cfg["sigmas"]
+        return (f"- {', '.join(cfg['models'])} ({cfg['date']}, sigma_f {', '.join(f'{s:g}' for s in sigmas)}): "
                 f"gate only, `verify` with the repository's settings on {cfg['gate_limit']} images.")
     return (f"- {', '.join(cfg['models'])} ({cfg['date']}, torch {cfg['torch']}, {cfg['threads']} thread, CPU "
             f"{cfg['cpu']}): the first {cfg['limit']} held-out images of the embedded `default` dataset at 96x128 "
@@ -270,6 +271,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(), "limit": args.limit, "large": args.large,
         "acc_limit": args.acc_limit, "n": args.n, "steps": args.steps, "restarts": args.restarts,
         "large_steps": args.large_steps, "large_restarts": args.large_restarts, "sigmas": args.sigmas,
+        "gate_sigmas": args.gate_sigmas if args.gate_sigmas is not None else args.sigmas,
         "gate_limit": args.gate_limit, "gated": not args.no_gate, "measured": not args.no_measure}]}
     for name in args.models:
         model = create_model(name)
