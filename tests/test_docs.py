@@ -140,7 +140,7 @@ def test_the_readme_table_is_the_headline_of_the_full_table() -> None:
 
     head, rows = _table_cells(block("README.md", "verify"))
     full_head, full_rows = _table_cells(block("docs/gate.md", "verify-full"))
-    assert head[:4] == ["model", "defense", "sigma", "gate"] and rows and len(rows) == len(full_rows)
+    assert head[:5] == ["model", "defense", "sigma", "radius", "gate"] and rows and len(rows) == len(full_rows)
     for row, full in zip(rows, full_rows, strict=True):
         assert row == [full[full_head.index(c)] for c in head]
     # the generator makes the same layout: the headline from summary rows in any key order, the
