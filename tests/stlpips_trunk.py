@@ -61,24 +61,7 @@ def alex_feature_map(*, reduction: str = "mean") -> TappedFeatures:
 
 
 def official_lpips_alex():  # type: ignore[no-untyped-def]
-    """The official ``stlpips_pytorch.stlpips.LPIPS(net='alex', variant='shift_tolerant')`` (eval mode).
+    """The official ``stlpips_pytorch.stlpips.LPIPS(net='alex', variant='shift_tolerant')`` (eval mode)."""
+    from robustbench_iqa.models.stlpips import official_lpips
 
-    The package imports ``IPython`` and ``torchsummary`` (unused for scoring) at import time; a stub is put in
-    ``sys.modules`` for the import only and removed afterwards (a stub left there breaks
-    matplotlib, which reads ``IPython.version_info``).
-    """
-    import sys
-    import types
-
-    added = [name for name in ("IPython", "torchsummary") if name not in sys.modules]
-    for name in added:
-        stub = types.ModuleType(name)
-        stub.embed = stub.summary = lambda *a, **k: None  # type: ignore[attr-defined]
-        sys.modules[name] = stub
-    try:
-        from stlpips_pytorch.stlpips import LPIPS
-
-        return LPIPS(net="alex", variant="shift_tolerant", verbose=False).eval()
-    finally:
-        for name in added:
-            sys.modules.pop(name, None)
+    return official_lpips("alex")

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 
 from robustbench_iqa.certify.layers import BlurPool2d, ChannelNorm, SpatialMean, binomial_filter
 
 
-def _official_downsample():  # the official module imports IPython at import time; stub it only here
-    saved = {k: sys.modules.get(k) for k in ("IPython",)}
-    sys.modules.setdefault("IPython", types.SimpleNamespace(embed=lambda *a, **k: None))  # type: ignore[arg-type]
-    try:
-        from stlpips_pytorch.models_lpf.downsample import Downsample
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-    return Downsample
+def _official_downsample():  # type: ignore[no-untyped-def]
+    from robustbench_iqa.models.stlpips import import_official
+
+    return import_official("stlpips_pytorch.models_lpf.downsample").Downsample
 
 
 def test_binomial_filter_is_normalised_pascal_row() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import types
 from typing import Any
 
 import pytest
@@ -12,25 +11,9 @@ import torch
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.models import create_model, model_info
+from robustbench_iqa.models.stlpips import official_lpips
 
 pytest.importorskip("stlpips_pytorch")
-
-_STUBS = ("IPython", "torchsummary")
-
-
-def official_lpips(net: str) -> Any:
-    """The official network; the package imports IPython and torchsummary (unused for scoring) at import
-    time, so stubs are put in sys.modules for the import only and removed afterwards."""
-    saved = {k: sys.modules.get(k) for k in _STUBS}
-    sys.modules.setdefault("IPython", types.SimpleNamespace(embed=lambda *a, **k: None))  # type: ignore[arg-type]
-    sys.modules.setdefault("torchsummary", types.SimpleNamespace(summary=lambda *a, **k: None))  # type: ignore[arg-type]
-    try:
-        from stlpips_pytorch.stlpips import LPIPS
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-    return LPIPS(pretrained=True, net=net, variant="shift_tolerant", verbose=False).eval()
 
 
 def _pair(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -25,23 +23,13 @@ from robustbench_iqa.bench.subjects import Subject
 
 ATTACK_EPS = 4 / 255
 ATTACK_STEPS = 10
-_STUBS = ("IPython", "torchsummary")
 
 
 def _stlpips(net: str) -> Callable[[Subject], Callable[[], Any]]:
     def build(subject: Subject) -> Callable[[], Any]:
-        # The package imports IPython and torchsummary at import time (unused for scoring):
-        # stubs stand in for the import only and are removed afterwards.
-        saved = {k: sys.modules.get(k) for k in _STUBS}
-        sys.modules.setdefault("IPython", types.SimpleNamespace(embed=lambda *a, **k: None))  # type: ignore[arg-type]
-        sys.modules.setdefault("torchsummary", types.SimpleNamespace(summary=lambda *a, **k: None))  # type: ignore[arg-type]
-        try:
-            from stlpips_pytorch.stlpips import LPIPS
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    sys.modules.pop(k, None)
-        official = LPIPS(pretrained=True, net=net, variant="shift_tolerant", verbose=False).to(subject.device).eval()
+        from robustbench_iqa.models.stlpips import official_lpips
+
+        official = official_lpips(net).to(subject.device)
 
         @torch.no_grad()
         def forward() -> torch.Tensor:

@@ -4,7 +4,7 @@ trained network, offline: ``st-lpips-alex``, ``st-lpips-vgg`` (FR) and ``st-lpip
 The PyPI package ``stlpips-pytorch`` ships the complete trained networks (trunk and linear layers
 trained together on the BAPPS 2AFC human judgments): ``stlpips_pytorch/weights/vST0.0/
 {alex,vgg}_shift_tolerant.pth``.  They are read here with ``torch.load(weights_only=True)`` into a
-network rebuilt from plain layers (the package itself is never imported: it imports ``IPython`` and
+network rebuilt from plain layers (the models never import the package: it imports ``IPython`` and
 ``torchsummary`` at import time without declaring them); the tests check that the distance equals
 the official ``stlpips_pytorch.stlpips.LPIPS`` forward.
 
@@ -52,7 +52,7 @@ import re
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -144,6 +144,37 @@ class STLPIPSTrunk(nn.Module):
 
 
 # -------------------------------------------------------------------------- weights
+def import_official(module: str = "stlpips_pytorch.stlpips") -> Any:
+    """Import a module of the official ``stlpips-pytorch`` package (for equality checks and the
+    benchmark's peer row; the models here never use it).
+
+    The package imports ``IPython`` and ``torchsummary`` at import time without declaring them
+    (unused for scoring): stubs stand in for the import only and are removed from ``sys.modules``
+    afterwards (a stub left there breaks matplotlib, which reads ``IPython.version_info``).
+    """
+    import importlib
+    import sys
+    import types
+
+    added = [name for name in ("IPython", "torchsummary") if name not in sys.modules]
+    for name in added:
+        stub = types.ModuleType(name)
+        stub.embed = stub.summary = lambda *a, **k: None  # type: ignore[attr-defined]
+        sys.modules[name] = stub
+    try:
+        return importlib.import_module(module)
+    finally:
+        for name in added:
+            sys.modules.pop(name, None)
+
+
+def official_lpips(net: str) -> Any:
+    """The official ``stlpips_pytorch.stlpips.LPIPS(net=net, variant='shift_tolerant')`` in eval mode,
+    with its packaged weights (:func:`import_official`)."""
+    lpips = import_official().LPIPS
+    return lpips(pretrained=True, net=net, variant="shift_tolerant", verbose=False).eval()
+
+
 def package_weights(net: str) -> Path:
     """The trained ``{net}_shift_tolerant.pth`` shipped by the installed ``stlpips-pytorch`` package."""
     if importlib.util.find_spec("stlpips_pytorch") is None:
