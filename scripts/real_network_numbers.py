@@ -17,6 +17,7 @@ heads) and each sigma_f, on held-out images of the embedded ``default`` dataset 
 * FS certify's cost (CPU time, one thread, n = 2000) as a ratio to one forward pass at 384x512.
 
     python scripts/real_network_numbers.py                      # writes benchmarks/results-real-networks.md
+                                                                # and the README's table (block real-networks)
     python scripts/real_network_numbers.py --limit 2 --large 0 --no-gate --steps 20   # a quick look
 
 CPU time is measured with ``time.process_time`` at one thread; on a shared machine it still varies.
@@ -178,7 +179,8 @@ def settings_line(cfg: dict[str, Any]) -> str:
                 f"gate only, `verify` with the repository's settings on {cfg['gate_limit']} images.")
     return (f"- {', '.join(cfg['models'])} ({cfg['date']}, torch {cfg['torch']}, {cfg['threads']} thread, CPU "
             f"{cfg['cpu']}): the first {cfg['limit']} held-out images of the embedded `default` dataset at 96x128 "
-            f"and {cfg['large']} at 384x512, {cfg['acc_limit']} for SRCC/PLCC; n = {cfg['n']}, alpha = 0.999; "
+            f"and {cfg['large']} at 384x512{'' if cfg.get('large_radii', True) else ' (cost only)'}, "
+            f"{cfg['acc_limit']} for SRCC/PLCC; n = {cfg['n']}, alpha = 0.999; "
             f"feature attack {cfg['steps']} steps and {cfg['restarts']} random starts at 96x128 "
             f"({cfg['large_steps']} and {cfg['large_restarts']} at 384x512), plus the top singular direction and "
             f"its negative" + (f"; gate: `verify` with the repository's settings on {cfg['gate_limit']} images."
@@ -263,6 +265,58 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _median(values: list[float]) -> str:
+    return f"{float(np.median(np.asarray(values, dtype=np.float64))):.2g}" if values else "-"
+
+
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's real-network table (block ``real-networks``): one row per model and sigma_f.
+
+    Radii are medians over the certified images at 96x128; ``broken`` counts the certified
+    images, at every size measured, where the feature attack moved B(x) past sigma_f inside that
+    radius; ``gate`` is the verdict of ``verify``; SRCC is undefended -> FS-IQA's median; the
+    cost is FS certify over one forward pass at 384x512 (CPU, one thread).  A ``-`` is a number
+    this run did not measure.  Rendered from the same results as the Markdown file.
+    """
+    keys = list(dict.fromkeys((r["model"], r["sigma"]) for k in ("radii", "gate", "accuracy", "cost")
+                              for r in results[k]))
+    order = list(dict.fromkeys(m for m, _ in keys))
+    keys.sort(key=lambda k: (order.index(k[0]), k[1]))
+    lines = ["| model | sigma_f | first-order eps_x | broken | Lipschitz eps_x | broken | local eps_x | broken "
+             "| gate | SRCC undefended -> FS-IQA | FS certify / forward |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model, sigma in keys:
+        rows = [r for r in results["radii"] if (r["model"], r["sigma"]) == (model, sigma)]
+        cells = [f"`{model}`", f"{sigma:g}"]
+        for kind in KINDS:
+            small = [v for r in rows if r["size"] == "96x128" for v in r[kind].get("radii", [])]
+            got = [r[kind] for r in rows if "failures" in r[kind]]
+            broken = (f"{sum(e['failures'] for e in got)} / {sum(len(e['radii']) for e in got)}" if got else "-")
+            cells += [_median(small), broken]
+        gates = [g for g in results["gate"] if (g["model"], g["sigma"]) == (model, sigma)]
+        cells.append(", ".join("PASS" if g["passed"] else f"FAIL ({', '.join(g['failed'])})" for g in gates) or "-")
+        acc = [a for a in results["accuracy"] if (a["model"], a["sigma"]) == (model, sigma)]
+        cells.append(f"{acc[-1]['srcc_undefended']:.2f} -> {acc[-1]['srcc_defended']:.2f}" if acc else "-")
+        cost = [c for c in results["cost"] if (c["model"], c["sigma"]) == (model, sigma)]
+        cells.append(f"{cost[-1]['ratio']:.1f}x" if cost else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    dates = sorted({str(b.get("date")) for b in results["settings"]})
+    lines += ["", f"Measured {', '.join(dates)} on one thread of a shared 2-core x86_64 CPU by "
+              "`python scripts/real_network_numbers.py`; settings, quartiles and the 384x512 rows: "
+              "`benchmarks/results-real-networks.md`."]
+    return "\n".join(lines)
+
+
+def write_readme(results: dict[str, Any]) -> list[Path]:
+    """Rewrite the ``real-networks`` block in every page holding it (README.md, docs/models.md)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from readme_numbers import write_blocks
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return write_blocks({"real-networks": readme_table(results)})
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every number of the module docstring for ``args.models`` (one settings block)."""
     torch.set_num_threads(1)
@@ -271,6 +325,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(), "limit": args.limit, "large": args.large,
         "acc_limit": args.acc_limit, "n": args.n, "steps": args.steps, "restarts": args.restarts,
         "large_steps": args.large_steps, "large_restarts": args.large_restarts, "sigmas": args.sigmas,
+        "large_radii": args.large_radii,
         "gate_sigmas": args.gate_sigmas if args.gate_sigmas is not None else args.sigmas,
         "gate_limit": args.gate_limit, "gated": not args.no_gate, "measured": not args.no_measure}]}
     for name in args.models:
@@ -291,7 +346,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def measure_one(results: dict[str, Any], args: argparse.Namespace, name: str, model: IQAModel, sigma: float,
                 small: Images, large: Images | None, acc: Images) -> None:
     fs = create_defense("fs-iqa", model, sigma=sigma)
-    for size, imgs in (("96x128", small), ("384x512", large)):
+    for size, imgs in (("96x128", small), ("384x512", large if args.large_radii else None)):
         if imgs is None:
             continue
         big = size == "384x512"
@@ -332,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--restarts", type=int, default=4, help="feature-attack random starts at 96x128")
     p.add_argument("--large-steps", type=int, default=10, help="feature-attack steps at 384x512")
     p.add_argument("--large-restarts", type=int, default=0, help="feature-attack random starts at 384x512")
+    p.add_argument("--no-large-radii", dest="large_radii", action="store_false",
+                   help="use the 384x512 images for the cost only (no radii or attack there)")
     p.add_argument("--cost-sigmas", nargs="+", type=float, default=[0.25], help="sigmas whose cost is timed")
     p.add_argument("--gate-sigmas", nargs="+", type=float, default=None, help="sigmas gated (default: all)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
@@ -342,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--render", nargs="+", default=None, metavar="JSON",
                    help="measure nothing: write the Markdown of earlier runs' JSON files together")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-real-networks.md")
+    p.add_argument("--no-readme", dest="readme", action="store_false",
+                   help="do not rewrite the README's real-network table (block real-networks)")
     args = p.parse_args(argv)
     if args.render:
         parts = [normalized(json.loads(Path(f).read_text())) for f in args.render]
@@ -352,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(markdown(results))
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")
+    if args.readme:
+        for page in write_readme(results):
+            print(f"wrote {page.relative_to(ROOT)}")
     return 0
 
 

@@ -102,7 +102,8 @@ def test_every_generated_block_has_its_generator(tmp_path: Path) -> None:
     assert found == set(re.findall(r"<!-- END generated:([a-z][a-z0-9-]*) -->", text))
     made = {*readme_numbers.BLOCKS, "verify-full"}  # block_verify writes verify and verify-full
     assert made <= found  # nox -s docs has a place for everything it measures
-    assert found - made == {"empirical"}  # printed by scripts/empirical_defense_numbers.py
+    # printed by scripts/empirical_defense_numbers.py and scripts/real_network_numbers.py
+    assert found - made == {"empirical", "real-networks"}
     # write_blocks rewrites the block in every page holding it and refuses one found nowhere
     a, b = tmp_path / "a.md", tmp_path / "b.md"
     a.write_text("x\n<!-- BEGIN generated:quick -->\nold\n<!-- END generated:quick -->\ny\n")
@@ -198,3 +199,59 @@ def test_the_site_lists_every_command_and_option() -> None:
     for command, option in expected:
         assert command in sections, command
         assert option in sections[command], (command, option)
+
+
+def _script(name: str):  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+
+def _block(page: Path, name: str) -> str:
+    return page.read_text().split(f"<!-- BEGIN generated:{name} -->\n")[1].split(f"\n<!-- END generated:{name} -->")[0]
+
+
+def test_the_real_network_table_is_rendered_from_the_shipped_results() -> None:
+    """README.md and docs/models.md show exactly what the shipped results file renders to, and so
+    does the full Markdown file: no hand-edited number, no stale table after a re-run."""
+    import json
+
+    rn = _script("real_network_numbers")
+    results = rn.normalized(json.loads((REPO / "benchmarks" / "results-real-networks.json").read_text()))
+    table = rn.readme_table(results)
+    for page in (REPO / "README.md", REPO / "docs" / "models.md"):
+        assert _block(page, "real-networks") == table, page
+    assert (REPO / "benchmarks" / "results-real-networks.md").read_text() == rn.markdown(results)
+    # every registered real network is in it, FR and NR, with a gate verdict and a cost
+    for model in ("st-lpips-alex", "st-lpips-vgg", "st-lpips-alex-nr"):
+        rows = [ln for ln in table.splitlines() if ln.startswith(f"| `{model}` |")]
+        assert rows, model
+        assert any("PASS" in r or "FAIL" in r for r in rows), model
+        assert any(r.rstrip(" |").endswith("x") for r in rows), model
+
+
+def test_the_real_network_table_counts_what_it_says() -> None:
+    """A hand-made results file: medians at 96x128 only, failures summed over sizes, a gate's
+    failed checks named, an unmeasured cell shown as '-'."""
+    rn = _script("real_network_numbers")
+
+    def kind(radii: list[float], failures: int) -> dict[str, object]:
+        return {"radii": radii, "failures": failures, "max_change_over_sigma": 2.0}
+
+    radii = [
+        {"model": "m", "sigma": 0.25, "size": "96x128", "first_order": kind([0.1, 0.3, 0.2], 2),
+         "lipschitz": kind([1e-9, 1e-9, 1e-9], 0), "local": {"radii": [], "why": "not available"}},
+        {"model": "m", "sigma": 0.25, "size": "384x512", "first_order": kind([9.0], 1),
+         "lipschitz": kind([5e-9], 0), "local": {"radii": [], "why": "not available"}},
+    ]
+    results = {"radii": radii, "gate": [{"model": "m", "sigma": 0.25, "passed": False, "failed": ["a", "b"]},
+                                        {"model": "m", "sigma": 0.5, "passed": True, "failed": []}],
+               "accuracy": [{"model": "m", "sigma": 0.25, "srcc_undefended": 0.5, "srcc_defended": 0.25}],
+               "cost": [], "settings": [{"date": "2026-01-01"}]}
+    rows = [ln.strip("|").split("|") for ln in rn.readme_table(results).splitlines()[2:4]]
+    cells = [[c.strip() for c in r] for r in rows]
+    assert cells[0] == ["`m`", "0.25", "0.2", "3 / 4", "1e-09", "0 / 4", "-", "-", "FAIL (a, b)",
+                        "0.50 -> 0.25", "-"]
+    assert cells[1] == ["`m`", "0.5", "-", "-", "-", "-", "-", "-", "PASS", "-", "-"]
