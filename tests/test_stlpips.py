@@ -154,7 +154,7 @@ def test_nr_head_reproduces_its_recorded_heldout_correlation() -> None:
     assert stats.pearsonr(pred, labels).statistic == pytest.approx(record["heldout_plcc"], abs=1e-3)
 
 
-@pytest.mark.parametrize("name", ["st-lpips-alex-nr", "st-lpips-alex"])
+@pytest.mark.parametrize("name", ["st-lpips-alex-nr", "st-lpips-alex", pytest.param("st-lpips-vgg", marks=pytest.mark.slow)])
 def test_fs_iqa_certifies_on_the_real_networks(name: str) -> None:
     """The shipped FS-IQA heads: a certificate with S^l <= S <= S^u and eps_x = sigma_f / ||J_B(x)|| > 0."""
     from robustbench_iqa.certify.defense import create_defense
