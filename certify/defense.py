@@ -158,7 +158,7 @@ class DefenseMixin:
         return {}
 
     def identity(self) -> dict[str, Any]:
-        from robustbench_iqa.store import file_sha256
+        from robustbench_iqa.provenance import file_sha256
 
         art = self.artifact
         return {"defense": self.kind, "sigma": float(getattr(self, "sigma", 0.0)),

@@ -285,7 +285,7 @@ def check_checkpoint_keys(cfg: VerifyConfig) -> None:
 def weights_identity(cfg: VerifyConfig, name: str) -> str:
     """SHA-256 of the weights a model is built from (local file or shipped), else how it was built."""
     from robustbench_iqa.models.embedded import shipped_weights
-    from robustbench_iqa.store import file_sha256
+    from robustbench_iqa.provenance import file_sha256
 
     path = cfg.weights.get(name)
     if path == "random":
@@ -302,7 +302,7 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
 
 def defense_identity(defense: CertifiedDefense) -> str | None:
     """SHA-256 of a defense's trained artifact (FS-IQA heads, a denoiser), if it has one."""
-    from robustbench_iqa.store import file_sha256
+    from robustbench_iqa.provenance import file_sha256
 
     art = getattr(defense, "artifact", None)
     return file_sha256(art) if art is not None and Path(art).is_file() else None
