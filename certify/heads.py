@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from robustbench_iqa.certify.lipschitz import LipschitzBound
+    from robustbench_iqa.lipschitz.composition import LipschitzBound
 
 
 MAX_FEATURES = 262_144
@@ -70,7 +70,11 @@ class FTN(nn.Module):
         """Certified Lip(FTN) (L2 -> L2): the standardization diag(1/std) is folded into the first
         Linear layer exactly (||W diag(1/std)||_2 from its singular values, an SVD), then GELU (1.1289...) /
         Linear blocks and the final sigmoid (1/4).  ``input_size`` is unused (dense layers)."""
-        from robustbench_iqa.certify.lipschitz import LipschitzBound, cached_bound, sequential_bound
+        from robustbench_iqa.lipschitz.composition import (
+            LipschitzBound,
+            cached_bound,
+            sequential_bound,
+        )
 
         def compute() -> LipschitzBound:
             first = self.net[0]
