@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.runner.executor import Tick, UnitResult, run_unit
+from robustbench_iqa.studies.base import Unit
 
 INSTALL = "pip install 'robustbench_iqa[ray]'"
 
@@ -64,7 +65,6 @@ except ImportError:  # pragma: no cover - exercised by a test that hides ray
 
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
-    from robustbench_iqa.studies.base import Unit
 
 _END = object()
 """The end of a job source."""
