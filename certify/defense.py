@@ -41,6 +41,7 @@ import torch
 from robustbench_iqa.certify.result import CertifiedScore
 from robustbench_iqa.defense_protocol import Defense as Defense
 from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.provenance import file_sha256
 from robustbench_iqa.registry import Registry
 
 
@@ -129,8 +130,6 @@ class DefenseMixin:
         return {}
 
     def identity(self) -> dict[str, Any]:
-        from robustbench_iqa.provenance import file_sha256
-
         art = self.artifact
         return {"defense": self.kind, "sigma": float(getattr(self, "sigma", 0.0)),
                 "artifact_sha256": file_sha256(art) if art is not None and Path(art).is_file() else None}

@@ -189,7 +189,8 @@ def run_verify(
 def _write_report(out: Path, notes: list[str], *, progress: bool) -> tuple[Path | None, str | None]:
     """Build the run's report; a failure of any kind is returned as a message, never raised, so
     that it cannot hide the verdict already stored (the caller prints both)."""
-    from robustbench_iqa.report import build_report  # loads matplotlib and seaborn: only when a report is written
+    # The report loads matplotlib and seaborn: imported only when a report is written.
+    from robustbench_iqa.report import build_report
 
     try:
         res = build_report(out, progress=progress)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.provenance import file_sha256
 from robustbench_iqa.studies.base import Unit
 from robustbench_iqa.studies.context import Batch as Batch
 from robustbench_iqa.studies.context import CertifiedBatch as CertifiedBatch
@@ -255,7 +256,6 @@ def check_checkpoint_keys(cfg: VerifyConfig) -> None:
 def weights_identity(cfg: VerifyConfig, name: str) -> str:
     """SHA-256 of the weights a model is built from (local file or shipped), else how it was built."""
     from robustbench_iqa.models.embedded import shipped_weights
-    from robustbench_iqa.provenance import file_sha256
 
     path = cfg.weights.get(name)
     if path == "random":
@@ -272,7 +272,5 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
 
 def defense_identity(defense: CertifiedDefense) -> str | None:
     """SHA-256 of a defense's trained artifact (FS-IQA heads, a denoiser), if it has one."""
-    from robustbench_iqa.provenance import file_sha256
-
     art = getattr(defense, "artifact", None)
     return file_sha256(art) if art is not None and Path(art).is_file() else None
