@@ -13,7 +13,9 @@ with ``K ~ Binomial(n, 1/2)`` the number of samples below the true median ``m``,
     P(X_(l) <= m <= X_(u)) >= P(l <= K <= u - 1),
 
 so taking ``u = n + 1 - l`` and the largest ``l >= 1`` with
-``P(K <= l - 1) <= (1 - c) / 2`` gives coverage ``1 - 2 P(K <= l - 1) >= c``.
+``P(K <= l - 1) <= (1 - c) / 2`` gives coverage ``1 - 2 P(K <= l - 1) >= c``
+(:func:`median_ci_indices` and :func:`median_ci_coverage`, from
+:mod:`robustbench_iqa.order_statistics`).
 An image counts as a **violation** only when that whole interval lies outside
 ``[lower, upper]``, as **inconclusive** when it straddles a bound, and as
 **holds** when it lies inside.  The per-image confidence defaults to 0.9999 so
@@ -48,6 +50,8 @@ from statsmodels.stats.proportion import proportion_confint
 
 from robustbench_iqa.analysis._common import as_float_array, present, require_columns
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.order_statistics import median_ci_coverage as median_ci_coverage
+from robustbench_iqa.order_statistics import median_ci_indices as median_ci_indices
 
 DEFAULT_MEDIAN_CONFIDENCE = 0.9999
 STATUSES = ("holds", "inconclusive", "violation", "abstained")
@@ -59,30 +63,6 @@ def _check_confidence(confidence: float, name: str = "confidence") -> float:
     if not (0.0 < c < 1.0):
         raise InputError(f"{name} must lie in (0, 1), got {confidence}")
     return c
-
-
-def median_ci_indices(n: int, confidence: float) -> tuple[int, int]:
-    """1-based order-statistic indices ``(l, n + 1 - l)`` of the median CI (see module doc)."""
-    c = _check_confidence(confidence)
-    if int(n) != n or n < 1:
-        raise InputError(f"sample count must be a positive integer, got {n}")
-    n = int(n)
-    q = (1.0 - c) / 2.0
-    k = int(stats.binom.ppf(q, n, 0.5))  # smallest k with cdf(k) >= q
-    if stats.binom.cdf(k, n, 0.5) > q:
-        k -= 1  # largest k with cdf(k) <= q
-    if k < 0:
-        need = math.ceil(math.log2(2.0 / (1.0 - c)))
-        raise InputError(
-            f"{n} samples are too few for a {c:g} confidence interval of the median; need >= {need}"
-        )
-    lo = k + 1
-    return lo, n + 1 - lo
-
-
-def median_ci_coverage(n: int, lo: int, hi: int) -> float:
-    """Exact coverage ``P(lo <= K <= hi - 1)``, K ~ Binomial(n, 1/2), of ``[X_(lo), X_(hi)]``."""
-    return float(stats.binom.cdf(hi - 1, n, 0.5) - stats.binom.cdf(lo - 1, n, 0.5))
 
 
 def median_confidence_interval(

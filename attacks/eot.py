@@ -3,7 +3,7 @@
 A smoothed defense's score is random through its noise; a gradient attack on
 one draw chases noise.  EOT (Athalye et al. 2018) attacks an aggregate of the
 n noisy scores v_1..v_n of ``defense.noisy_scores(x, ref, n=n)``, which is
-differentiable in x (:class:`robustbench_iqa.certify.defense.Defense`):
+differentiable in x (:class:`robustbench_iqa.defense_protocol.Defense`):
 
 * ``"mean"``: (1/n) sum_i v_i, the Monte-Carlo estimate of E[v];
 * ``"soft-median"``: a kernel-weighted mean of the order statistics,
@@ -31,7 +31,7 @@ from enum import Enum, StrEnum
 import torch
 
 from robustbench_iqa.attacks.objective import Objective, Target, as_target
-from robustbench_iqa.certify.defense import Defense
+from robustbench_iqa.defense_protocol import Defense
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.validation import check_n
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

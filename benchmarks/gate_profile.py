@@ -23,6 +23,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
+
 
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)

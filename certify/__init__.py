@@ -3,8 +3,8 @@
 - :class:`FeatureSmoothedIQA` (FS-IQA, feature-space median smoothing) and its training;
 - the MS_Cert percentile bounds (:mod:`robustbench_iqa.certify.bounds`);
 - the Input Variation Estimator's spectral norm (:mod:`robustbench_iqa.certify.spectral`);
-- sound input radii: certified Lipschitz bounds (:mod:`robustbench_iqa.certify.lipschitz`,
-  :mod:`robustbench_iqa.certify.gram_iteration`) and the local radius
+- sound input radii: certified Lipschitz bounds (:mod:`robustbench_iqa.lipschitz.composition`,
+  :mod:`robustbench_iqa.lipschitz.gram_iteration`) and the local radius
   (:mod:`robustbench_iqa.certify.local_lipschitz`);
 - input-space baselines MS, DMS, DMS-IQA, RS-Reg, Cert-Reg (via :func:`create_defense`);
 - empirical defenses without a certificate (predict only; ``list_defenses(certified=False)``):

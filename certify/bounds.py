@@ -34,6 +34,7 @@ import torch
 from scipy.stats import binom, norm
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.order_statistics import median_ci_indices
 from robustbench_iqa.validation import MAX_SAMPLES, check_alpha, check_n, check_sigma
 
 
@@ -160,10 +161,8 @@ def median_intervals(
 
     [X_(l), X_(n+1-l)] covers the population median with probability >= ``confidence``
     for any distribution (order statistics of Binomial(n, 1/2); see
-    :func:`robustbench_iqa.analysis.audit.median_ci_indices`).  Returns (median, low, high), each (B,).
+    :func:`robustbench_iqa.order_statistics.median_ci_indices`).  Returns (median, low, high), each (B,).
     """
-    from robustbench_iqa.analysis.audit import median_ci_indices
-
     srt = samples.sort(dim=-1).values
     lo, hi = median_ci_indices(int(srt.shape[-1]), confidence)
     return median_of_sorted(srt), srt[:, lo - 1], srt[:, hi - 1]

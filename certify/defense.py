@@ -39,7 +39,9 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 import torch
 
 from robustbench_iqa.certify.result import CertifiedScore
-from robustbench_iqa.models.base import IQAModel, Mode
+from robustbench_iqa.defense_protocol import Defense as Defense
+from robustbench_iqa.models.base import IQAModel
+from robustbench_iqa.provenance import file_sha256
 from robustbench_iqa.registry import Registry
 
 
@@ -75,36 +77,6 @@ class Estimate:
     @property
     def finite(self) -> bool:
         return all(math.isfinite(v) for v in (self.point, self.low, self.high))
-
-
-@runtime_checkable
-class Defense(Protocol):
-    """What every defense provides, certified or not.
-
-    ``noisy_scores`` returns the base scores under n noise draws, shape (B, n),
-    differentiable with respect to ``x`` (attacks use it for expectation over
-    transformation); ``predict`` is the defended score without certification.
-    """
-
-    name: str
-    sigma: float
-    mode: Mode
-    lower_better: bool
-    score_range: tuple[float, float]
-
-    @property
-    def eot_aggregate(self) -> str | Callable[[torch.Tensor], torch.Tensor]:
-        """``"mean"``, ``"soft-median"``, or the defense's own differentiable ``(B, n) -> (B,)``."""
-
-    def noisy_scores(
-        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor: ...
-
-    def predict(
-        self, x: torch.Tensor, ref: torch.Tensor | None = None, *, n: int,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor: ...
 
 
 @runtime_checkable
@@ -158,8 +130,6 @@ class DefenseMixin:
         return {}
 
     def identity(self) -> dict[str, Any]:
-        from robustbench_iqa.store import file_sha256
-
         art = self.artifact
         return {"defense": self.kind, "sigma": float(getattr(self, "sigma", 0.0)),
                 "artifact_sha256": file_sha256(art) if art is not None and Path(art).is_file() else None}

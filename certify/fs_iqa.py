@@ -24,7 +24,7 @@ Sound radii (:class:`~robustbench_iqa.certify.result.RadiusKind`).  Beside the
 first-order ``eps_x`` (= ``eps_x_first_order``), every certificate carries
 ``eps_x_lipschitz = sigma_f / L`` when a certified global bound
 L >= Lip(FTN o b) is available for the backbone (:meth:`FeatureSmoothedIQA.lipschitz_bound`,
-:mod:`robustbench_iqa.certify.lipschitz`; computed once per model, weights and image
+:mod:`robustbench_iqa.lipschitz.composition`; computed once per model, weights and image
 size, then cached), and, on request (``local_radius=True``), ``eps_x_local`` from a
 certified bound on the Jacobian's variation over the ball
 (:mod:`robustbench_iqa.certify.local_lipschitz`).  Inside those two radii the premise
@@ -77,6 +77,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from robustbench_iqa.attacks.feature_space import feature_space_attack
 from robustbench_iqa.certify.bounds import (
     median_intervals,
     median_of_sorted,
@@ -86,7 +87,6 @@ from robustbench_iqa.certify.bounds import (
 from robustbench_iqa.certify.checkpoint_io import read_checkpoint
 from robustbench_iqa.certify.defense import DefenseMixin, Estimate, Statistic, register_defense
 from robustbench_iqa.certify.heads import FTN, Scorer, split_first_linear
-from robustbench_iqa.certify.lipschitz import LipschitzBound, module_lipschitz_bound
 from robustbench_iqa.certify.result import AbstainReason, CertifiedScore, Guarantee, IVEEvidence
 from robustbench_iqa.certify.spectral import (
     DEFAULT_BOUND_ITER,
@@ -96,6 +96,7 @@ from robustbench_iqa.certify.spectral import (
     top_input_direction,
 )
 from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.lipschitz.composition import LipschitzBound, module_lipschitz_bound
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from robustbench_iqa.registry import checked_keywords
 from robustbench_iqa.validation import check_alpha, check_n, check_pair, check_sigma
@@ -381,7 +382,7 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
     # --------------------------------------------------------- sound radii
     def lipschitz_bound(self, input_size: tuple[int, int]) -> LipschitzBound | None:
         """A certified L >= Lip(FTN o b) on images of ``input_size``, or None when the backbone
-        or FTN has none (:func:`~robustbench_iqa.certify.lipschitz.module_lipschitz_bound`)."""
+        or FTN has none (:func:`~robustbench_iqa.lipschitz.composition.module_lipschitz_bound`)."""
         try:
             backbone = module_lipschitz_bound(self.backbone, input_size)
             ftn = module_lipschitz_bound(self.ftn, input_size)
@@ -553,8 +554,6 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
         r-ball), and so are the ``probe_points`` of that name (B, ...) if given; the larger
         change is reported as ``feature_change@<name>``.
         """
-        from robustbench_iqa.attacks.feature_space import feature_space_attack
-
         out: list[dict[str, float]] = [{} for _ in certificates]
         idx = [i for i, c in enumerate(certificates) if not c.abstained and c.eps_x is not None]
         if not idx:

@@ -10,14 +10,12 @@ every backbone; the scorer maps the (noisy) normalized features to one score.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from robustbench_iqa.certify.lipschitz import LipschitzBound
-
+from robustbench_iqa.errors import InputError
+from robustbench_iqa.lipschitz.composition import LipschitzBound, cached_bound, sequential_bound
 
 MAX_FEATURES = 262_144
 """The widest backbone FS-IQA accepts: FTN's first layer Linear(D, 512) then holds 2^27 weights
@@ -27,8 +25,6 @@ refused with one line instead of allocating gigabytes; pool it to a fixed-size v
 
 def check_feature_width(width: int, *, what: str = "the backbone") -> int:
     """``width`` if FS-IQA can take it (<= :data:`MAX_FEATURES`), else one :class:`InputError` line."""
-    from robustbench_iqa.errors import InputError
-
     if width > MAX_FEATURES:
         gib = width * 512 * 4 / 2**30
         raise InputError(
@@ -70,8 +66,6 @@ class FTN(nn.Module):
         """Certified Lip(FTN) (L2 -> L2): the standardization diag(1/std) is folded into the first
         Linear layer exactly (||W diag(1/std)||_2 from its singular values, an SVD), then GELU (1.1289...) /
         Linear blocks and the final sigmoid (1/4).  ``input_size`` is unused (dense layers)."""
-        from robustbench_iqa.certify.lipschitz import LipschitzBound, cached_bound, sequential_bound
-
         def compute() -> LipschitzBound:
             first = self.net[0]
             assert isinstance(first, nn.Linear)

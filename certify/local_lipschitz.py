@@ -8,7 +8,7 @@ For B = FTN o b and a radius r, the mean value theorem gives, for ||u||_2 <= r,
 where ||J_B(x)||_2 is computed *exactly* (the full Jacobian in float64, its Gram
 matrix's largest eigenvalue, rounded up), V(r) bounds sup ||J_B(x') - J_B(x)||_2 over
 the ball, P(r) is the product of the layers' local Jacobian bounds and L the global
-certified constant (:mod:`robustbench_iqa.certify.lipschitz`).  ``eps_x_local`` is the
+certified constant (:mod:`robustbench_iqa.lipschitz.composition`).  ``eps_x_local`` is the
 largest r with r min(...) <= sigma_f, found by bisection on
 [sigma_f / L, sigma_f / ||J_B(x)||_2] (the bound is nondecreasing in r), so it is never
 below ``eps_x_lipschitz`` and never above the first-order radius.
@@ -49,13 +49,13 @@ premise ||B(x') - B(x)||_2 <= sigma_f is a theorem.  Implemented for the embedde
 with SiLU, their poolings, and an FTN of Linear / GELU / sigmoid layers; cost: one full
 Jacobian of b per image, D backward passes, D = 128 here).
 
-*Any trunk of plain layers* (:class:`~robustbench_iqa.certify.tapped.TappedFeatures`: convolutions,
+*Any trunk of plain layers* (:class:`~robustbench_iqa.lipschitz.tapped.TappedFeatures`: convolutions,
 ReLU, max and blur pooling, pads, LPIPS' channel normalisation, spatial means or RMS
 distances, NR or FR): the backbone itself, or an IQA model's ``feature_map`` attribute that
 computes its ``features`` (checked on the images before anything is certified).  There the
 radius comes from a deviation bound instead of a first-order term (ReLU networks are not
 differentiable at their kinks): for ||u|| <= r, ||B(x+u) - B(x)|| <= D_FTN(D_b(r)) with D_b of
-:func:`robustbench_iqa.certify.tapped.feature_deviation` and D_FTN the product of the FTN's
+:func:`robustbench_iqa.lipschitz.tapped.feature_deviation` and D_FTN the product of the FTN's
 local slopes (:func:`ftn_deviation`); ``eps_x_local`` is the largest r with
 min(D_FTN(D_b(r)), r L) <= sigma_f (:func:`deviation_radius`).  Cost: one float64 forward of
 the trunk per image (and of the reference) plus closed-form bounds.  Other models get None.
@@ -72,17 +72,22 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
-from robustbench_iqa.certify.gram_iteration import (
+from robustbench_iqa.certify.heads import FTN
+from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.lipschitz.composition import batchnorm_scale, cached
+from robustbench_iqa.lipschitz.gram_iteration import (
     SAFETY,
     conv_layer_bound,
     conv_output_size,
     matrix_spectral_bound,
 )
-from robustbench_iqa.certify.heads import FTN
-from robustbench_iqa.certify.lipschitz import batchnorm_scale, cached
-from robustbench_iqa.certify.tapped import TapCentre, TappedFeatures, feature_deviation, tap_centre
-from robustbench_iqa.certify.trust import require_no_hooks
-from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.lipschitz.tapped import (
+    TapCentre,
+    TappedFeatures,
+    feature_deviation,
+    tap_centre,
+)
+from robustbench_iqa.lipschitz.trust import require_no_hooks
 from robustbench_iqa.models.base import Backbone
 from robustbench_iqa.models.embedded import (
     _EPS,
@@ -414,7 +419,7 @@ def tapped_features_of(backbone: nn.Module | None) -> TappedFeatures | None:
 
 def tapped_local_radii(fs: nn.Module, tf: TappedFeatures, ftn: FTN, x: torch.Tensor,
                        ref: torch.Tensor | None) -> list[float | None]:
-    """eps_x_local for a backbone computed by ``tf`` (:mod:`robustbench_iqa.certify.tapped`).
+    """eps_x_local for a backbone computed by ``tf`` (:mod:`robustbench_iqa.lipschitz.tapped`).
 
     Checks first that the backbone's output equals ``tf``'s on these images (a model may not
     claim a feature map it does not compute), then bounds D_B(r) = D_FTN(D_b(r)).
@@ -450,7 +455,7 @@ def local_radii(fs: nn.Module, x: torch.Tensor, ref: torch.Tensor | None = None)
     """eps_x_local per image of an FS-IQA defense ``fs`` (None where the model is not supported).
 
     Supported: the embedded models (first-order + curvature bound, above) and any backbone
-    computed by a :class:`~robustbench_iqa.certify.tapped.TappedFeatures` (the backbone itself,
+    computed by a :class:`~robustbench_iqa.lipschitz.tapped.TappedFeatures` (the backbone itself,
     or an IQA model's ``feature_map`` attribute), with an :class:`FTN`.
     """
     backbone, ftn = getattr(fs, "backbone", None), getattr(fs, "ftn", None)

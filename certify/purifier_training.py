@@ -37,6 +37,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from robustbench_iqa.attacks.eot import eot_objective
+from robustbench_iqa.attacks.gradient import IFGSM
+from robustbench_iqa.attacks.objective import Objective
 from robustbench_iqa.certify.denoiser import DnCNN
 from robustbench_iqa.certify.denoiser_training import _corr, _load_all, _psnr, _random_crop
 from robustbench_iqa.certify.purifier import PurifierIQA
@@ -62,9 +65,6 @@ class PurifierReport:
 def _ifgsm(model: IQAModel, x: torch.Tensor, ref: torch.Tensor | None, *, eps: torch.Tensor, steps: int,
            increase: bool) -> torch.Tensor:
     """I-FGSM (Linf, step eps/steps, per-image eps) raising or lowering the quality of ``model``."""
-    from robustbench_iqa.attacks.gradient import IFGSM
-    from robustbench_iqa.attacks.objective import Objective
-
     obj = Objective.from_model(model, target="increase" if increase else "decrease")
     return IFGSM(eps=float(eps.max()), steps=steps).run(obj, x, ref, eps=eps).adv
 
@@ -163,10 +163,6 @@ def train_purifier(
 def evaluate_purifier(model: IQAModel, purifier: DnCNN, test: IQADataset, *, eps: float, steps: int = 10,
                       limit: int = 64, batch_size: int = 32) -> dict[str, float]:
     """Held-out numbers of ``purifier`` in front of ``model`` (see the module doc)."""
-    from robustbench_iqa.attacks.eot import eot_objective
-    from robustbench_iqa.attacks.gradient import IFGSM
-    from robustbench_iqa.attacks.objective import Objective
-
     x, ref, y = _load_all(test, full_reference=model.full_reference)
     defense = PurifierIQA(model, purifier=purifier, batch_size=batch_size)
     sign = -1.0 if model.lower_better else 1.0

@@ -89,7 +89,7 @@ class RadiusKind(StrEnum):
     account for."""
     LIPSCHITZ = "lipschitz"
     """``eps_x_lipschitz`` = sigma_f / L with L a certified global upper bound of Lip(FTN o b)
-    (:mod:`robustbench_iqa.certify.lipschitz`): the premise is a theorem (deterministic, no
+    (:mod:`robustbench_iqa.lipschitz.composition`): the premise is a theorem (deterministic, no
     randomness) for every x' in the ball."""
     LOCAL = "local"
     """``eps_x_local``: the largest r with sup_{||x'-x|| <= r} ||B(x') - B(x)||_2 <= sigma_f

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from robustbench_iqa.analysis.figures import save_figure
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.headline import order_columns
+from robustbench_iqa.run_protocol import protocol_notes
 from robustbench_iqa.safe_cells import csv_frame, markdown_cell
 from robustbench_iqa.store import ResultsStore
 from robustbench_iqa.studies.base import (
@@ -144,9 +145,7 @@ def build_report(
 
 
 def _protocol_section(config: dict[str, Any]) -> str:
-    """The run's protocol (:func:`robustbench_iqa.runner.record.protocol_notes`): split, weights, orientation."""
-    from robustbench_iqa.runner.record import protocol_notes
-
+    """The run's protocol (:func:`robustbench_iqa.run_protocol.protocol_notes`): split, weights, orientation."""
     items = "".join(f"<li>{html.escape(n)}</li>" for n in protocol_notes(config))
     return f'<section id="protocol"><h2>Protocol</h2><ul>{items}</ul></section>' if items else ""
 

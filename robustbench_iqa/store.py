@@ -3,7 +3,7 @@
 A run directory ``RUN_DIR`` holds ``RUN_DIR/results.sqlite``.  The run's
 configuration (a JSON object: model, weights hash, dataset, defense, sigma, n,
 alpha, tau, attack settings, seed, package versions, ...) is stored once, when
-the store is created.  Results are rows of named tables (``guarantee``,
+the store is created (built by :func:`robustbench_iqa.provenance.run_config`).  Results are rows of named tables (``guarantee``,
 ``audit``, ``stability``, ...; each a row schema of one study) keyed by
 
     (table, model, defense, sigma, image, extra)
@@ -51,21 +51,19 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sqlite3
 import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from robustbench_iqa.errors import InputError, ReproducibilityWarning
+from robustbench_iqa.provenance import RUNTIME_KEY, canonical_config, config_diff, json_text
 from robustbench_iqa.safe_cells import csv_frame
 
 RESULTS_FILE = "results.sqlite"
@@ -133,62 +131,6 @@ class RowKey:
         return (self.table, self.model, self.defense, self.sigma, self.image, self.extra)
 
 
-def package_versions() -> dict[str, str]:
-    """Versions that change results: python, torch, numpy and robustbench_iqa."""
-    import torch
-
-    import robustbench_iqa
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "robustbench_iqa": robustbench_iqa.__version__,
-    }
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (weights hash for the run configuration)."""
-    p = Path(path)
-    if p.is_dir():
-        raise InputError(f"{p} is not a file: it is a directory")
-    if not p.is_file():
-        raise InputError(f"{p} is not a file: not found")
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def runtime_settings() -> dict[str, Any]:
-    """Settings that change results in the last bits only: torch's CPU thread count and
-    whether deterministic algorithms are enforced.
-
-    Recorded with every run (``config["runtime"]``) but not part of its identity:
-    a resumed run whose settings differ is allowed, with a
-    :class:`~robustbench_iqa.errors.ReproducibilityWarning`, since its new rows
-    equal an uninterrupted run's only to a tolerance (reductions summed in
-    another order; ~1e-7 relative), not bit for bit.
-    """
-    import torch
-
-    return {
-        "torch_threads": int(torch.get_num_threads()),
-        "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled()),
-    }
-
-
-RUNTIME_KEY = "runtime"
-"""The key of :func:`runtime_settings` in a run configuration (compared on resume with a warning only)."""
-
-
-def run_config(**settings: Any) -> dict[str, Any]:
-    """A run configuration: the given settings plus ``versions`` (:func:`package_versions`)
-    and ``runtime`` (:func:`runtime_settings`)."""
-    return canonical_config({**settings, "versions": package_versions(), RUNTIME_KEY: runtime_settings()})
-
-
 def _identity(config: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a config that must match on resume: everything but ``runtime``."""
     return {k: v for k, v in config.items() if k != RUNTIME_KEY}
@@ -205,53 +147,6 @@ def _warn_runtime(stored: Mapping[str, Any], config: Mapping[str, Any], path: Pa
         f"to a tolerance (~1e-7), not bit for bit",
         ReproducibilityWarning, stacklevel=3,
     )
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Enum):
-        return o.value
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, frozenset)):
-        return sorted(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def _dumps(obj: Any, what: str) -> str:
-    try:
-        # allow_nan keeps inf radii and NaN scores; only this module reads them back.
-        return json.dumps(obj, sort_keys=True, default=_json_default, allow_nan=True)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{what} is not JSON serializable: {exc}") from None
-
-
-def canonical_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config as it reads back from JSON (tuples become lists, enums strings)."""
-    if not isinstance(config, Mapping):
-        raise InputError(f"run config must be a mapping, got {type(config).__name__}")
-    return dict(json.loads(_dumps(dict(config), "run config")))
-
-
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Dotted names of the keys whose values differ between two configs."""
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, prefix: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in sorted(set(a) | set(b)):
-                walk(a.get(k, _MISSING), b.get(k, _MISSING), f"{prefix}{k}.")
-        elif a != b:
-            out.append(prefix.rstrip("."))
-
-    walk(canonical_config(old), canonical_config(new), "")
-    return out
-
-
-_MISSING = object()
 
 
 class ResultsStore:
@@ -394,7 +289,7 @@ class ResultsStore:
         """
         self._writable()
         records = [(*_record(k, p), key) for k, p in rows]
-        info_text = _dumps(dict(info), f"info of unit {key}")
+        info_text = json_text(dict(info), f"info of unit {key}")
         with _transaction(self._conn, self.path):
             if self._query("SELECT 1 FROM units WHERE key=?", (key,)):
                 return 0
@@ -425,7 +320,7 @@ class ResultsStore:
         """Store (or replace) a JSON value beside the configuration, e.g. the gate's verdict."""
         if key in ("config", "schema_version", "created"):
             raise InputError(f"meta key {key!r} is reserved")
-        text = _dumps(value, f"meta {key!r}")
+        text = json_text(value, f"meta {key!r}")
         with _transaction(self._conn, self.path):
             self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text))
 
@@ -537,7 +432,7 @@ def _flatten_for_export(df: pd.DataFrame) -> pd.DataFrame:
         present = [v for v in df[col] if not _missing(v)]
         kinds = {float if isinstance(v, int) and not isinstance(v, bool) else type(v) for v in present}
         if len(kinds) > 1 or kinds & {list, dict}:
-            df[col] = [None if _missing(v) else _dumps(v, col) for v in df[col]]
+            df[col] = [None if _missing(v) else json_text(v, col) for v in df[col]]
     return df
 
 
@@ -550,7 +445,7 @@ def _record(key: RowKey, payload: Mapping[str, Any]) -> tuple[Any, ...]:
         raise InputError(f"row key must be a RowKey, got {type(key).__name__}")
     if not isinstance(payload, Mapping):
         raise InputError(f"row payload must be a mapping, got {type(payload).__name__}")
-    text = _dumps(dict(payload), f"payload of {key}")
+    text = json_text(dict(payload), f"payload of {key}")
     return (*key.astuple(), text, time.time(), row_checksum(key, text))
 
 
@@ -665,7 +560,7 @@ def _initialize(conn: sqlite3.Connection, config: Mapping[str, Any], path: Path)
                 if stmt.strip():
                     conn.execute(stmt)
             conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            conn.execute("INSERT INTO meta VALUES ('config', ?)", (_dumps(cfg, "run config"),))
+            conn.execute("INSERT INTO meta VALUES ('config', ?)", (json_text(cfg, "run config"),))
             conn.execute("INSERT INTO meta VALUES ('created', ?)", (repr(time.time()),))
     except sqlite3.IntegrityError:
         raise InputError("another process created this run's store at the same time") from None

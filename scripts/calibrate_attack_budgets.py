@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 import torch
 
 from robustbench_iqa.attacks.calibration import FLOORS, calibrate_budget

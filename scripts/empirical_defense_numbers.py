@@ -21,6 +21,7 @@ import argparse
 import platform
 import time
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 import numpy as np
 import torch
 from scipy import stats

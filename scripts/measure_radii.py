@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 import numpy as np
 import torch
 

@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 PLANTED_IMAGES = 50

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 import numpy as np
 import torch
 from scipy import stats

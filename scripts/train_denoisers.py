@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 import torch
 
 from robustbench_iqa.certify.denoised import shipped_denoiser

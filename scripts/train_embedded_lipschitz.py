@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 from train_embedded import heldout_metrics, load_arrays, train  # noqa: E402
 
 from robustbench_iqa.data.embedded import VERSION, embedded_dataset  # noqa: E402

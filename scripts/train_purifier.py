@@ -24,6 +24,7 @@ import platform
 import time
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 import torch
 
 from robustbench_iqa.certify.denoiser import save_denoiser

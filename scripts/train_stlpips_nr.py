@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import _checkout  # noqa: F401  (this checkout first on sys.path)
 import numpy as np
 import torch
 from safetensors.torch import save_file

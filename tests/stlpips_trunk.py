@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustbench_iqa.certify.layers import BlurPool2d
-from robustbench_iqa.certify.tapped import TappedFeatures
+from robustbench_iqa.lipschitz.layers import BlurPool2d
+from robustbench_iqa.lipschitz.tapped import TappedFeatures
 
 
 def alex_weights() -> Path:

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_iqa.certify.gram_iteration import (
+from robustbench_iqa.errors import BoundUnavailableError
+from robustbench_iqa.lipschitz.composition import (
+    LipschitzBound,
+    module_lipschitz_bound,
+    sequential_bound,
+)
+from robustbench_iqa.lipschitz.gram_iteration import (
     checked_norm,
     conv_layer_bound,
     conv_operator_matrix,
@@ -18,13 +24,7 @@ from robustbench_iqa.certify.gram_iteration import (
     matrix_spectral_bound,
     max_gram_iteration_bound,
 )
-from robustbench_iqa.certify.layers import BlurPool2d, ChannelNorm, SpatialMean
-from robustbench_iqa.certify.lipschitz import (
-    LipschitzBound,
-    module_lipschitz_bound,
-    sequential_bound,
-)
-from robustbench_iqa.errors import BoundUnavailableError
+from robustbench_iqa.lipschitz.layers import BlurPool2d, ChannelNorm, SpatialMean
 
 SIZE = (6, 6)
 

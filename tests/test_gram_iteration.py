@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_iqa.certify.gram_iteration import (
+from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.lipschitz.gram_iteration import (
     conv2d_spectral_bound,
     conv_layer_bound,
     conv_operator_matrix,
@@ -22,7 +23,6 @@ from robustbench_iqa.certify.gram_iteration import (
     matrix_spectral_bound,
     max_gram_iteration_bound,
 )
-from robustbench_iqa.errors import BoundUnavailableError, InputError
 
 
 def _exact(m: torch.Tensor) -> torch.Tensor:

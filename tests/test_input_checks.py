@@ -20,8 +20,9 @@ from robustbench_iqa.certify.defense import create_defense
 from robustbench_iqa.errors import InputError, ReproducibilityWarning
 from robustbench_iqa.models.embedded import load_weights
 from robustbench_iqa.models.registry import create_model
+from robustbench_iqa.provenance import run_config, runtime_settings
 from robustbench_iqa.runner.config import load_config
-from robustbench_iqa.store import ResultsStore, RowKey, run_config, runtime_settings
+from robustbench_iqa.store import ResultsStore, RowKey
 from robustbench_iqa.validation import (
     MAX_SAMPLES,
     check_alpha,

@@ -10,15 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustbench_iqa.certify.layer_bounds import (
+from robustbench_iqa.lipschitz.composition import sequential_bound
+from robustbench_iqa.lipschitz.layer_bounds import (
     blurpool_bound,
     blurpool_row_bound,
     maxpool_bound,
     pad_bound,
     pad_multiplicity,
 )
-from robustbench_iqa.certify.layers import BlurPool2d, ChannelNorm, SpatialMean
-from robustbench_iqa.certify.lipschitz import sequential_bound
+from robustbench_iqa.lipschitz.layers import BlurPool2d, ChannelNorm, SpatialMean
 
 
 def _dense(fn, shape: tuple[int, ...]) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustbench_iqa.certify.layers import BlurPool2d, ChannelNorm, SpatialMean, binomial_filter
+from robustbench_iqa.lipschitz.layers import BlurPool2d, ChannelNorm, SpatialMean, binomial_filter
 
 
 def _official_downsample():  # type: ignore[no-untyped-def]

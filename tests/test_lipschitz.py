@@ -11,7 +11,8 @@ from torch import nn
 from torch.func import jacrev
 
 from robustbench_iqa.certify.heads import FTN
-from robustbench_iqa.certify.lipschitz import (
+from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.lipschitz.composition import (
     GELU_LIPSCHITZ,
     SILU_LIPSCHITZ,
     activation_lipschitz,
@@ -20,7 +21,6 @@ from robustbench_iqa.certify.lipschitz import (
     module_lipschitz_bound,
     sequential_bound,
 )
-from robustbench_iqa.errors import BoundUnavailableError, InputError
 from robustbench_iqa.models.embedded import _EPS, EmbeddedFR, EmbeddedNR, channel_normalize
 from robustbench_iqa.models.registry import create_model
 

@@ -18,10 +18,10 @@ from robustbench_iqa.attacks.feature_space import feature_space_attack
 from robustbench_iqa.certify.defense import create_defense
 from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
 from robustbench_iqa.certify.heads import FTN, Scorer
-from robustbench_iqa.certify.lipschitz import LipschitzBound, sequential_bound
 from robustbench_iqa.certify.result import AbstainReason
 from robustbench_iqa.data.embedded import embedded_dataset
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.lipschitz.composition import LipschitzBound, sequential_bound
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from robustbench_iqa.models.embedded import EmbeddedFR, EmbeddedNR
 from robustbench_iqa.models.registry import create_model

@@ -97,7 +97,7 @@ def test_sound_radii_exist_and_hold_on_the_real_networks(name: str) -> None:
     """The features are the TappedFeatures map the bounds read, and its certified global bound is at
     least the exact Jacobian norm (FR: also at the reference itself).  The local radius on these maps
     is attacked in tests/test_tapped.py (real_fs)."""
-    from robustbench_iqa.certify.tapped import TappedFeatures
+    from robustbench_iqa.lipschitz.tapped import TappedFeatures
 
     model = create_model(name)
     assert type(model.feature_map) is TappedFeatures

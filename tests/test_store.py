@@ -16,14 +16,8 @@ import pandas as pd
 import pytest
 
 from robustbench_iqa.errors import InputError
-from robustbench_iqa.store import (
-    RESULTS_FILE,
-    ResultsStore,
-    RowKey,
-    config_diff,
-    file_sha256,
-    run_config,
-)
+from robustbench_iqa.provenance import config_diff, file_sha256, run_config
+from robustbench_iqa.store import RESULTS_FILE, ResultsStore, RowKey
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {"model": "toy", "dataset": "toy", "defense": "fs-iqa", "sigma": 0.25, "n": 100,

@@ -14,7 +14,6 @@ from torch.func import jacrev, jvp, vjp
 from robustbench_iqa.attacks.feature_space import feature_space_attack
 from robustbench_iqa.certify.fs_iqa import FeatureSmoothedIQA
 from robustbench_iqa.certify.heads import FTN, Scorer
-from robustbench_iqa.certify.layers import BlurPool2d
 from robustbench_iqa.certify.local_lipschitz import (
     deviation_radius,
     ftn_deviation,
@@ -22,13 +21,14 @@ from robustbench_iqa.certify.local_lipschitz import (
     local_radii,
 )
 from robustbench_iqa.certify.spectral import top_input_direction
-from robustbench_iqa.certify.tapped import (
+from robustbench_iqa.errors import BoundUnavailableError, InputError
+from robustbench_iqa.lipschitz.layers import BlurPool2d
+from robustbench_iqa.lipschitz.tapped import (
     TappedFeatures,
     channel_norm_deviation,
     feature_deviation,
     tap_centre,
 )
-from robustbench_iqa.errors import BoundUnavailableError, InputError
 from robustbench_iqa.models.base import Backbone, IQAModel, Mode
 from tests.stlpips_trunk import alex_feature_map, official_lpips_alex
 

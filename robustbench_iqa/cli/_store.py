@@ -60,8 +60,9 @@ class StoreRun:
 
 def open_store(args: argparse.Namespace, kind: str, settings: Mapping[str, Any]) -> StoreRun:
     """The store of ``--out`` with the command's configuration (``with open_store(...) as store``)."""
+    from robustbench_iqa.provenance import file_sha256, run_config
     from robustbench_iqa.runlock import RunLock
-    from robustbench_iqa.store import RESULTS_FILE, ResultsStore, file_sha256, run_config
+    from robustbench_iqa.store import RESULTS_FILE, ResultsStore
 
     if args.out is None:
         if args.resume:

@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         from safetensors.torch import save_model
 
-        from robustbench_iqa.store import file_sha256
+        from robustbench_iqa.provenance import file_sha256
 
         out.parent.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():

@@ -13,24 +13,15 @@ quality, and the nominal score range.  Attacks read ``lower_better`` so that
 
 from __future__ import annotations
 
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from robustbench_iqa.errors import BoundUnavailableError
+from robustbench_iqa.lipschitz.composition import LipschitzBound
+from robustbench_iqa.mode import Mode as Mode
 from robustbench_iqa.validation import check_image_size, check_pair, min_image_size
-
-if TYPE_CHECKING:
-    from robustbench_iqa.certify.lipschitz import LipschitzBound
-
-
-class Mode(StrEnum):
-    """No-reference (single image) or full-reference (distorted + reference)."""
-
-    NR = "nr"
-    FR = "fr"
 
 
 class IQAModel(nn.Module):
@@ -110,7 +101,7 @@ class IQAModel(nn.Module):
         (``ref`` fixed) on images of spatial size ``input_size`` (H, W).
 
         Models that know their structure override this (see
-        :mod:`robustbench_iqa.certify.lipschitz`); the default has none.
+        :mod:`robustbench_iqa.lipschitz.composition`); the default has none.
         """
         raise BoundUnavailableError(f"no certified Lipschitz bound is implemented for model {self.name!r}")
 

@@ -26,17 +26,26 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import torch
 from torch import nn
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.lipschitz.composition import (
+    CHANNEL_NORM_NOTE,
+    LipschitzBound,
+    cached_bound,
+    channel_norm_bound,
+    concatenation_bound,
+    identity_bound,
+    mean_std_pool_bound,
+    rms_pool_bound,
+    sequential_bound,
+    standardization_bound,
+)
 from robustbench_iqa.models.base import IQAModel, Mode
 from robustbench_iqa.models.registry import register_model
-
-if TYPE_CHECKING:
-    from robustbench_iqa.certify.lipschitz import LipschitzBound
 
 NR_CHANNELS: tuple[int, ...] = (16, 32, 48, 64)
 FR_CHANNELS: tuple[int, ...] = (16, 32, 32, 48)
@@ -66,14 +75,8 @@ class ConvTrunk(nn.Module):
 
         The input standardisation (1/_STD), then per stage the convolution with its
         BatchNorm folded in (Gram iteration, zero padding and stride) and SiLU
-        (:mod:`robustbench_iqa.certify.lipschitz`).
+        (:mod:`robustbench_iqa.lipschitz.composition`).
         """
-        from robustbench_iqa.certify.lipschitz import (
-            identity_bound,
-            sequential_bound,
-            standardization_bound,
-        )
-
         total = identity_bound().scaled(standardization_bound(_STD), "input standardisation")
         size = input_size
         out = []
@@ -114,8 +117,6 @@ def mean_std_pooled_bound(model: nn.Module, size: tuple[int, int]) -> LipschitzB
     """Certified Lip of ``mean_std_pool(model.trunk(x)[-1])`` on images of ``size``: the trunk's
     bound to its last stage (``model.trunk.stage_bounds``) times the pooling's 1/sqrt(H_L W_L);
     cached on ``model``."""
-    from robustbench_iqa.certify.lipschitz import cached_bound, mean_std_pool_bound
-
     def compute() -> LipschitzBound:
         staged = cast(StagedTrunk, model.trunk)
         trunk, last = staged.stage_bounds(size)[-1]
@@ -193,15 +194,6 @@ class EmbeddedFR(IQAModel):
     def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
         """Certified Lip(b) in x (ref fixed): stages concatenated, sqrt(sum_l L_l^2), with
         L_l = trunk bound to stage l * 1/sqrt(_EPS) (channel normalisation, vacuous) * 1/sqrt(H_l W_l)."""
-        from robustbench_iqa.certify.lipschitz import (
-            CHANNEL_NORM_NOTE,
-            LipschitzBound,
-            cached_bound,
-            channel_norm_bound,
-            concatenation_bound,
-            rms_pool_bound,
-        )
-
         size = _check_size(input_size)
 
         def compute() -> LipschitzBound:

@@ -15,7 +15,7 @@ multiply the constant by 4), then four stages at strides 1, 2, 2, 2:
 
 * ``default-nr-lip`` (higher = better): b(x) = [mean_hw phi(x), sqrt(var_hw phi(x) + eps)]
   of the last stage, which is 1/sqrt(H_4 W_4)-Lipschitz in phi (proof in
-  :mod:`robustbench_iqa.certify.lipschitz`), so Lip(b) <= 1/sqrt(H_4 W_4) <= 1.
+  :mod:`robustbench_iqa.lipschitz.composition`), so Lip(b) <= 1/sqrt(H_4 W_4) <= 1.
 * ``default-fr-lip`` (a distance, lower = better): b(x, ref)_{l,c} =
   sqrt(mean_hw (phi_l(x) - phi_l(ref))_c^2 + eps) over the four stages, *without* the
   channel normalisation of ``default-fr`` (whose constant is 1/sqrt(eps)); each stage
@@ -30,12 +30,19 @@ MLP features of unit scale to train on.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.lipschitz.composition import (
+    LipschitzBound,
+    cached_bound,
+    concatenation_bound,
+    identity_bound,
+    rms_pool_bound,
+    sequential_bound,
+)
 from robustbench_iqa.models.base import IQAModel, Mode
 from robustbench_iqa.models.embedded import (
     FR_CHANNELS,
@@ -47,9 +54,6 @@ from robustbench_iqa.models.embedded import (
 )
 from robustbench_iqa.models.lipschitz_layers import Abs, Downsample, NormalizedPointwise, SLLConv
 from robustbench_iqa.models.registry import register_model
-
-if TYPE_CHECKING:
-    from robustbench_iqa.certify.lipschitz import LipschitzBound
 
 _CENTER = 0.45
 _EPS = 1e-6
@@ -79,8 +83,6 @@ class LipschitzTrunk(nn.Module):
 
     def stage_bounds(self, input_size: tuple[int, int]) -> list[tuple[LipschitzBound, tuple[int, int]]]:
         """Per stage: a certified bound of x -> (stage output) (each layer certified) and its size."""
-        from robustbench_iqa.certify.lipschitz import identity_bound, sequential_bound
-
         total, size, out = identity_bound(), input_size, []
         for stage in self.stages:
             b, size = sequential_bound(list(stage.children()), size)  # type: ignore[assignment]
@@ -153,12 +155,6 @@ class LipschitzFR(IQAModel):
 
     def lipschitz_bound(self, input_size: tuple[int, int] | None) -> LipschitzBound:
         """Certified Lip(b) in x: sqrt(sum_l (trunk bound to stage l / sqrt(H_l W_l))^2)."""
-        from robustbench_iqa.certify.lipschitz import (
-            cached_bound,
-            concatenation_bound,
-            rms_pool_bound,
-        )
-
         size = _size(input_size)
 
         def compute() -> LipschitzBound:

@@ -21,7 +21,7 @@
   to the window), so K K^* = R K_inf E E^* K_inf^* R^* <= R (K_inf K_inf^*) R^* <= R T_inf R^* = T:
   the bound holds for every image size.
   :meth:`SLLConv.lipschitz_bound` re-checks the premise numerically with certified
-  spectral norms: ||T^-1/2 K||_2^2 <= 1 (Gram iteration, :mod:`robustbench_iqa.certify.gram_iteration`).
+  spectral norms: ||T^-1/2 K||_2^2 <= 1 (Gram iteration, :mod:`robustbench_iqa.lipschitz.gram_iteration`).
 * :class:`NormalizedPointwise` -- a 1x1 convolution with weight V / ||V||_2 (exact
   spectral norm by SVD, differentiable), so its operator norm is 1 on every image
   size (a 1x1 convolution applies the same matrix at every pixel).
@@ -33,14 +33,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from robustbench_iqa.certify.lipschitz import LipschitzBound
+from robustbench_iqa.lipschitz.composition import LipschitzBound
+from robustbench_iqa.lipschitz.gram_iteration import conv2d_spectral_bound, matrix_spectral_bound
 
 
 class SLLConv(nn.Module):
@@ -74,9 +72,6 @@ class SLLConv(nn.Module):
 
     def lipschitz_bound(self, input_size: tuple[int, int]) -> LipschitzBound:
         """1 when the certified rho = ||T^-1/2 K||_2^2 <= 1 (the SLL premise), else 1 + 2 rho."""
-        from robustbench_iqa.certify.gram_iteration import conv2d_spectral_bound
-        from robustbench_iqa.certify.lipschitz import LipschitzBound
-
         with torch.no_grad():
             w = self.weight.detach().double() / self.t().detach().double().sqrt()[:, None, None, None]
         rho = conv2d_spectral_bound(w, stride=1, padding=(self.kernel_size - 1,) * 2, input_size=input_size) ** 2
@@ -105,9 +100,6 @@ class NormalizedPointwise(nn.Module):
 
     def lipschitz_bound(self, input_size: tuple[int, int]) -> LipschitzBound:
         """||V / ||V||_2||_2 by Gram iteration (a 1x1 convolution has the matrix's norm on any size)."""
-        from robustbench_iqa.certify.gram_iteration import matrix_spectral_bound
-        from robustbench_iqa.certify.lipschitz import LipschitzBound
-
         with torch.no_grad():
             value = matrix_spectral_bound(self.matrix().detach().double())
         return LipschitzBound(value, ((f"pointwise {self.in_channels}->{self.out_channels}", value),))
@@ -126,8 +118,6 @@ class Downsample(nn.Module):
         return (input_size[0] + 1) // 2, (input_size[1] + 1) // 2
 
     def lipschitz_bound(self, input_size: tuple[int, int]) -> LipschitzBound:
-        from robustbench_iqa.certify.lipschitz import LipschitzBound
-
         return LipschitzBound(1.0, (("zero-pad + pixel_unshuffle (isometry)", 1.0),))
 
 
@@ -141,6 +131,4 @@ class Abs(nn.Module):
         return input_size
 
     def lipschitz_bound(self, input_size: tuple[int, int]) -> LipschitzBound:
-        from robustbench_iqa.certify.lipschitz import LipschitzBound
-
         return LipschitzBound(1.0, (("abs", 1.0),))

@@ -57,15 +57,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from robustbench_iqa.certify.layers import BlurPool2d
-from robustbench_iqa.certify.tapped import TappedFeatures
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.lipschitz.layers import BlurPool2d
+from robustbench_iqa.lipschitz.tapped import TappedFeatures
 from robustbench_iqa.models.base import IQAModel, Mode
 from robustbench_iqa.models.registry import register_model
 from robustbench_iqa.models.weights import WeightsKind, WeightsSource, read_state_dict, weights_file
 
 if TYPE_CHECKING:
-    from robustbench_iqa.certify.lipschitz import LipschitzBound
+    from robustbench_iqa.lipschitz.composition import LipschitzBound
 
 NETS = ("alex", "vgg")
 CHANNELS: dict[str, tuple[int, ...]] = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from robustbench_iqa.errors import InputError, WeightsUnavailableError
+from robustbench_iqa.provenance import file_sha256
 
 
 class WeightsRequiredError(InputError):
@@ -169,8 +170,6 @@ class WeightsSource:
 
 def weights_file(role: str, path: str | Path) -> WeightsFile:
     """A :class:`WeightsFile` for ``path`` with its SHA-256."""
-    from robustbench_iqa.store import file_sha256
-
     p = Path(path).expanduser().resolve()
     return WeightsFile(role, p, file_sha256(p))
 

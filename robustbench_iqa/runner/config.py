@@ -20,6 +20,7 @@ from typing import Any
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.runner.defense_tables import TABLE, DefenseTable, parse_tables, table_for
+from robustbench_iqa.studies.base import STUDIES, get_study, list_studies
 from robustbench_iqa.typed_config import build
 from robustbench_iqa.validation import MAX_SAMPLES
 
@@ -91,8 +92,6 @@ class VerifyConfig:
     @classmethod
     def from_mapping(cls, table: Mapping[str, Any], *, where: str = "verify") -> VerifyConfig:
         """Build from a ``[tool.robustbench_iqa.verify]`` table (sub-tables are study sections)."""
-        from robustbench_iqa.studies.base import STUDIES
-
         table = dict(table)
         for old, new in MOVED.items():
             if old in table:
@@ -132,8 +131,6 @@ class VerifyConfig:
 
     def active_studies(self) -> tuple[str, ...]:
         """The studies this run runs, in registry order."""
-        from robustbench_iqa.studies.base import list_studies
-
         if self.studies is None:
             return tuple(list_studies(default=True))
         return tuple(self.studies)
@@ -189,7 +186,6 @@ class VerifyConfig:
     def validate(self) -> VerifyConfig:
         """Range checks of every key (types are checked on construction); returns self."""
         from robustbench_iqa.data.images import Resize, parse_dataset_size
-        from robustbench_iqa.studies.base import STUDIES
         from robustbench_iqa.validation import check_device
 
         if not self.models:
@@ -303,8 +299,6 @@ def options_of(cfg: VerifyConfig, model: str) -> dict[str, Any]:
 
 
 def _section(study: str, values: Mapping[str, Any], where: str) -> Any:
-    from robustbench_iqa.studies.base import get_study
-
     return build(get_study(study).Config, values, where=f"{where}.{study}")
 
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.store import RowKey
+from robustbench_iqa.studies.base import Unit, get_study
 
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.runner.workspace import Workspace
     from robustbench_iqa.store import ResultsStore
-    from robustbench_iqa.studies.base import Unit
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,6 @@ class UnitResult:
 
 def run_unit(unit: Unit, ws: Workspace) -> UnitResult:
     """Run one unit of work in ``ws`` (what every executor calls, wherever it runs)."""
-    from robustbench_iqa.studies.base import get_study
-
     ws.step_seconds = {}
     t0 = time.perf_counter()
     study = get_study(unit.study)

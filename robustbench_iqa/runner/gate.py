@@ -20,7 +20,7 @@ import pandas as pd
 from robustbench_iqa.headline import summary_columns
 from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.store import ResultsStore
-from robustbench_iqa.studies.base import Check, Group, Row, RunData, get_study
+from robustbench_iqa.studies.base import Check, Group, Row, RunData, Study, get_study
 
 
 @dataclass
@@ -65,8 +65,6 @@ def finite_checks(data: RunData, schemas: list[type[Row]]) -> list[Check]:
 def _nothing_judged(study: Any) -> list[Check]:
     """A failed check for an active study that judges (it overrides ``checks``) but found nothing
     to judge: a gate never passes without the checks it was configured to run."""
-    from robustbench_iqa.studies.base import Study
-
     if type(study).checks is Study.checks:
         return []
     return [Check("ran", "-", "-", 0.0, False,

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.studies.base import Unit, get_study
 
 if TYPE_CHECKING:
     from robustbench_iqa.data.base import IQADataset
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.runner.workspace import Workspace
-    from robustbench_iqa.studies.base import Unit
 
 
 def file_digest(*paths: Path | None) -> str:
@@ -147,8 +147,6 @@ class Plan:
 
     def units(self) -> list[Unit]:
         """Every unit of every active study, in a deterministic order."""
-        from robustbench_iqa.studies.base import get_study
-
         out: list[Unit] = []
         for name in self.cfg.active_studies():
             out += get_study(name).units(self)

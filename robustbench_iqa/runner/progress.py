@@ -29,10 +29,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from robustbench_iqa.studies.base import Unit
+
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.store import ResultsStore
-    from robustbench_iqa.studies.base import Unit
 
 FEATURE_FORWARDS = 20.0
 """Forward-pass equivalents of one FS-IQA certificate (a forward pass, 2 x ~6 Jacobian products and

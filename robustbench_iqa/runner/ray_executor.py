@@ -49,10 +49,12 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.runner.executor import Tick, UnitResult, run_unit
+from robustbench_iqa.studies.base import Unit
 
 INSTALL = "pip install 'robustbench_iqa[ray]'"
 
@@ -64,7 +66,6 @@ except ImportError:  # pragma: no cover - exercised by a test that hides ray
 
 if TYPE_CHECKING:
     from robustbench_iqa.runner.config import VerifyConfig
-    from robustbench_iqa.studies.base import Unit
 
 _END = object()
 """The end of a job source."""
@@ -260,7 +261,7 @@ class RayPool:
         try:
             with _loopback_only() if local else contextlib.nullcontext():
                 ray.init(address=self.address, _node_ip_address="127.0.0.1" if local else None,
-                         configure_logging=False)
+                         configure_logging=False, runtime_env=package_runtime_env())
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise InputError(f"ray: cannot connect to the cluster at {self.address!r}: {_first_line(exc)}") from None
         self._owns_connection = True
@@ -432,6 +433,23 @@ class RayExecutor(RayPool):
             yield res
 
 
+def package_runtime_env() -> dict[str, Any]:
+    """Ray's runtime environment of this driver's jobs: workers import the driver's package.
+
+    A worker is a fresh interpreter; it finds ``robustbench_iqa`` on its own ``sys.path``, which
+    holds the environment's install (perhaps the editable install of another clone sharing the
+    environment) and the driver's working directory, not the folder the driver imported the
+    package from.  The folder above the driver's package goes first on the workers'
+    ``PYTHONPATH``, so that every unit runs the driver's code; on a cluster whose machines lack
+    that folder the entry is inert and the machines' own install is used.
+    """
+    import robustbench_iqa
+
+    root = str(Path(robustbench_iqa.__file__).resolve().parents[1])
+    rest = os.environ.get("PYTHONPATH")
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join([root, rest] if rest else [root])}}
+
+
 def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = None, temp_dir: str,
                         object_store_memory: int = LOCAL_OBJECT_STORE) -> None:
     """``ray.init`` of a one-node cluster that listens on 127.0.0.1 only, without dashboard.
@@ -441,7 +459,7 @@ def start_local_cluster(*, num_cpus: int | None = None, num_gpus: int | None = N
     with _loopback_only():
         ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _temp_dir=temp_dir,
                        _node_ip_address="127.0.0.1", object_store_memory=object_store_memory,
-                       configure_logging=False)
+                       configure_logging=False, runtime_env=package_runtime_env())
     ip = str(getattr(ctx, "address_info", {}).get("node_ip_address", "127.0.0.1"))
     if ip not in LOOPBACK:
         warnings.warn(f"the local Ray cluster uses address {ip}, not loopback only", RuntimeWarning, stacklevel=2)

@@ -20,6 +20,7 @@ from typing import Any
 
 from robustbench_iqa.errors import InputError
 from robustbench_iqa.outputs import record_written, remove_written
+from robustbench_iqa.provenance import run_config
 from robustbench_iqa.runlock import RunLock
 from robustbench_iqa.runner.config import VerifyConfig
 from robustbench_iqa.runner.executor import Executor, LocalExecutor, execute
@@ -33,7 +34,7 @@ from robustbench_iqa.runner.workspace import (
     defense_identity,
     weights_identity,
 )
-from robustbench_iqa.store import RESULTS_FILE, ResultsStore, run_config
+from robustbench_iqa.store import RESULTS_FILE, ResultsStore
 from robustbench_iqa.studies.base import Check
 
 REPORT_ERROR = "report-error.txt"
@@ -188,6 +189,7 @@ def run_verify(
 def _write_report(out: Path, notes: list[str], *, progress: bool) -> tuple[Path | None, str | None]:
     """Build the run's report; a failure of any kind is returned as a message, never raised, so
     that it cannot hide the verdict already stored (the caller prints both)."""
+    # The report loads matplotlib and seaborn: imported only when a report is written.
     from robustbench_iqa.report import build_report
 
     try:

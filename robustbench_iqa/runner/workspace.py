@@ -10,7 +10,6 @@ after any restart.
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,15 +20,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from robustbench_iqa.errors import InputError
+from robustbench_iqa.provenance import file_sha256
+from robustbench_iqa.studies.base import Unit
+from robustbench_iqa.studies.context import Batch as Batch
+from robustbench_iqa.studies.context import CertifiedBatch as CertifiedBatch
+from robustbench_iqa.studies.context import Stopwatch as Stopwatch
 
 if TYPE_CHECKING:
     from robustbench_iqa.certify.defense import CertifiedDefense
-    from robustbench_iqa.certify.result import CertifiedScore
     from robustbench_iqa.data.base import IQADataset
     from robustbench_iqa.models.base import IQAModel
     from robustbench_iqa.runner.config import VerifyConfig
     from robustbench_iqa.runner.plan import PlannedInput
-    from robustbench_iqa.studies.base import Unit
 
 
 def derived_seed(seed: int, *parts: object) -> int:
@@ -38,37 +40,6 @@ def derived_seed(seed: int, *parts: object) -> int:
     hi = zlib.crc32(text.encode())
     lo = zlib.crc32(text[::-1].encode())
     return ((hi << 31) ^ lo) & ((1 << 63) - 1)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """Inputs of one unit on the workspace's device: identities, names, images, references, labels."""
-
-    ids: tuple[str, ...]
-    names: tuple[str, ...]
-    x: torch.Tensor
-    ref: torch.Tensor | None
-    targets: tuple[float, ...]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def subset(self, idx: list[int]) -> Batch:
-        return Batch(tuple(self.ids[i] for i in idx), tuple(self.names[i] for i in idx), self.x[idx],
-                     None if self.ref is None else self.ref[idx], tuple(self.targets[i] for i in idx))
-
-
-@dataclass
-class CertifiedBatch:
-    """A batch just certified by the ``certify`` study, handed to ``stage = "certify"`` studies."""
-
-    unit: Unit
-    model: IQAModel
-    defense: CertifiedDefense
-    batch: Batch
-    certificates: list[CertifiedScore]
-    clean_scores: torch.Tensor
-    """The undefended model's scores of the clean images (B,)."""
 
 
 @dataclass
@@ -285,7 +256,6 @@ def check_checkpoint_keys(cfg: VerifyConfig) -> None:
 def weights_identity(cfg: VerifyConfig, name: str) -> str:
     """SHA-256 of the weights a model is built from (local file or shipped), else how it was built."""
     from robustbench_iqa.models.embedded import shipped_weights
-    from robustbench_iqa.store import file_sha256
 
     path = cfg.weights.get(name)
     if path == "random":
@@ -302,26 +272,5 @@ def weights_identity(cfg: VerifyConfig, name: str) -> str:
 
 def defense_identity(defense: CertifiedDefense) -> str | None:
     """SHA-256 of a defense's trained artifact (FS-IQA heads, a denoiser), if it has one."""
-    from robustbench_iqa.store import file_sha256
-
     art = getattr(defense, "artifact", None)
     return file_sha256(art) if art is not None and Path(art).is_file() else None
-
-
-class Stopwatch:
-    """Seconds of a block, synchronising the device so that GPU time is counted."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.seconds = 0.0
-
-    def __enter__(self) -> Stopwatch:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.seconds = time.perf_counter() - self._t0

@@ -16,8 +16,7 @@ from robustbench_iqa.studies.base import Record, Study, Unit, batched, record, r
 from robustbench_iqa.studies.certify import CorrelationRow, scale_of
 
 if TYPE_CHECKING:
-    from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import Workspace
+    from robustbench_iqa.studies.context import StudyPlan, StudyWorkspace
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,14 @@ class AccuracyStudy(Study):
     tables = (CorrelationRow,)
     Config = AccuracyConfig
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan) -> list[Unit]:
         cfg = plan.cfg
         seeds = [k for k in cfg.section(self.name).seeds if k != cfg.seed]
         return [Unit(self.name, m, d, s, ids, f"seed={k}")
                 for m in cfg.models for d, s in cfg.defense_cases() for k in seeds
                 for ids in batched(plan.images(m), cfg.batch_size)]
 
-    def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+    def run(self, unit: Unit, ws: StudyWorkspace) -> list[Record]:
         import torch
 
         defense = ws.defense(unit.model, unit.defense, unit.sigma)

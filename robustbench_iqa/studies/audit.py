@@ -85,8 +85,7 @@ from robustbench_iqa.studies.base import (
 from robustbench_iqa.validation import MAX_SAMPLES
 
 if TYPE_CHECKING:
-    from robustbench_iqa.runner.config import VerifyConfig
-    from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
+    from robustbench_iqa.studies.context import CertifiedBatch, RunConfig, StudyWorkspace
 
 AUDITABLE = tuple(g.value for g in Guarantee if g.auditable)
 """Guarantees that bound the smoothed output itself, and so can be audited at attacked points
@@ -220,7 +219,7 @@ class AuditStudy(Study):
     Config = AuditConfig
     stage = "certify"
 
-    def on_certified(self, batch: CertifiedBatch, ws: Workspace) -> list[Record]:
+    def on_certified(self, batch: CertifiedBatch, ws: StudyWorkspace) -> list[Record]:
         import torch
 
         from robustbench_iqa.attacks.eot import eot_objective
@@ -300,7 +299,7 @@ class AuditStudy(Study):
         return [record(AuditRow(**rows[i]), unit, image) for i, image in enumerate(b.ids)]
 
     @staticmethod
-    def _quantile_checks(defense: Any, sub: Any, certs: list[Any], sec: AuditConfig, ws: Workspace,
+    def _quantile_checks(defense: Any, sub: Any, certs: list[Any], sec: AuditConfig, ws: StudyWorkspace,
                          unit: Any) -> list[dict[str, float]]:
         """Per image, the inner confidence bounds of the quantiles ``lower``/``upper`` stand for."""
         import torch
@@ -321,7 +320,7 @@ class AuditStudy(Study):
         return out
 
     def _probe_records(self, unit: Any, sub: Any, certs: list[Any], plan: list[audit_probes.Probe],
-                       points: dict[str, Any], premise: list[dict[str, float]], ws: Workspace,
+                       points: dict[str, Any], premise: list[dict[str, float]], ws: StudyWorkspace,
                        todo: list[int], ids: Sequence[str]) -> list[Record]:
         """The evidence at every probe radius (see :mod:`~robustbench_iqa.studies.audit_probes`)."""
         cfg, sec = ws.cfg, ws.cfg.section(self.name)
@@ -371,7 +370,7 @@ class AuditStudy(Study):
             out.append((group, audit.classify(g)))
         return out
 
-    def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
+    def checks(self, data: RunData, cfg: RunConfig) -> list[Check]:
         from robustbench_iqa.analysis import audit
 
         sec = cfg.section(self.name)
@@ -471,7 +470,7 @@ class AuditStudy(Study):
             out.append(Check(f"sound radius ({kind})", *group, not bad, detail))
         return out
 
-    def _detection(self, c: Any, rows: Any, sec: Any, cfg: VerifyConfig, threshold: float) -> dict[str, bool]:
+    def _detection(self, c: Any, rows: Any, sec: Any, cfg: RunConfig, threshold: float) -> dict[str, bool]:
         """Which planted wrong certificates this run's evidence shows to be wrong (see :mod:`audit_probes`).
 
         First-order probes and shrunk intervals on the eps_x evidence are judged by the family's own
@@ -515,7 +514,7 @@ class AuditStudy(Study):
                     seen[name] = bool(audit_probes.sound_failures(g))
         return seen
 
-    def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
+    def summary(self, data: RunData, cfg: RunConfig) -> dict[Group, dict[str, Any]]:
         sec = cfg.section(self.name)
         out: dict[Group, dict[str, Any]] = {}
         probes = dict(self._probes(data))

@@ -15,7 +15,7 @@ from robustbench_iqa.studies.audit_probes import SOUND_KINDS
 from robustbench_iqa.studies.base import Group
 
 if TYPE_CHECKING:
-    from robustbench_iqa.runner.config import VerifyConfig
+    from robustbench_iqa.studies.context import RunConfig
 
 
 def radii_table_rows(group: Group, rows: Any) -> list[dict[str, Any]]:
@@ -63,7 +63,7 @@ def too_narrow(c: Any) -> tuple[int, int]:
     return int(bad.sum()), int(ok.sum())
 
 
-def allowed_rate(c: Any, cfg: VerifyConfig) -> float:
+def allowed_rate(c: Any, cfg: RunConfig) -> float:
     """The violation rate allowed per image: (1 - alpha) + 2 (1 - c) (module docstring)."""
     sec = cfg.section("audit")
     alpha = float(c["alpha"].astype(float).dropna().iloc[0]) if c["alpha"].notna().any() else cfg.alpha

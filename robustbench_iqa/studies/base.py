@@ -40,9 +40,8 @@ from robustbench_iqa.store import KEY_FIELDS, ResultsStore, RowKey
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from robustbench_iqa.runner.config import VerifyConfig
-    from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
+    from robustbench_iqa.studies.context import CertifiedBatch, RunConfig, StudyPlan, StudyWorkspace
+
 
 
 # ------------------------------------------------------------------- units
@@ -216,15 +215,15 @@ class Study:
     default: ClassVar[bool] = True
     """Whether ``verify`` runs it unless the config's ``studies`` says otherwise."""
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan) -> list[Unit]:
         """The study's units of work for a run (none by default)."""
         return []
 
-    def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+    def run(self, unit: Unit, ws: StudyWorkspace) -> list[Record]:
         """The rows of one unit."""
         raise NotImplementedError(f"study {self.name!r} has no units of its own")
 
-    def run_stage(self, unit: Unit, ws: Workspace) -> tuple[list[Record], Any]:
+    def run_stage(self, unit: Unit, ws: StudyWorkspace) -> tuple[list[Record], Any]:
         """The rows of one unit and what it hands to the studies staged after it (None: nothing).
 
         The runner (:func:`robustbench_iqa.runner.executor.run_unit`) calls this and then the
@@ -232,14 +231,14 @@ class Study:
         a study never dispatches another.  Default: :meth:`run`, handing nothing over."""
         return self.run(unit, ws), None
 
-    def on_certified(self, batch: CertifiedBatch, ws: Workspace) -> list[Record]:
+    def on_certified(self, batch: CertifiedBatch, ws: StudyWorkspace) -> list[Record]:
         """Rows computed from a freshly certified batch (``stage = "certify"`` studies)."""
         return []
 
-    def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
+    def checks(self, data: RunData, cfg: RunConfig) -> list[Check]:
         return []
 
-    def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
+    def summary(self, data: RunData, cfg: RunConfig) -> dict[Group, dict[str, Any]]:
         """Headline numbers per (model, defense, sigma) for the gate's summary table."""
         return {}
 

@@ -34,9 +34,7 @@ from robustbench_iqa.studies.base import (
 )
 
 if TYPE_CHECKING:
-    from robustbench_iqa.runner.config import VerifyConfig
-    from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import Workspace
+    from robustbench_iqa.studies.context import RunConfig, StudyPlan, StudyWorkspace
 
 
 @dataclass(frozen=True)
@@ -76,14 +74,14 @@ class BeyondStudy(Study):
     tables = (BeyondRow,)
     Config = BeyondConfig
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan) -> list[Unit]:
         cfg, sec = plan.cfg, plan.cfg.section(self.name)
         cases = [("none", 0.0), *cfg.defense_cases()]
         return [Unit(self.name, m, d, s, ids)
                 for m in cfg.models for d, s in cases
                 for ids in batched(plan.images(m, sec.limit), cfg.batch_size)]
 
-    def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+    def run(self, unit: Unit, ws: StudyWorkspace) -> list[Record]:
         """Every norm on one batch; the clean scores are evaluated once (common random numbers)."""
         from robustbench_iqa.attacks.eot import eot_objective
         from robustbench_iqa.attacks.gradient import IFGSM
@@ -113,7 +111,7 @@ class BeyondStudy(Study):
             ws.tick((k + 1) / len(sec.norms))
         return out
 
-    def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
+    def summary(self, data: RunData, cfg: RunConfig) -> dict[Group, dict[str, Any]]:
         from robustbench_iqa.analysis import beyond
 
         df = data.frame(BeyondRow)

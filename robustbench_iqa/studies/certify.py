@@ -36,11 +36,10 @@ from robustbench_iqa.studies.base import (
     record,
     register_study,
 )
+from robustbench_iqa.studies.context import CertifiedBatch, Stopwatch
 
 if TYPE_CHECKING:
-    from robustbench_iqa.runner.config import VerifyConfig
-    from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import CertifiedBatch, Workspace
+    from robustbench_iqa.studies.context import RunConfig, StudyPlan, StudyWorkspace
 
 
 @dataclass(frozen=True)
@@ -152,22 +151,21 @@ class CertifyStudy(Study):
     tables = (CorrelationRow, GuaranteeRow)
     Config = CertifyConfig
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan) -> list[Unit]:
         cfg = plan.cfg
         return [Unit(self.name, m, d, s, ids)
                 for m in cfg.models for d, s in cfg.defense_cases()
                 for ids in batched(plan.images(m), cfg.batch_size)]
 
-    def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+    def run(self, unit: Unit, ws: StudyWorkspace) -> list[Record]:
         return self.run_stage(unit, ws)[0]
 
-    def run_stage(self, unit: Unit, ws: Workspace) -> tuple[list[Record], CertifiedBatch | None]:
+    def run_stage(self, unit: Unit, ws: StudyWorkspace) -> tuple[list[Record], CertifiedBatch | None]:
         """The certify rows of one unit, and the certified batch that ``stage = "certify"`` studies
         (the audit) receive from the runner; None for an empirical defense (nothing certified)."""
         import torch
 
         from robustbench_iqa.certify.defense import settings_from
-        from robustbench_iqa.runner.workspace import CertifiedBatch, Stopwatch
 
         cfg = ws.cfg
         model, defense = ws.model(unit.model), ws.defense(unit.model, unit.defense, unit.sigma)
@@ -206,7 +204,7 @@ class CertifyStudy(Study):
         return out, CertifiedBatch(unit, model, defense, b, certs, clean)
 
     # ------------------------------------------------------------ judgement
-    def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
+    def checks(self, data: RunData, cfg: RunConfig) -> list[Check]:
         limit = cfg.section(self.name).max_abstain_rate
         out = []
         for (m, d, s), g in data.groups(GuaranteeRow):
@@ -216,7 +214,7 @@ class CertifyStudy(Study):
                              f"{k}/{n} = {rate:.1%} abstained (max {limit:.1%})"))
         return out
 
-    def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
+    def summary(self, data: RunData, cfg: RunConfig) -> dict[Group, dict[str, Any]]:
         import pandas as pd
 
         out: dict[Group, dict[str, Any]] = {}

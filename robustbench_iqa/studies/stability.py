@@ -32,9 +32,7 @@ from robustbench_iqa.studies.base import (
 from robustbench_iqa.validation import MAX_SAMPLES
 
 if TYPE_CHECKING:
-    from robustbench_iqa.runner.config import VerifyConfig
-    from robustbench_iqa.runner.plan import Plan
-    from robustbench_iqa.runner.workspace import Workspace
+    from robustbench_iqa.studies.context import RunConfig, StudyPlan, StudyWorkspace
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ class StabilityConfig:
             raise InputError(f"{where}.max_deviation must be >= 0, got {self.max_deviation}")
 
 
-def gated_n(cfg: VerifyConfig, sec: StabilityConfig) -> int:
+def gated_n(cfg: RunConfig, sec: StabilityConfig) -> int:
     """The n at which stability is gated: the run's n if studied, else the largest studied."""
     return cfg.n if cfg.n in sec.n else max(sec.n)
 
@@ -81,13 +79,13 @@ class StabilityStudy(Study):
     tables = (StabilityRow,)
     Config = StabilityConfig
 
-    def units(self, plan: Plan) -> list[Unit]:
+    def units(self, plan: StudyPlan) -> list[Unit]:
         cfg, sec = plan.cfg, plan.cfg.section(self.name)
         return [Unit(self.name, m, d, s, ids, f"n={n}")
                 for m in cfg.models for d, s in cfg.defense_cases() for n in sec.n
                 for ids in batched(plan.images(m, sec.limit), cfg.batch_size)]
 
-    def run(self, unit: Unit, ws: Workspace) -> list[Record]:
+    def run(self, unit: Unit, ws: StudyWorkspace) -> list[Record]:
         import torch
 
         sec = ws.cfg.section(self.name)
@@ -113,7 +111,7 @@ class StabilityStudy(Study):
             return None
         return stability.summarize(stability.per_image(df))
 
-    def checks(self, data: RunData, cfg: VerifyConfig) -> list[Check]:
+    def checks(self, data: RunData, cfg: RunConfig) -> list[Check]:
         sec = cfg.section(self.name)
         table = self._table(data)
         if table is None:
@@ -127,7 +125,7 @@ class StabilityStudy(Study):
                              f"mean relative std {dev:.4%} at n={n} (max {sec.max_deviation:.2%})"))
         return out
 
-    def summary(self, data: RunData, cfg: VerifyConfig) -> dict[Group, dict[str, Any]]:
+    def summary(self, data: RunData, cfg: RunConfig) -> dict[Group, dict[str, Any]]:
         table = self._table(data)
         if table is None:
             return {}
