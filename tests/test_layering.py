@@ -305,3 +305,12 @@ def test_a_unit_on_no_floor_is_reported(tmp_path: Path) -> None:
     bad = not_downward(import_graph(tmp_path, "pkg", ()), PLANTED_FLOORS)
     assert [(e.source, e.target) for e in bad] == [("stray", "low")]
     assert "stray [on no floor]" in _explain(bad, PLANTED_FLOORS)
+
+
+def test_the_contributing_page_shows_the_floors_the_test_enforces() -> None:
+    """docs/contributing.md's floor table lists exactly :data:`FLOORS`, bottom first."""
+    text = (REPO / "docs" / "contributing.md").read_text()
+    section = text.split("### How the package is layered", 1)[1]
+    rows = [ln for ln in section.splitlines() if ln.startswith("| ") and not ln.startswith("| floor")]
+    shown = [frozenset(u.split("(")[0].strip(" `") for u in ln.strip("|").split("|")[1].split(",")) for ln in rows]
+    assert shown == [units for _, units in FLOORS]
