@@ -255,3 +255,26 @@ def test_the_real_network_table_counts_what_it_says() -> None:
     assert cells[0] == ["`m`", "0.25", "0.2", "3 / 4", "1e-09", "0 / 4", "-", "-", "FAIL (a, b)",
                         "0.50 -> 0.25", "-"]
     assert cells[1] == ["`m`", "0.5", "-", "-", "-", "-", "-", "-", "PASS", "-", "-"]
+
+
+def test_the_st_lpips_heldout_table_is_the_training_record() -> None:
+    """docs/models.md's held-out SRCC / PLCC table shows the shipped record's numbers, for every
+    network whose FS-IQA heads ship, at every sigma shipped (no hand-typed drift)."""
+    import json
+
+    record = json.loads((REPO / "robustbench_iqa" / "weights" / "fs-iqa-st-lpips-heads.json").read_text())
+    text = (REPO / "docs" / "models.md").read_text()
+    section = text.split("Held-out SRCC / PLCC on the 210 images", 1)[1]
+    head, rows = _table_cells("\n".join(ln for ln in section.splitlines()[:12] if ln.startswith("|")))
+    sigmas = [c.split("=")[1] for c in head[2:]]
+    shown = {r[0].split("`")[1]: r[1:] for r in rows}
+    assert set(shown) == set(record["heldout"]) == set(record["undefended"])
+    for model, cells in shown.items():
+        und = record["undefended"][model]
+        assert cells[0] == f"{und['srcc']:.3f} / {und['plcc']:.3f}", model
+        for sigma, cell in zip(sigmas, cells[1:], strict=True):
+            got = record["heldout"][model][sigma]
+            assert cell == f"{got['srcc']:.3f} / {got['plcc']:.3f}", (model, sigma)
+    for model in record["heldout"]:
+        for sigma in record["heldout"][model]:
+            assert (REPO / "robustbench_iqa" / "weights" / f"fs-iqa-{model}-sigma{sigma}.safetensors").is_file()

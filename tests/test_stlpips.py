@@ -92,7 +92,7 @@ def test_gradient_is_finite_and_nonzero() -> None:
     assert x.grad is not None and bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().sum()) > 0
 
 
-@pytest.mark.parametrize("name", ["st-lpips-alex", "st-lpips-alex-nr"])
+@pytest.mark.parametrize("name", ["st-lpips-alex", "st-lpips-alex-nr", pytest.param("st-lpips-vgg", marks=pytest.mark.slow)])
 def test_sound_radii_exist_and_hold_on_the_real_networks(name: str) -> None:
     """The features are the TappedFeatures map the bounds read, and its certified global bound is at
     least the exact Jacobian norm (FR: also at the reference itself).  The local radius on these maps
