@@ -178,11 +178,12 @@ def settings_line(cfg: dict[str, Any]) -> str:
         sigmas = cfg.get("gate_sigmas") or cfg["sigmas"]
         return (f"- {', '.join(cfg['models'])} ({cfg['date']}, sigma_f {', '.join(f'{s:g}' for s in sigmas)}): "
                 f"gate only, `verify` with the repository's settings on {cfg['gate_limit']} images.")
-    return (f"- {', '.join(cfg['models'])} ({cfg['date']}, torch {cfg['torch']}, {cfg['threads']} thread, CPU "
+    sig = ", ".join(f"{v:g}" for v in cfg.get("sigmas", []))
+    return (f"- {', '.join(cfg['models'])} ({cfg['date']}, sigma_f {sig}, torch {cfg['torch']}, {cfg['threads']} thread, CPU "
             f"{cfg['cpu']}): the first {cfg['limit']} held-out images of the embedded `default` dataset at 96x128 "
             f"and {cfg['large']} at 384x512{'' if cfg.get('large_radii', True) else ' (cost only)'}, "
             f"{cfg['acc_limit']} for SRCC/PLCC; n = {cfg['n']}, alpha = 0.999; "
-            f"feature attack {cfg['steps']} steps and {cfg['restarts']} random starts at 96x128 "
+            f"feature attack {cfg['steps']} steps and {cfg['restarts']} random start(s) at 96x128 "
             f"({cfg['large_steps']} and {cfg['large_restarts']} at 384x512), plus the top singular direction and "
             f"its negative" + (f"; gate: `verify` with the repository's settings on {cfg['gate_limit']} images."
                                 if cfg.get("gated") else "; no gate in this run."))
