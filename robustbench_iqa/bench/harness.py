@@ -29,6 +29,8 @@ Before any timing, one untimed certification runs, so that the forward pass
 
 from __future__ import annotations
 
+import functools
+import math
 import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -52,7 +54,7 @@ from robustbench_iqa.bench.plan import fits, plan_count, plan_n
 from robustbench_iqa.bench.subjects import ModelUnavailable, Subject, SubjectSpec, build_subject
 from robustbench_iqa.bench.timing import CLOCKS, Target, Timing, ratio, time_call
 from robustbench_iqa.certify.bounds import min_samples
-from robustbench_iqa.certify.spectral import DEFAULT_BOUND_ITER
+from robustbench_iqa.certify.spectral import DEFAULT_BOUND_ITER, kw_sigma_factor
 from robustbench_iqa.errors import InputError
 
 DEFAULT_MODELS: tuple[str, ...] = ("default-nr", "default-fr", "st-lpips-alex", "dbcnn", "lpips")
@@ -72,6 +74,8 @@ UPPER_METHOD = "lanczos-upper"
 BOUND_DELTA = 1e-3
 SPECTRAL_METHODS = ("power", "lanczos", "exact", UPPER_METHOD)
 CERTIFY_ALPHA = 0.999
+WARMUP_ITER = 1
+"""Spectral iterations of the untimed warm-up certification (it exercises the code; its time is the first cost estimate)."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class BenchConfig:
     exact: bool = True
     budget_s: float = 60.0
     case_budget_s: float = 30.0
-    model_budget_s: float = 120.0
+    model_budget_s: float = 150.0
     peers: bool = True
     attack_steps: int = 10
     clock: str = "wall"
@@ -199,7 +203,7 @@ def _spectral_extra(est: Any, reference: float | None) -> dict[str, Any]:
     value = float(est.value[0])
     extra: dict[str, Any] = {
         "method": est.method.value, "iterations": int(est.iterations[0]), "norm": value,
-        "rel_change": float(est.rel_change[0]), "converged": bool(est.converged[0]),
+        "rel_change": _finite(float(est.rel_change[0])), "converged": bool(est.converged[0]),
     }
     if est.products is not None:
         extra["products"] = int(est.products[0])
@@ -210,6 +214,11 @@ def _spectral_extra(est: Any, reference: float | None) -> dict[str, Any]:
         if est.upper_bound is not None:
             extra["upper_over"] = float(est.upper_bound[0]) / reference - 1
     return extra
+
+
+def _finite(v: float) -> float | None:
+    """``v``, or ``None`` where it is not finite (e.g. the change after a single iteration): JSON has no inf."""
+    return v if math.isfinite(v) else None
 
 
 def _method_case(base: CaseSpec, method: str) -> tuple[str, CaseSpec]:
@@ -225,6 +234,7 @@ class _Units:
 
     forward_s: float = 0.0
     cert_s: float = 0.0
+    """A certification's time: the warm-up's (``WARMUP_ITER`` iterations) until fs-certify has run."""
     cert_iterations: int = 1
     predict_s: float | None = None
     spawn_s: float | None = None
@@ -234,8 +244,9 @@ class _Units:
     def per_iter_s(self) -> float:
         """One spectral iteration (a J^T q and a J v product), from the warm-up certification.
 
-        Its time less the predict part, over its iterations plus one (the forward pass with
-        graph and the first backward cost about one iteration): an over-estimate, on the safe side.
+        A certification's time less the predict part, over its iterations plus one (the forward
+        pass with graph and the first backward cost about one iteration): an over-estimate, on
+        the safe side.
         """
         rest = self.cert_s - (self.predict_s or 0.0)
         return max(rest, 0.5 * self.cert_s) / (self.cert_iterations + 1)
@@ -279,6 +290,13 @@ class _ModelBench:
     @property
     def f_ms(self) -> float:
         return self.units.forward_s * 1e3
+
+    @functools.cached_property
+    def out_dim(self) -> int:
+        """m, the dimension of the feature map whose Jacobian's norm is estimated."""
+        s = self.subject
+        with torch.no_grad():
+            return int(s.fs.normalized_features(s.x, s.ref).shape[1])
 
     def cap(self, label: str, reason: str) -> None:
         self.run.capped[f"{self.name}/{label}"] = reason
@@ -345,13 +363,14 @@ class _ModelBench:
         # Steady state first: the allocator serves fresh large blocks with new pages, and their page
         # faults count in the CPU clock (default-nr, 384x512: a forward pass took 40 ms of CPU time
         # in a fresh process, 24 ms once a certification had run).  One untimed certification puts
-        # every case, the unit included, in the state certification leaves the process in; its time
-        # is the unit of the spectral estimates below, and it is fs-certify's warm-up run.
+        # every case, the unit included, in the state certification leaves the process in.  It stops
+        # after WARMUP_ITER iterations (it only has to exercise the code), and its time is the first
+        # estimate of an iteration's cost, which bounds fs-certify itself.
         now = CLOCKS[self.cfg.clock]
         t0 = now()
-        cert = make_case(self.subject, self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n))[0]()
+        make_case(self.subject, self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n, max_iter=WARMUP_ITER))[0]()
         self.units.cert_s = now() - t0
-        self.units.cert_iterations = max(int(cert[0].spectral_iterations), 1)
+        self.units.cert_iterations = WARMUP_ITER
         return iter(())
 
     def _forward(self) -> Iterator[CaseResult]:
@@ -369,21 +388,39 @@ class _ModelBench:
                        peak_mb=self.peak(c, self.units.predict_s), extra={"over_target": PREDICT_TARGET.shortfall(r)})
 
     def _fs_certify(self) -> Iterator[CaseResult]:
+        # The target may use what is left of the model's budget (not only one case budget): max_iter
+        # is capped so that one run fits it; a capped run that did not converge says so.
         c = self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n)
-        t = self.timed(c, warmup=0)  # the warm-up certification was this very call
+        u = self.units
+        plan = plan_count(c.max_iter, unit_s=u.per_iter_s, budget_s=max(self.budget.left_s, 1e-9), what="max_iter",
+                          fixed_s=(u.predict_s or 0.0) + u.per_iter_s)
+        if plan.reason is not None:
+            self.cap("fs-certify", plan.reason if plan.n is not None else
+                     f"max_iter capped to 1, the least (the target runs once); {plan.reason}")
+        c = replace(c, max_iter=plan.n or 1)
+        t = self.timed(c, warmup=0)  # the warm-up certification was this very call (with fewer iterations)
         r = ratio(t.median_ms, self.f_ms)
-        self.units.cert_s = min(self.units.cert_s, t.median_ms / 1e3)  # steady state: the estimates' unit
         cert = t.result[0]
+        u.cert_s, u.cert_iterations = t.median_ms / 1e3, max(int(cert.spectral_iterations), 1)
         # The same estimate again, untimed, for its product count (certify returns the norm only).
         s = self.subject
         est = s.fs.spectral_estimate(s.x, s.ref, rtol=c.rtol, max_iter=c.max_iter,
                                      generator=torch.Generator(device=s.device).manual_seed(c.seed))
         row = self.row(c, t, target=CERTIFY_TARGET.label, met=None, peak_mb=self.peak(c, t.median_ms / 1e3),
                        extra={"iterations": cert.spectral_iterations, "norm": cert.spectral_norm,
-                              "rel_change": cert.spectral_rel_change, "over_target": CERTIFY_TARGET.shortfall(r),
+                              "rel_change": _finite(cert.spectral_rel_change), "over_target": CERTIFY_TARGET.shortfall(r),
                               "products": int(est.products[0]) if est.products is not None else None,
                               "same_estimate": float(est.value[0]) == cert.spectral_norm,
                               "study_ratio": 6.9 / 0.033})
+        converged = float(cert.spectral_rel_change) < c.rtol
+        if c.max_iter < self.cfg.max_iter:
+            row.extra.update(max_iter=c.max_iter, converged=converged)
+        if not converged:
+            # Stopped by max_iter: the time is a lower bound of a converged certification's.
+            row.extra["warning"] = f"spectral norm not converged within max_iter={c.max_iter}: the ratio is a lower bound"
+            if CERTIFY_TARGET.met(r):
+                row.extra.update(norm_checked=False, norm_check="not checked: the estimate did not converge")
+                return iter((row,))
         self.pending = _PendingCertify(row, cert.spectral_norm, CERTIFY_TARGET.met(r))
         return iter(())
 
@@ -405,9 +442,7 @@ class _ModelBench:
 
     def _reference(self) -> Iterator[CaseResult]:
         """The reference norm of the subject's input (module docstring, item 5), within the case budget."""
-        s, base = self.subject, self.case(CaseKind.SPECTRAL)
-        with torch.no_grad():
-            m = int(s.fs.normalized_features(s.x, s.ref).shape[1])
+        s, base, m = self.subject, self.case(CaseKind.SPECTRAL), self.out_dim
         budget = self.case_budget()
         exact_s = m * self.units.per_iter_s / 2  # m vector-Jacobian products, about half an iteration each
         if m * s.x[0].numel() <= EXACT_MAX_JACOBIAN and exact_s <= budget:
@@ -424,16 +459,18 @@ class _ModelBench:
             self.reference_note = f"the reference was skipped ({plan.reason})"
             return
         cap = plan.n
+        bound_iter = min(DEFAULT_BOUND_ITER, cap)
+        bounded = math.isfinite(kw_sigma_factor(bound_iter, m, REFERENCE_DELTA))  # else too few products to bound
         seeds = [base.seed + REFERENCE_SEED_OFFSET + i for i in range(REFERENCE_STARTS)]
         runs = []
         for i, seed_ in enumerate(seeds):
             c = replace(base, method="lanczos", rtol=REFERENCE_RTOL, max_iter=cap, seed=seed_,
-                        delta=REFERENCE_DELTA if i == 0 else None, bound_iter=min(DEFAULT_BOUND_ITER, cap))
+                        delta=REFERENCE_DELTA if i == 0 and bounded else None, bound_iter=bound_iter)
             runs.append(self.timed(c, warmup=0, repeats=1))  # the reference; its time is not a target
         values = [float(t.result.value[0]) for t in runs]
         value = max(values)
         converged = all(bool(t.result.converged[0]) for t in runs)
-        upper = float(runs[0].result.upper_bound[0])
+        upper = float(runs[0].result.upper_bound[0]) if bounded else None
         ms = statistics.median(t.median_ms for t in runs)
         extra: dict[str, Any] = {
             "role": "reference", "reference": f"lanczos, {REFERENCE_STARTS} independent starts, rtol {REFERENCE_RTOL:g}",
@@ -441,8 +478,8 @@ class _ModelBench:
             "spread": (value - min(values)) / value if value > 0 else 0.0,
             "iterations": max(int(t.result.iterations[0]) for t in runs),
             "products": max(int(t.result.products[0]) for t in runs),
-            "upper_bound": upper, "delta": REFERENCE_DELTA, "bound_iter": min(DEFAULT_BOUND_ITER, cap),
-            "upper_over": upper / value - 1 if value > 0 else 0.0,
+            "upper_bound": upper, "delta": REFERENCE_DELTA, "bound_iter": bound_iter,
+            "upper_over": upper / value - 1 if upper is not None and value > 0 else None,
             "forward_ms": self.f_ms, "max_iter": cap, "converged": converged,
         }
         if converged:
@@ -511,14 +548,15 @@ class _ModelBench:
             return None
         if plan.n < c.max_iter:
             c = replace(c, max_iter=plan.n, bound_iter=min(c.bound_iter, plan.n))
+            if c.delta is not None and not math.isfinite(kw_sigma_factor(c.bound_iter, self.out_dim, c.delta)):
+                self.cap(label, f"skipped: {plan.n} products cannot give a finite upper bound at delta={c.delta:g}")
+                return None
         return c
 
     def _method(self, method: str) -> Iterator[CaseResult]:
         label = f"spectral-{method}"
         if method == "exact":  # no iterations to cap: m vector-Jacobian products per run
-            s = self.subject
-            with torch.no_grad():
-                m = int(s.fs.normalized_features(s.x, s.ref).shape[1])
+            m = self.out_dim
             why = fits((self.cfg.warmup + 1) * m * self.units.per_iter_s / 2, budget_s=self.case_budget(),
                        what=f"the exact Jacobian ({m} products per run)")
             if why is not None:
