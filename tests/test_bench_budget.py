@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from robustbench_iqa.bench import harness, timing
+from robustbench_iqa.bench import harness, model_cases, timing
 from robustbench_iqa.bench.budget import ModelBudget
 from robustbench_iqa.bench.plan import PlannedN, fits, plan_count
 from robustbench_iqa.bench.timing import Target, time_call
@@ -115,13 +115,13 @@ def _config(**kw: Any) -> harness.BenchConfig:
 
 def test_a_slow_case_spends_the_model_budget_and_the_rest_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(harness, "cost_clock", lambda name: clock)
+    monkeypatch.setattr(model_cases, "cost_clock", lambda name: clock)
 
     def slow_peers(self: Any) -> Iterator[harness.CaseResult]:
         clock.t += 70.0  # the peers "take" 70 s of a 50 s model budget
         return iter(())
 
-    monkeypatch.setattr(harness._ModelBench, "_peers", slow_peers)
+    monkeypatch.setattr(model_cases.ModelCases, "_peers", slow_peers)
     run = harness.run_bench(_config(model_budget_s=50.0, case_budget_s=30.0))
     cases = [r.case for r in run.rows]
     # The targets and the reference ran before the slow case; nothing after it.
@@ -137,9 +137,9 @@ def test_a_slow_case_spends_the_model_budget_and_the_rest_is_skipped(monkeypatch
 
 def test_an_unchecked_norm_is_never_reported_as_met(monkeypatch: pytest.MonkeyPatch) -> None:
     # A target any ratio meets: "met" would then hinge on the norm check alone.
-    monkeypatch.setattr(harness, "CERTIFY_TARGET", Target(1e12, "<= 1e12x forward, norm within 1%"))
+    monkeypatch.setattr(model_cases, "CERTIFY_TARGET", Target(1e12, "<= 1e12x forward, norm within 1%"))
     # No time left after the targets: the reference is skipped, so the norm is not checked.
-    monkeypatch.setattr(harness._ModelBench, "_reference", lambda self: iter(()))
+    monkeypatch.setattr(model_cases.ModelCases, "_reference", lambda self: iter(()))
     run = harness.run_bench(_config(peers=False))
     cert = next(r for r in run.rows if r.case == "fs-certify")
     assert not any(r.extra.get("role") == "reference" for r in run.rows)
@@ -158,14 +158,14 @@ def test_an_unchecked_norm_is_never_reported_as_met(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_capped_reference_that_did_not_converge_checks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(harness, "CERTIFY_TARGET", Target(1e12, "<= 1e12x forward, norm within 1%"))
-    monkeypatch.setattr(harness, "EXACT_MAX_JACOBIAN", 0)  # as at 384x512: a Lanczos reference
+    monkeypatch.setattr(model_cases, "CERTIFY_TARGET", Target(1e12, "<= 1e12x forward, norm within 1%"))
+    monkeypatch.setattr(model_cases, "EXACT_MAX_JACOBIAN", 0)  # as at 384x512: a Lanczos reference
 
     def one_iteration(requested: int, **kw: Any) -> PlannedN:
         return PlannedN(1, requested, "max_iter capped from 1024 to 1 (fake)") if requested == 1024 else \
             plan_count(requested, **kw)
 
-    monkeypatch.setattr(harness, "plan_count", one_iteration)
+    monkeypatch.setattr(model_cases, "plan_count", one_iteration)
     run = harness.run_bench(_config(peers=False))
     rows = {r.case: r for r in run.rows}
     ref = rows["spectral-reference"].extra

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from robustbench_iqa.bench import harness
+from robustbench_iqa.bench import model_cases
 from robustbench_iqa.bench.plan import PlannedN, plan_n
 from robustbench_iqa.cli import main
 from robustbench_iqa.errors import InputError
@@ -67,7 +67,7 @@ def test_bench_caps_sampling_cases_and_prints_why(tmp_path: Path, monkeypatch: p
         seen.append(per_draw_s)
         return plan_n(requested, per_draw_s=1.0, **kw)
 
-    monkeypatch.setattr(harness, "plan_n", fixed)
+    monkeypatch.setattr(model_cases, "plan_n", fixed)
     doc = _bench(tmp_path, "--case-budget-s", "9")
     assert seen and all(s > 0 for s in seen)  # the planner saw measured per-draw costs
     ns = {r["case"]: r["n"] for r in doc["rows"] if r["n"] is not None}

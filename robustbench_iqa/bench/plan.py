@@ -12,6 +12,10 @@ before the case runs.  At the study's N = 2000 with the paper's 17x64 DnCNN at
   on N once N spans several batches);
 * if one batch alone exceeds the budget the case is skipped, with its reason.
 
+The other cases are planned the same way by :func:`plan_count` (a count of
+spectral iterations or attack steps whose estimated cost fits) and
+:func:`fits` (a case that runs whole or not at all, e.g. a memory subprocess).
+
 Capped and skipped cases are listed after the table by ``robustbench-iqa
 bench``; nothing is dropped silently.
 """
