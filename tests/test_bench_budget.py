@@ -173,7 +173,7 @@ def test_a_capped_reference_that_did_not_converge_checks_nothing(monkeypatch: py
     cert = rows["fs-certify"]
     assert cert.met is None and cert.extra["norm_checked"] is False
     assert "did not converge" in cert.extra["norm_check"]
-    assert run.capped["default-nr/spectral-reference"] == "max_iter capped from 1024 to 1 (fake)"
+    assert run.capped["default-nr/spectral-reference"] == "max_iter capped from 1024 to 1 (fake); bound: stopped unconverged"
 
 
 def test_quick_bench_prints_and_writes_every_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -131,4 +131,6 @@ class BenchRun:
     capped: dict[str, str] = field(default_factory=dict)
     """Cases run at a smaller N than asked, or skipped, to bound their cost (see :mod:`~robustbench_iqa.bench.plan`)."""
     notes: dict[str, str] = field(default_factory=dict)
+    spent_s: dict[str, float] = field(default_factory=dict)
+    """Seconds each stage of each model took, on the budgets' clock (:func:`~robustbench_iqa.bench.budget.cost_clock`)."""
 

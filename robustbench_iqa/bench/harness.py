@@ -88,10 +88,15 @@ def count_steps(config: BenchConfig) -> int:
     return per_model * len(config.models)
 
 
-def run_bench(config: BenchConfig, *, on_row: Callable[[CaseResult], None] | None = None) -> BenchRun:
-    """Run every case of ``config``; ``on_row`` sees each row as soon as it is measured."""
+def run_bench(config: BenchConfig, *, on_row: Callable[[CaseResult], None] | None = None,
+              into: BenchRun | None = None) -> BenchRun:
+    """Run every case of ``config``; ``on_row`` sees each row as soon as it is measured.
+
+    ``into``: the run to fill (its caps, skips and notes grow as they are decided, so that a
+    caller writing partial results sees them); by default a new one.
+    """
     config = config.validate()
-    run = BenchRun(config=config)
+    run = BenchRun(config=config) if into is None else into
     with tqdm(total=count_steps(config), desc="bench", unit="case", disable=not config.progress) as bar:
         runner = Runner(config, bar)
         for name in config.models:

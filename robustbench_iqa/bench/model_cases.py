@@ -47,7 +47,7 @@ from robustbench_iqa.bench.config import (
 )
 from robustbench_iqa.bench.memory import cuda_peak_mb, in_subprocess
 from robustbench_iqa.bench.peers import attack_pair, official_forward
-from robustbench_iqa.bench.plan import fits, plan_count, plan_n
+from robustbench_iqa.bench.plan import PlannedN, fits, plan_count, plan_n
 from robustbench_iqa.bench.subjects import Subject, SubjectSpec, build_subject
 from robustbench_iqa.bench.timing import CLOCKS, Target, Timing, ratio, time_call
 from robustbench_iqa.certify.spectral import DEFAULT_BOUND_ITER, kw_sigma_factor
@@ -179,6 +179,13 @@ class ModelCases:
     def cap(self, label: str, reason: str) -> None:
         self.run.capped[f"{self.name}/{label}"] = reason
 
+    def cap_outcome(self, label: str, *, converged: bool, iterations: int) -> None:
+        """Say, after a capped spectral run, whether the cap bound (it did not if the run converged)."""
+        key = f"{self.name}/{label}"
+        if key in self.run.capped and "capped" in self.run.capped[key]:
+            self.run.capped[key] += (f"; did not bind: converged after {iterations} iterations" if converged
+                                     else "; bound: stopped unconverged")
+
     def case_budget(self) -> float:
         return self.budget.case_budget(self.cfg.case_budget_s)
 
@@ -231,7 +238,10 @@ class ModelCases:
             if why is not None:
                 self.cap(label, why)
             else:
+                t0 = self.cost_now()
+                self.runner.bar.set_postfix_str(f"{self.name} {label}")
                 yield from stage()
+                self.run.spent_s[f"{self.name}/{label}"] = self.cost_now() - t0
             if self.pending is not None and label != "fs-certify":
                 yield self._finish_certify()
         if self.pending is not None:
@@ -270,8 +280,22 @@ class ModelCases:
         # is capped so that one run fits it; a capped run that did not converge says so.
         c = self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n)
         u = self.units
-        plan = plan_count(c.max_iter, unit_s=u.per_iter_s, budget_s=max(self.budget.left_s, 1e-9), what="max_iter",
-                          fixed_s=(u.predict_s or 0.0) + u.per_iter_s)
+
+        def planned() -> PlannedN:
+            return plan_count(c.max_iter, unit_s=u.per_iter_s, budget_s=max(self.budget.left_s, 1e-9),
+                              what="max_iter", fixed_s=(u.predict_s or 0.0) + u.per_iter_s)
+
+        plan = planned()
+        if plan.reason is not None:
+            # The warm-up's time includes first-call costs (77 s of CPU for the first certification
+            # of st-lpips-vgg at 64x96, 0.34 s for the second): time a steady-state estimate of
+            # WARMUP_ITER iterations, then plan again.
+            s, now = self.subject, CLOCKS[self.cfg.clock]
+            t0 = now()
+            s.fs.spectral_estimate(s.x, s.ref, rtol=c.rtol, max_iter=WARMUP_ITER,
+                                   generator=torch.Generator(device=s.device).manual_seed(c.seed))
+            u.cert_s, u.cert_iterations = now() - t0 + (u.predict_s or 0.0), WARMUP_ITER
+            plan = planned()
         if plan.reason is not None:
             self.cap("fs-certify", plan.reason if plan.n is not None else
                      f"max_iter capped to 1, the least (the target runs once); {plan.reason}")
@@ -280,6 +304,8 @@ class ModelCases:
         r = ratio(t.median_ms, self.f_ms)
         cert = t.result[0]
         u.cert_s, u.cert_iterations = t.median_ms / 1e3, max(int(cert.spectral_iterations), 1)
+        self.cap_outcome("fs-certify", converged=float(cert.spectral_rel_change) < c.rtol,
+                         iterations=int(cert.spectral_iterations))
         # The same estimate again, untimed, for its product count (certify returns the norm only).
         s = self.subject
         est = s.fs.spectral_estimate(s.x, s.ref, rtol=c.rtol, max_iter=c.max_iter,
@@ -322,7 +348,7 @@ class ModelCases:
         """The reference norm of the subject's input (module docstring, item 5), within the case budget."""
         s, base, m = self.subject, self.case(CaseKind.SPECTRAL), self.out_dim
         budget = self.case_budget()
-        exact_s = m * self.units.per_iter_s / 2  # m vector-Jacobian products, about half an iteration each
+        exact_s = m * self.units.per_iter_s  # m vector-Jacobian products (measured: about one iteration each)
         if m * s.x[0].numel() <= EXACT_MAX_JACOBIAN and exact_s <= budget:
             t = self.timed(replace(base, method="exact"), warmup=0, repeats=1)
             self.reference = float(t.result.value[0])
@@ -360,6 +386,7 @@ class ModelCases:
             "upper_over": upper / value - 1 if upper is not None and value > 0 else None,
             "forward_ms": self.f_ms, "max_iter": cap, "converged": converged,
         }
+        self.cap_outcome("spectral-reference", converged=converged, iterations=extra["iterations"])
         if converged:
             self.reference = value
         else:
@@ -435,7 +462,7 @@ class ModelCases:
         label = f"spectral-{method}"
         if method == "exact":  # no iterations to cap: m vector-Jacobian products per run
             m = self.out_dim
-            why = fits((self.cfg.warmup + 1) * m * self.units.per_iter_s / 2, budget_s=self.case_budget(),
+            why = fits((self.cfg.warmup + 1) * m * self.units.per_iter_s, budget_s=self.case_budget(),
                        what=f"the exact Jacobian ({m} products per run)")
             if why is not None:
                 self.cap(label, why)
@@ -447,6 +474,7 @@ class ModelCases:
             return
         t = self.timed(c)
         extra = _spectral_extra(t.result, self.reference)
+        self.cap_outcome(label, converged=extra["converged"], iterations=extra["iterations"])
         if c.max_iter < self.cfg.max_iter:
             extra["max_iter"] = c.max_iter
         yield self.row(c, t, name_=label, extra=extra)
@@ -458,7 +486,9 @@ class ModelCases:
         start = self.cost_now()
         per_draw = self._probe_per_draw(self.case(kind, n=1), self.case(ideal_kind, n=1))
         budget = max(self.case_budget() - (self.cost_now() - start), 1e-9)
-        repeats = cfg.warmup + cfg.repeats + (1 if cfg.memory else 0)
+        # The least the case costs: the warm-up and one timed run of the ideal and of the defense
+        # (``per_draw`` is both), and the memory run; further repeats only run while they fit.
+        repeats = cfg.warmup + 1 + (1 if cfg.memory else 0)
         planned = plan_n(n, per_draw_s=per_draw, budget_s=budget, batch_size=cfg.batch_size, repeats=repeats)
         if planned.reason is not None:
             self.cap(f"{kind.value} n={n}", planned.reason)
@@ -467,11 +497,12 @@ class ModelCases:
             return
         n = planned.n
         ci = self.case(ideal_kind, n=n)
-        ti = self.timed(ci, budget_s=budget / 2)
+        share = budget / (3 if cfg.memory else 2)  # the ideal, the defense (and its memory run)
+        ti = self.timed(ci, budget_s=share)
         yield self.row(ci, ti, extra={"per_draw_ms": ti.median_ms / n})
         c = self.case(kind, n=n)
         try:
-            t = self.timed(c, budget_s=budget / 2)
+            t = self.timed(c, budget_s=share)
         except DefenseUnavailable as exc:
             self.runner.bar.update(1)
             self.run.unavailable[f"{self.name}/{kind.value}"] = str(exc)
@@ -535,7 +566,7 @@ class ModelCases:
         per_iter = self.units.per_iter_s * f / self.f_ms
         with torch.no_grad():
             m = int(subject.fs.normalized_features(subject.x, subject.ref).shape[1])
-        why = fits(m * per_iter / 2, budget_s=budget, what=f"the exact Jacobian ({m} products) at "
+        why = fits(m * per_iter, budget_s=budget, what=f"the exact Jacobian ({m} products) at "
                                                              f"{cfg.exact_size[0]}x{cfg.exact_size[1]}")
         if why is not None:
             self.cap("spectral-exact", why + "; the small-size comparison is skipped")

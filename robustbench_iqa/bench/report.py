@@ -148,6 +148,7 @@ def to_json(run: BenchRun, machine: dict[str, Any]) -> dict[str, Any]:
         "rows": [r.to_dict() for r in run.rows],
         "unavailable": run.unavailable,
         "capped": run.capped,
+        "spent_s": run.spent_s,
         "notes": run.notes,
         "shortfalls": shortfalls(run),
     }

@@ -147,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
 
     def show(r: CaseResult) -> None:
         # Each row is written as soon as it is measured, so an interrupted run keeps what it measured.
-        partial.rows.append(r)
         if args.json_out:
             write_json(to_json(partial, machine_info(config.device)), args.json_out)
         if not args.no_progress:
@@ -155,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             peak = "" if r.peak_mb is None else f", peak {r.peak_mb:.1f} MB"
             print(f"  {r.model} {r.case} n={r.n}: {ratio}{peak}", file=sys.stderr)
 
-    result = run_bench(config, on_row=show)
+    result = run_bench(config, on_row=show, into=partial)
     machine = machine_info(config.device)
     print(format_table(result))
     for line in shortfalls(result):
