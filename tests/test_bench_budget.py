@@ -146,11 +146,25 @@ def test_an_unchecked_norm_is_never_reported_as_met(monkeypatch: pytest.MonkeyPa
     assert cert.met is None and cert.extra["norm_checked"] is False
     assert cert.extra["norm_check"] == "not checked: the reference was not measured"
     assert "rel_error" not in cert.extra
-    # And when the model's budget is spent before the reference: skipped, listed, not checked.
-    run = harness.run_bench(_config(model_budget_s=1e-6, peers=False))
+
+    # And when fs-certify spends the model's budget: the reference is skipped and listed, the norm
+    # not checked.
+    monkeypatch.undo()
+    monkeypatch.setattr(model_cases, "CERTIFY_TARGET", Target(1e12, "<= 1e12x forward, norm within 1%"))
+    clock = FakeClock()
+    monkeypatch.setattr(model_cases, "cost_clock", lambda name: clock)
+    certify = model_cases.ModelCases._fs_certify
+
+    def spending(self: Any) -> Iterator[harness.CaseResult]:
+        out = certify(self)
+        clock.t += 1000.0
+        return out
+
+    monkeypatch.setattr(model_cases.ModelCases, "_fs_certify", spending)
+    run = harness.run_bench(_config(model_budget_s=500.0, peers=False))
     cert = next(r for r in run.rows if r.case == "fs-certify")
-    assert cert.met is None and cert.extra["norm_check"].startswith("not checked: ")
-    assert "default-nr/spectral-reference" in run.capped
+    assert cert.met is None and cert.extra["norm_check"] == "not checked: the reference was not measured"
+    assert run.capped["default-nr/spectral-reference"].startswith("skipped: the model's budget of 500 s")
     from robustbench_iqa.bench.report import format_table
 
     line = next(ln for ln in format_table(run).splitlines() if " fs-certify " in ln)
@@ -184,14 +198,13 @@ def test_quick_bench_prints_and_writes_every_cap(tmp_path: Path, capsys: pytest.
     assert code == 0
     doc = json.loads(out.read_text())
     assert doc["config"]["model_budget_s"] == 1e-6
-    assert {r["case"] for r in doc["rows"]} >= {"forward", "fs-predict", "fs-certify"}  # the targets run
+    # The warm-up, the forward pass and fs-predict always run; fs-certify does not fit one iteration.
+    assert {r["case"] for r in doc["rows"]} == {"forward", "fs-predict"}
     want = {f"default-nr/{c}" for c in ("spectral-reference", "peers", "spectral-lanczos", "ms-predict",
                                         "dms-predict")}
-    # fs-certify, the target, runs once at the least max_iter; the rest is skipped.
     assert set(doc["capped"]) == want | {"default-nr/fs-certify"}
-    assert doc["capped"]["default-nr/fs-certify"].startswith("max_iter capped to 1, the least")
-    cert = next(r for r in doc["rows"] if r["case"] == "fs-certify")
-    assert cert["max_iter"] == 1 and cert["met"] is not True and cert["norm_checked"] is False
+    assert doc["capped"]["default-nr/fs-certify"].startswith("skipped: max_iter=1 would take about")
+    assert "--model-budget-s" in doc["capped"]["default-nr/fs-certify"]
     printed = capsys.readouterr().out
     text = md.read_text()
     for key in want:

@@ -114,6 +114,8 @@ class _Units:
     cert_s: float = 0.0
     """A certification's time: the warm-up's (``WARMUP_ITER`` iterations) until fs-certify has run."""
     cert_iterations: int = 1
+    warm_s: float = 0.0
+    """The warm-up certification's time (first-call costs included)."""
     predict_s: float | None = None
     spawn_s: float | None = None
     """What one memory subprocess costs beyond its case (start, imports, building the subject)."""
@@ -213,7 +215,8 @@ class ModelCases:
 
     # -- the stages, in priority order ---------------------------------------------------------
     def stages(self) -> list[tuple[str, Callable[[], Iterator[CaseResult]], bool]]:
-        """``(label, stage, always)``: the targets always run (at least once); the rest while the model's budget lasts."""
+        """``(label, stage, always)``: the warm-up, forward and fs-predict always run (fs-certify plans
+        itself against what is left); the rest while the model's budget lasts."""
         cfg = self.cfg
         out: list[tuple[str, Callable[[], Iterator[CaseResult]], bool]] = [
             ("warm-up", self._warm_up, True), ("forward", self._forward, True),
@@ -257,7 +260,7 @@ class ModelCases:
         now = CLOCKS[self.cfg.clock]
         t0 = now()
         make_case(self.subject, self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n, max_iter=WARMUP_ITER))[0]()
-        self.units.cert_s = now() - t0
+        self.units.cert_s = self.units.warm_s = now() - t0
         self.units.cert_iterations = WARMUP_ITER
         return iter(())
 
@@ -286,10 +289,10 @@ class ModelCases:
                               what="max_iter", fixed_s=(u.predict_s or 0.0) + u.per_iter_s)
 
         plan = planned()
-        if plan.reason is not None:
+        if plan.reason is not None and self.budget.left_s >= u.warm_s:
             # The warm-up's time includes first-call costs (77 s of CPU for the first certification
             # of st-lpips-vgg at 64x96, 0.34 s for the second): time a steady-state estimate of
-            # WARMUP_ITER iterations, then plan again.
+            # WARMUP_ITER iterations (at most the warm-up's cost, which is left), then plan again.
             s, now = self.subject, CLOCKS[self.cfg.clock]
             t0 = now()
             s.fs.spectral_estimate(s.x, s.ref, rtol=c.rtol, max_iter=WARMUP_ITER,
@@ -298,8 +301,11 @@ class ModelCases:
             plan = planned()
         if plan.reason is not None:
             self.cap("fs-certify", plan.reason if plan.n is not None else
-                     f"max_iter capped to 1, the least (the target runs once); {plan.reason}")
-        c = replace(c, max_iter=plan.n or 1)
+                     f"{plan.reason}; give the model more time (--model-budget-s), a smaller --size or a GPU")
+        if plan.n is None:
+            self.reference_note = "fs-certify was skipped"
+            return iter(())
+        c = replace(c, max_iter=plan.n)
         t = self.timed(c, warmup=0)  # the warm-up certification was this very call (with fewer iterations)
         r = ratio(t.median_ms, self.f_ms)
         cert = t.result[0]
