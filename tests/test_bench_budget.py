@@ -187,7 +187,9 @@ def test_a_capped_reference_that_did_not_converge_checks_nothing(monkeypatch: py
     cert = rows["fs-certify"]
     assert cert.met is None and cert.extra["norm_checked"] is False
     assert "did not converge" in cert.extra["norm_check"]
-    assert run.capped["default-nr/spectral-reference"] == "max_iter capped from 1024 to 1 (fake); bound: stopped unconverged"
+    reason = run.capped["default-nr/spectral-reference"]
+    assert reason.startswith("1 start(s) instead of 3")  # no count of starts fits: one start, capped
+    assert reason.endswith("max_iter capped from 1024 to 1 (fake); bound: stopped unconverged")
 
 
 def test_quick_bench_prints_and_writes_every_cap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,3 +213,30 @@ def test_quick_bench_prints_and_writes_every_cap(tmp_path: Path, capsys: pytest.
         assert f"bounded cost: {key}: skipped: the model's budget" in printed
         assert f"- bounded cost: {key}: skipped" in text
     assert "budgets: 30 s per case, 1e-06 s per model" in text
+
+
+def test_a_tight_reference_budget_drops_starts_before_iterations(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_cases, "EXACT_MAX_JACOBIAN", 0)  # as at 384x512: a Lanczos reference
+    seen: list[int] = []
+
+    def fake(requested: int, *, runs: int = 1, **kw: Any) -> PlannedN:
+        if requested != 1024:
+            return plan_count(requested, runs=runs, **kw)
+        seen.append(runs)
+        # Budget for 30 iterations in all: 10 per start with 3 starts, 15 with 2, 30 with 1.
+        n = 30 // runs
+        return PlannedN(n, requested, f"max_iter capped from 1024 to {n} (fake)")
+
+    monkeypatch.setattr(model_cases, "plan_count", fake)
+    run = harness.run_bench(_config(peers=False, fs_n=64))
+    rows = {r.case: r for r in run.rows}
+    cert_it = rows["fs-certify"].extra["iterations"]
+    need = 2 * cert_it + 2
+    # The most starts whose capped max_iter still reaches the iterations a start needs.
+    want = next((k for k in (3, 2, 1) if 30 // k >= need), 1)
+    assert want < 3  # default-nr needs 5-6 iterations at rtol 1e-3, so 12-14 here: the budget is tight
+    assert seen == [3, 2, 1][: 4 - want]
+    ref = rows["spectral-reference"].extra
+    assert len(ref["seeds"]) == want and ref["max_iter"] == 30 // want
+    reason = run.capped["default-nr/spectral-reference"]
+    assert (f"{want} start(s) instead of 3" in reason) == (want < 3)
