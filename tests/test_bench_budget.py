@@ -7,6 +7,7 @@ how fast this machine is.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from robustbench_iqa.bench import harness, model_cases, timing
-from robustbench_iqa.bench.budget import ModelBudget
+from robustbench_iqa.bench.budget import BudgetExceeded, ModelBudget, time_limit
 from robustbench_iqa.bench.plan import PlannedN, fits, plan_count
 from robustbench_iqa.bench.timing import Target, time_call
 from robustbench_iqa.cli import main
@@ -200,13 +201,15 @@ def test_quick_bench_prints_and_writes_every_cap(tmp_path: Path, capsys: pytest.
     assert code == 0
     doc = json.loads(out.read_text())
     assert doc["config"]["model_budget_s"] == 1e-6
-    # The warm-up, the forward pass and fs-predict always run; fs-certify does not fit one iteration.
+    # The forward pass and fs-predict always run; the warm-up certification is stopped at once (no
+    # budget left), so fs-certify is skipped, and so is the rest.
     assert {r["case"] for r in doc["rows"]} == {"forward", "fs-predict"}
     want = {f"default-nr/{c}" for c in ("spectral-reference", "peers", "spectral-lanczos", "ms-predict",
                                         "dms-predict")}
-    assert set(doc["capped"]) == want | {"default-nr/fs-certify"}
-    assert doc["capped"]["default-nr/fs-certify"].startswith("skipped: max_iter=1 would take about")
-    assert "--model-budget-s" in doc["capped"]["default-nr/fs-certify"]
+    assert set(doc["capped"]) == want | {"default-nr/warm-up", "default-nr/fs-certify"}
+    assert doc["capped"]["default-nr/warm-up"].startswith("stopped: the warm-up certification")
+    assert "--model-budget-s" in doc["capped"]["default-nr/warm-up"]
+    assert doc["capped"]["default-nr/fs-certify"].startswith("skipped: the warm-up certification")
     printed = capsys.readouterr().out
     text = md.read_text()
     for key in want:
@@ -240,3 +243,20 @@ def test_a_tight_reference_budget_drops_starts_before_iterations(monkeypatch: py
     assert len(ref["seeds"]) == want and ref["max_iter"] == 30 // want
     reason = run.capped["default-nr/spectral-reference"]
     assert (f"{want} start(s) instead of 3" in reason) == (want < 3)
+
+
+@pytest.mark.parametrize("clock", ["wall", "cpu"])
+def test_time_limit_stops_a_long_call(clock: str) -> None:
+    t0 = time.perf_counter()
+    with pytest.raises(BudgetExceeded, match="over its limit"), time_limit(0.2, clock=clock):
+        while True:  # busy: CPU time passes as fast as wall time
+            pass
+    assert time.perf_counter() - t0 < 5.0
+    # A block that ends in time is untouched, and the timer is off afterwards.
+    with time_limit(5.0, clock=clock):
+        x = sum(range(1000))
+    assert x == 499500
+    time.sleep(0.05)
+    with pytest.raises(BudgetExceeded):
+        with time_limit(-1.0, clock=clock):
+            pass

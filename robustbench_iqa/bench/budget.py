@@ -17,9 +17,14 @@ wall time.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import resource
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from robustbench_iqa.errors import InputError
 
@@ -69,3 +74,44 @@ class ModelBudget:
         if self.left_s > 0:
             return None
         return f"skipped: the model's budget of {self.total_s:g} s is spent ({self.spent_s:.0f} s used)"
+
+
+class BudgetExceeded(Exception):
+    """A call ran past its time limit (see :func:`time_limit`)."""
+
+
+CPU_TO_WALL = 3.0
+"""Wall seconds allowed per CPU second by :func:`time_limit` under the ``"cpu"`` clock (a shared machine)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, *, clock: str) -> Iterator[None]:
+    """Raise :class:`BudgetExceeded` in the block once ``seconds`` have passed.
+
+    A Unix wall-clock interval timer (``ITIMER_REAL``) whose handler raises between two Python
+    bytecodes, so the block stops after the torch operation running at that moment.  Under the
+    ``"cpu"`` clock the limit is ``CPU_TO_WALL * seconds`` of wall time: a CPU-time timer
+    (``ITIMER_PROF``) is not used because on the development machine arming it froze the
+    process' CPU clock (``time.process_time``) for the rest of the run.  Where there is no
+    such timer (another OS, or not the main thread) the block runs unlimited.
+    """
+    if clock not in COST_CLOCKS:
+        raise InputError(f"clock must be one of {', '.join(COST_CLOCKS)}, got {clock!r}")
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if usable and seconds <= 0:
+        raise BudgetExceeded(f"with no time left ({seconds:.1f} s)")
+    if not usable or not math.isfinite(seconds):
+        yield
+        return
+    limit = seconds * (CPU_TO_WALL if clock == "cpu" else 1.0)
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise BudgetExceeded(f"over its limit of {limit:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

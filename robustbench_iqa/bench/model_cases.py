@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from robustbench_iqa.bench.budget import ModelBudget, cost_clock
+from robustbench_iqa.bench.budget import BudgetExceeded, ModelBudget, cost_clock, time_limit
 from robustbench_iqa.bench.cases import (
     CaseKind,
     CaseSpec,
@@ -158,6 +158,8 @@ class ModelCases:
         self.reference: float | None = None
         self.reference_note = "the reference was not measured"
         self.pending: _PendingCertify | None = None
+        self.no_certify = ""
+        """Why no certification can run (the warm-up was stopped), or empty."""
 
     # -- helpers -------------------------------------------------------------------------------
     def case(self, kind: CaseKind, **kw: Any) -> CaseSpec:
@@ -260,9 +262,20 @@ class ModelCases:
         # every case, the unit included, in the state certification leaves the process in.  It stops
         # after WARMUP_ITER iterations (it only has to exercise the code), and its time is the first
         # estimate of an iteration's cost, which bounds fs-certify itself.
+        # It is stopped (after the torch operation running then) when the model's budget runs out:
+        # first-call costs can be large (92 s of CPU for st-lpips-alex at 384x512, 7 s afterwards),
+        # and a VGG-16 network's exceed any CPU budget.
         now = CLOCKS[self.cfg.clock]
         t0 = now()
-        make_case(self.subject, self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n, max_iter=WARMUP_ITER))[0]()
+        try:
+            with time_limit(self.budget.left_s, clock=self.cfg.clock):
+                make_case(self.subject, self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n, max_iter=WARMUP_ITER))[0]()
+        except BudgetExceeded as exc:
+            self.no_certify = (f"the warm-up certification ({WARMUP_ITER} spectral iteration, untimed) was stopped "
+                               f"{exc} (the model's budget)")
+            self.cap("warm-up", f"stopped: {self.no_certify}; give the model more time (--model-budget-s), a "
+                                f"smaller --size or a GPU")
+            return iter(())
         self.units.cert_s = self.units.warm_s = now() - t0
         self.units.cert_iterations = WARMUP_ITER
         return iter(())
@@ -286,6 +299,10 @@ class ModelCases:
         # is capped so that one run fits it; a capped run that did not converge says so.
         c = self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n)
         u = self.units
+        if self.no_certify:
+            self.cap("fs-certify", f"skipped: {self.no_certify}")
+            self.reference_note = "fs-certify was skipped"
+            return iter(())
 
         def planned() -> PlannedN:
             return plan_count(c.max_iter, unit_s=u.per_iter_s, budget_s=max(self.budget.left_s, 1e-9),
@@ -309,7 +326,13 @@ class ModelCases:
             self.reference_note = "fs-certify was skipped"
             return iter(())
         c = replace(c, max_iter=plan.n)
-        t = self.timed(c, warmup=0)  # the warm-up certification was this very call (with fewer iterations)
+        try:  # planned to fit what is left; stopped if it does not
+            with time_limit(self.budget.left_s, clock=self.cfg.clock):
+                t = self.timed(c, warmup=0)  # the warm-up certification was this very call (fewer iterations)
+        except BudgetExceeded as exc:
+            self.cap("fs-certify", f"stopped: it ran {exc} (what was left of the model's budget)")
+            self.reference_note = "fs-certify was stopped"
+            return iter(())
         r = ratio(t.median_ms, self.f_ms)
         cert = t.result[0]
         u.cert_s, u.cert_iterations = t.median_ms / 1e3, max(int(cert.spectral_iterations), 1)
