@@ -42,7 +42,8 @@ are skipped when their estimate (the first one's overhead plus the case's run)
 does not fit.  Timed repeats stop when another would overrun.  fs-certify may
 use what is left of the model's budget (its ``max_iter`` is capped to fit it;
 a run that stopped unconverged says so and its ratio is a lower bound; it is
-skipped when not even one iteration fits).  Once
+skipped when not even one iteration fits; it and the warm-up are stopped by a
+timer when the model's budget runs out).  Once
 the model's budget is spent, its remaining cases are skipped.  Every cap and
 skip is recorded with its reason in ``BenchRun.capped``.  fs-certify's target
 ("norm within 1%") is met only if the norm was checked against a converged

@@ -272,7 +272,7 @@ class ModelCases:
                 make_case(self.subject, self.case(CaseKind.FS_CERTIFY, n=self.cfg.fs_n, max_iter=WARMUP_ITER))[0]()
         except BudgetExceeded as exc:
             self.no_certify = (f"the warm-up certification ({WARMUP_ITER} spectral iteration, untimed) was stopped "
-                               f"{exc} (the model's budget)")
+                               f"({exc}, what was left of the model's budget)")
             self.cap("warm-up", f"stopped: {self.no_certify}; give the model more time (--model-budget-s), a "
                                 f"smaller --size or a GPU")
             return iter(())
