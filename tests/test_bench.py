@@ -157,8 +157,9 @@ def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str])
 
 def test_reference_from_independent_starts_when_the_jacobian_is_large(monkeypatch: pytest.MonkeyPatch) -> None:
     import robustbench_iqa.bench.harness as harness
+    import robustbench_iqa.bench.model_cases as model_cases
 
-    monkeypatch.setattr(harness, "EXACT_MAX_JACOBIAN", 0)  # as at 384x512: no exact SVD
+    monkeypatch.setattr(model_cases, "EXACT_MAX_JACOBIAN", 0)  # as at 384x512: no exact SVD
     cfg = BenchConfig(models=("default-nr",), size=(32, 48), repeats=1, warmup=0, fs_n=64, ms_n=4, dms_n=2,
                       batch_size=2, denoiser=(3, 8), memory=False, exact=False, progress=False, clock="cpu",
                       methods=("lanczos", "lanczos-upper"))

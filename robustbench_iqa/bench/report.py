@@ -64,7 +64,7 @@ def _notes(r: CaseResult) -> str:
         parts.append(f"products={e['products']}")
     if "rel_error" in e:
         parts.append(f"err={e['rel_error']:.1e}")
-    if "upper_over" in e:
+    if e.get("upper_over") is not None:
         parts.append(f"bound {e['upper_over']:+.2%} (delta={e['delta']:g})")
     if e.get("role"):
         parts.append(f"{e['role']}: {e['reference']}" if e.get("reference") else e["role"])
@@ -76,6 +76,14 @@ def _notes(r: CaseResult) -> str:
         parts.append(f"peer: {e['peer']}")
     if "suite_over_peer" in e:
         parts.append(f"suite/peer {e['suite_over_peer']:.3f}x")
+    if "max_iter" in e:
+        parts.append(f"max_iter capped to {e['max_iter']}")
+    if e.get("steps_requested") not in (None, r.n):
+        parts.append(f"steps capped from {e['steps_requested']}")
+    if "norm_check" in e:
+        parts.append(f"norm {e['norm_check']}")
+    if e.get("warning"):
+        parts.append(e["warning"])
     if r.met is False and "over_target" in e:
         parts.append(f"{e['over_target']:.2f}x over target")
     elif r.met is False and "ratio_to_ideal" in e:
@@ -86,7 +94,7 @@ def _notes(r: CaseResult) -> str:
 def table_rows(run: BenchRun) -> list[list[str]]:
     out = []
     for r in run.rows:
-        met = "-" if r.met is None else ("yes" if r.met else "NO")
+        met = ("unchecked" if r.extra.get("norm_checked") is False else "-") if r.met is None else ("yes" if r.met else "NO")
         out.append([r.model, r.case, f"{r.size[0]}x{r.size[1]}", "-" if r.n is None else str(r.n),
                     _fmt(r.ratio), r.target or "-", met, _fmt(r.ms), _fmt(r.peak_mb), _notes(r)])
     return out
@@ -140,6 +148,7 @@ def to_json(run: BenchRun, machine: dict[str, Any]) -> dict[str, Any]:
         "rows": [r.to_dict() for r in run.rows],
         "unavailable": run.unavailable,
         "capped": run.capped,
+        "spent_s": run.spent_s,
         "notes": run.notes,
         "shortfalls": shortfalls(run),
     }
@@ -163,6 +172,8 @@ def write_markdown(run: BenchRun, machine: dict[str, Any], path: str | Path, *, 
         f"- settings: size {cfg.size[0]}x{cfg.size[1]}, FS N={cfg.fs_n}, MS N={cfg.ms_n}, DMS N={cfg.dms_n} "
         f"(DnCNN {cfg.denoiser[0]}x{cfg.denoiser[1]}), batch {cfg.batch_size}, rtol {cfg.rtol:g}, "
         f"median of {cfg.repeats} after {cfg.warmup} warm-up, {cfg.clock} clock",
+        f"- budgets: {cfg.case_budget_s:g} s per case, {cfg.model_budget_s:g} s per model ({cfg.clock} clock); "
+        f"every cap and skip is listed after the table (\"bounded cost\")",
     ]
     if "load_average" in machine:
         head.append(f"- load average at the end: {', '.join(f'{v:.2f}' for v in machine['load_average'])}")

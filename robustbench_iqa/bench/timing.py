@@ -63,8 +63,9 @@ def time_call(
 
     ``warm_fn`` (default ``fn``) is what the warm-up runs call: a cheaper call
     exercising the same code (e.g. fewer noise draws) is enough to pay for
-    first-call costs.  With ``budget_s``, repeating stops early once the timed
-    runs have taken that long (at least one run is always timed).
+    first-call costs.  With ``budget_s``, the warm-up runs count toward the
+    budget and another timed run starts only if the runs so far plus one more
+    (as long as the last) fit it; at least one run is always timed.
     """
     if clock not in CLOCKS:
         raise InputError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
@@ -73,6 +74,7 @@ def time_call(
         raise InputError(f"repeats must be >= 1, got {repeats}")
     if warmup < 0:
         raise InputError(f"warmup must be >= 0, got {warmup}")
+    start = now()
     for _ in range(warmup):
         (warm_fn or fn)()
     synchronize(device)
@@ -83,7 +85,7 @@ def time_call(
         result = fn()
         synchronize(device)
         runs.append((now() - t0) * 1e3)
-        if budget_s is not None and sum(runs) / 1e3 >= budget_s:
+        if budget_s is not None and (now() - start) + runs[-1] / 1e3 > budget_s:
             break
     return Timing(median_ms=statistics.median(runs), runs_ms=tuple(runs), result=result)
 

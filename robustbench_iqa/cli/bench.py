@@ -4,6 +4,10 @@ Prints the table (case, ratio to forward, target, met?, ms, peak MB), then one
 line per missed target; ``--json-out`` writes every row for tracking and
 ``--results-out`` the Markdown results file the documentation quotes (docs/performance.md).  ``--quick``
 is a tiny preset for tests and smoke runs; explicit options override it.
+
+Every case has a bounded cost (``--case-budget-s``, estimated before it runs) and every model a
+budget (``--model-budget-s``) spent on its cases in priority order; every cap and skip is printed
+after the table ("bounded cost: ...") and written into the JSON and Markdown results.
 """
 
 from __future__ import annotations
@@ -53,10 +57,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--methods", default=None, help="spectral-norm methods to compare (default power,lanczos)")
     p.add_argument("--rtol", type=positive_float, default=None, help="spectral-norm relative tolerance (default 1e-3)")
     p.add_argument("--max-iter", type=positive_int, default=None, help="spectral-norm iteration limit (default 200)")
-    p.add_argument("--budget-s", type=positive_float, default=None, help="stop repeating a case after this many seconds (default 60)")
+    p.add_argument("--budget-s", type=positive_float, default=None,
+                   help="at most this many seconds of warm-up and timed runs per case, after the first timed run "
+                        "(default 60; the case budget applies too)")
     p.add_argument("--case-budget-s", type=positive_float, default=None,
-                   help="estimated time limit of each MS/DMS case: N is capped (or the case skipped) to fit, "
-                        "and every cap is printed with its reason (default 60)")
+                   help="estimated time limit of each case, warm-up included: N (MS/DMS), max_iter (spectral "
+                        "methods and reference), attack steps (peers) are capped, and repeats or memory "
+                        "subprocesses skipped, to fit; every cap is printed with its reason (default 30)")
+    p.add_argument("--model-budget-s", type=positive_float, default=None,
+                   help="time limit of each model's cases, run in priority order (forward, fs-predict, fs-certify "
+                        "and its reference, peers, spectral methods, MS/DMS, memory, exact): once spent, the "
+                        "model's remaining cases are skipped and listed (default 150; the clock of --clock, with "
+                        "the memory subprocesses' CPU time under --clock cpu)")
     p.add_argument("--clock", choices=["wall", "cpu"], default=None,
                    help="wall-clock time (default) or this process' CPU time (stable on a busy CPU, with --threads 1)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads for the run (default: torch's)")
@@ -100,7 +112,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         "device": args.device, "repeats": args.repeats, "warmup": args.warmup, "fs_n": args.fs_n, "ms_n": args.ms_n,
         "dms_n": args.dms_n, "batch_size": args.batch_size, "denoiser": denoiser,
         "memory_n": _csv(args.memory_n, int), "methods": _csv(args.methods), "rtol": args.rtol,
-        "max_iter": args.max_iter, "budget_s": args.budget_s, "case_budget_s": args.case_budget_s, "attack_steps": args.attack_steps, "seed": args.seed, "clock": args.clock,
+        "max_iter": args.max_iter, "budget_s": args.budget_s, "case_budget_s": args.case_budget_s,
+        "model_budget_s": args.model_budget_s, "attack_steps": args.attack_steps, "seed": args.seed, "clock": args.clock,
     }
     values.update({k: v for k, v in explicit.items() if v is not None})
     values.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
@@ -134,7 +147,6 @@ def run(args: argparse.Namespace) -> int:
 
     def show(r: CaseResult) -> None:
         # Each row is written as soon as it is measured, so an interrupted run keeps what it measured.
-        partial.rows.append(r)
         if args.json_out:
             write_json(to_json(partial, machine_info(config.device)), args.json_out)
         if not args.no_progress:
@@ -142,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             peak = "" if r.peak_mb is None else f", peak {r.peak_mb:.1f} MB"
             print(f"  {r.model} {r.case} n={r.n}: {ratio}{peak}", file=sys.stderr)
 
-    result = run_bench(config, on_row=show)
+    result = run_bench(config, on_row=show, into=partial)
     machine = machine_info(config.device)
     print(format_table(result))
     for line in shortfalls(result):
