@@ -179,3 +179,25 @@ def test_reference_from_independent_starts_when_the_jacobian_is_large(monkeypatc
 def test_unknown_spectral_method_is_refused() -> None:
     with pytest.raises(InputError, match="unknown spectral-norm method"):
         BenchConfig(models=("default-nr",), methods=("lanczos", "svd")).validate()
+
+
+def test_fs_certify_times_the_first_order_certificate_without_the_global_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fs-certify case is the FS-IQA study's certification (noise draws, bounds, the Jacobian's
+    norm): the certified global Lipschitz bound is a separate, cached cost (minutes for a VGG-16 at
+    384x512) and must not be paid inside the first timed (or warm-up) certification."""
+    from robustbench_iqa.bench.cases import CaseKind, CaseSpec, make_case
+    from robustbench_iqa.bench.subjects import SubjectSpec, build_subject
+
+    spec = SubjectSpec(model="default-fr", size=(16, 16))
+    subject = build_subject(spec)
+    calls: list[object] = []
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args)
+        raise AssertionError("the global Lipschitz bound was computed inside fs-certify")
+
+    monkeypatch.setattr(type(subject.model), "lipschitz_bound", counting)
+    run, warm = make_case(subject, CaseSpec(subject=spec, kind=CaseKind.FS_CERTIFY, n=200))
+    (res,) = run()
+    warm()
+    assert calls == [] and res.eps_x is not None and res.eps_x_lipschitz is None

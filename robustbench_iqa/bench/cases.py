@@ -136,7 +136,7 @@ def make_case(subject: Subject, case: CaseSpec) -> tuple[Callable[[], Any], Call
 
         def fs_certify() -> Any:
             return fs.certify(x, ref, n=n, alpha=case.alpha, tau=0.0, generator=_generator(subject, case.seed),
-                              method=case.method, rtol=case.rtol, max_iter=case.max_iter)
+                              method=case.method, rtol=case.rtol, max_iter=case.max_iter, lipschitz=False)
 
         return fs_certify, fs_certify
     if kind is CaseKind.SPECTRAL:

@@ -8,7 +8,9 @@ FS-IQA study):
 2. ``fs-predict`` (N = ``fs_n``): target <= 1.2x forward;
 3. ``fs-certify``: target <= 20x forward with the spectral norm within 1% of
    the reference (the study's ratio is about 6.9 s / 33 ms = 209x, A100,
-   384x512, N = 2000);
+   384x512, N = 2000); the first-order certificate the study times (noise draws, bounds,
+   the Jacobian's norm), without ``eps_x_lipschitz``, whose certified global bound is
+   computed once per model and size and cached (minutes for a VGG-16 at 384x512 on a CPU);
 4. ``ms-predict`` / ``dms-predict`` (N = ``ms_n``): target <= 1.1x the ideal
    cost of N batched forward passes (``ideal-forwards``);
 5. the spectral-norm methods side by side against a reference that does not
