@@ -491,6 +491,7 @@ class FeatureSmoothedIQA(DefenseMixin, nn.Module):
                         est.output[i].detach(),
                         None if est.output_vector is None else est.output_vector[i].detach(),
                         str(est.method.value),
+                        None if est.products is None else int(est.products[i]),
                     ),
                 )
             )

@@ -186,9 +186,12 @@ class IVEEvidence:
 
     ``features`` is B(x) (m,) of the forward pass the estimate used; ``output_vector`` the
     top left singular vector of J_B(x) (m,) from the iterative methods (None for ``exact``),
-    from which the first-order worst-case input direction follows with one backward pass.
+    from which the first-order worst-case input direction follows with one backward pass;
+    ``products`` the Jacobian products the estimate used (None where the method does not count
+    them).
     """
 
     features: Any
     output_vector: Any
     method: str
+    products: int | None = None

@@ -60,7 +60,7 @@ def test_quick_run_writes_well_formed_json(tmp_path: Path, capsys: pytest.Captur
     assert [r["ratio"] for r in forward] == [1.0]
     cert = next(r for r in rows if r["case"] == "fs-certify")
     assert cert["iterations"] >= 1 and cert["target"].startswith("<= 20x")
-    assert cert["products"] >= cert["iterations"] and cert["same_estimate"]
+    assert cert["products"] >= cert["iterations"]
     # At the quick main size the Jacobian is small: the reference is the exact SVD.
     main_ref = next(r for r in rows if r["size"] == [32, 48] and r.get("role") == "reference")
     assert main_ref["case"] == "spectral-exact" and main_ref["reference"] == "exact SVD"
@@ -156,6 +156,7 @@ def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str])
 
 
 def test_reference_from_independent_starts_when_the_jacobian_is_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    import robustbench_iqa.bench.config as config
     import robustbench_iqa.bench.harness as harness
     import robustbench_iqa.bench.model_cases as model_cases
 
@@ -165,15 +166,15 @@ def test_reference_from_independent_starts_when_the_jacobian_is_large(monkeypatc
                       methods=("lanczos", "lanczos-upper"))
     rows = {r.case: r for r in harness.run_bench(cfg).rows}
     ref = rows["spectral-reference"].extra
-    assert ref["role"] == "reference" and len(ref["start_norms"]) == harness.REFERENCE_STARTS
+    assert ref["role"] == "reference" and len(ref["start_norms"]) == config.REFERENCE_STARTS
     assert ref["norm"] == max(ref["start_norms"]) and ref["spread"] < 1e-5
     # The first start's upper bound brackets the reference; the measured runs share no start with it.
     assert ref["upper_bound"] >= ref["norm"] and ref["upper_over"] < 0.02
     lanczos = rows["spectral-lanczos"].extra
     assert lanczos["rel_error"] == pytest.approx(abs(lanczos["norm"] - ref["norm"]) / ref["norm"])
-    assert cfg.seed not in ref["seeds"] and len(set(ref["seeds"])) == harness.REFERENCE_STARTS
+    assert cfg.seed not in ref["seeds"] and len(set(ref["seeds"])) == config.REFERENCE_STARTS
     upper = rows["spectral-lanczos-upper"].extra
-    assert upper["upper_bound"] >= ref["norm"] and upper["delta"] == harness.BOUND_DELTA
+    assert upper["upper_bound"] >= ref["norm"] and upper["delta"] == config.BOUND_DELTA
 
 
 def test_unknown_spectral_method_is_refused() -> None:
@@ -201,3 +202,17 @@ def test_fs_certify_times_the_first_order_certificate_without_the_global_bound(m
     (res,) = run()
     warm()
     assert calls == [] and res.eps_x is not None and res.eps_x_lipschitz is None
+
+
+def test_a_certificate_carries_the_product_count_of_its_own_estimate() -> None:
+    """fs-certify's `products` come from the certification's own estimate (no second, untimed
+    Jacobian estimate): the count equals that of the same estimate run on its own."""
+    import torch
+
+    from robustbench_iqa.bench.subjects import SubjectSpec, build_subject
+
+    s = build_subject(SubjectSpec(model="default-fr", size=(16, 16)))
+    (res,) = s.fs.certify(s.x, s.ref, n=200, generator=torch.Generator().manual_seed(3), lipschitz=False)
+    est = s.fs.spectral_estimate(s.x, s.ref, generator=torch.Generator().manual_seed(3))
+    assert est.products is not None and res.evidence.products == int(est.products[0]) >= 1
+    assert res.spectral_norm == float(est.value[0])

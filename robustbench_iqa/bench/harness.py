@@ -4,6 +4,9 @@ For each model (the embedded defaults, and DBCNN / LPIPS backbones with
 random weights where registered), at the main input size (384x512 as in the
 FS-IQA study):
 
+Settings, targets and rows: :mod:`~robustbench_iqa.bench.config`; one model's cases:
+:mod:`~robustbench_iqa.bench.model_cases`.
+
 1. ``forward``: one undefended forward pass -- the unit of every ratio;
 2. ``fs-predict`` (N = ``fs_n``): target <= 1.2x forward;
 3. ``fs-certify``: target <= 20x forward with the spectral norm within 1% of
@@ -59,27 +62,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from robustbench_iqa.bench.config import (  # noqa: F401  (re-exported: the settings and rows of a run)
-    ATTACK_TARGET,
-    BOUND_DELTA,
-    CERTIFY_ALPHA,
-    CERTIFY_TARGET,
-    DEFAULT_MODELS,
-    EXACT_MAX_JACOBIAN,
-    MS_TARGET_FACTOR,
-    PREDICT_TARGET,
-    REFERENCE_DELTA,
-    REFERENCE_RTOL,
-    REFERENCE_SEED_OFFSET,
-    REFERENCE_STARTS,
-    SPECTRAL_ACCURACY,
-    SPECTRAL_METHODS,
-    UPPER_METHOD,
-    WARMUP_ITER,
-    BenchConfig,
-    BenchRun,
-    CaseResult,
-)
+from robustbench_iqa.bench.config import REFERENCE_STARTS, BenchConfig, BenchRun, CaseResult
 from robustbench_iqa.bench.model_cases import ModelCases, Runner
 from robustbench_iqa.bench.subjects import ModelUnavailable
 
