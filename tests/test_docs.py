@@ -21,6 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 
 
+def _script(name: str):  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+
+
+def _block(page: Path, name: str) -> str:
+    return page.read_text().split(f"<!-- BEGIN generated:{name} -->\n")[1].split(f"\n<!-- END generated:{name} -->")[0]
+
+
 def _blocks(lang: str) -> list[tuple[str, str]]:
     out = []
     for page in PAGES:
@@ -92,11 +104,7 @@ def test_every_documented_command_line_parses(line: str) -> None:
 
 
 def test_every_generated_block_has_its_generator(tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import readme_numbers
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    readme_numbers = _script("readme_numbers")
     text = "\n".join(p.read_text() for p in PAGES)
     found = set(re.findall(r"<!-- BEGIN generated:([a-z][a-z0-9-]*) -->", text))
     assert found == set(re.findall(r"<!-- END generated:([a-z][a-z0-9-]*) -->", text))
@@ -129,18 +137,10 @@ def _table_cells(block: str) -> tuple[list[str], list[list[str]]]:
 def test_the_readme_table_is_the_headline_of_the_full_table() -> None:
     """The shipped blocks agree with each other and with the generator's layout: the README's
     table is the gate page's table cut to the headline columns, row for row."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import readme_numbers
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    readme_numbers = _script("readme_numbers")
 
-    def block(page: str, name: str) -> str:
-        text = (REPO / page).read_text()
-        return text.split(f"<!-- BEGIN generated:{name} -->\n")[1].split(f"\n<!-- END generated:{name} -->")[0]
-
-    head, rows = _table_cells(block("README.md", "verify"))
-    full_head, full_rows = _table_cells(block("docs/gate.md", "verify-full"))
+    head, rows = _table_cells(_block(REPO / "README.md", "verify"))
+    full_head, full_rows = _table_cells(_block(REPO / "docs" / "gate.md", "verify-full"))
     assert head[:5] == ["model", "defense", "sigma", "radius", "gate"] and rows and len(rows) == len(full_rows)
     for row, full in zip(rows, full_rows, strict=True):
         assert row == [full[full_head.index(c)] for c in head]
@@ -153,11 +153,7 @@ def test_the_readme_table_is_the_headline_of_the_full_table() -> None:
 
 
 def test_sphinx_roles_become_code_spans_on_the_site() -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        from griffe_sphinx_roles import rewrite_roles
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    rewrite_roles = _script("griffe_sphinx_roles").rewrite_roles
     text = ("see :class:`~robustbench_iqa.certify.result.RadiusKind`, :func:`create_model`, "
             ":meth:`FeatureSmoothedIQA.lipschitz_bound` and :py:mod:`the gate <robustbench_iqa.runner>`; "
             "a ``literal`` and an :unknown:`role` stay")
@@ -172,11 +168,7 @@ def test_the_site_lists_every_command_and_option() -> None:
 
     from robustbench_iqa.cli import _commands, build_parser
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import mkdocs_cli_reference as hook
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
+    hook = _script("mkdocs_cli_reference")
     page = (REPO / "docs" / "cli.md").read_text()
     assert hook.MARKER in page
     text = hook.on_page_markdown(page, None, None, None)
@@ -199,18 +191,6 @@ def test_the_site_lists_every_command_and_option() -> None:
     for command, option in expected:
         assert command in sections, command
         assert option in sections[command], (command, option)
-
-
-def _script(name: str):  # type: ignore[no-untyped-def]
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(REPO / "scripts"))
-
-
-def _block(page: Path, name: str) -> str:
-    return page.read_text().split(f"<!-- BEGIN generated:{name} -->\n")[1].split(f"\n<!-- END generated:{name} -->")[0]
 
 
 def test_the_real_network_table_is_rendered_from_the_shipped_results() -> None:
